@@ -1,0 +1,517 @@
+// Package transport carries cluster frames over gnet event loops: a
+// listener (scheduler, server peer port) and a dialler (server to scheduler
+// and to peers) share one connection type with request/reply calls.
+//
+// gnet callbacks must not block, so the event loop only splits the byte
+// stream into frames and copies them out; each connection hands its frames,
+// in order, to its own goroutine, which runs the Handler. Replies to Call
+// are routed to the waiting caller directly from the event loop.
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// Handler serves the frames a connection receives. Serve runs on the
+// connection's own goroutine, one frame at a time in arrival order; for a
+// request (f.ID != 0) its return value is sent back as the reply, so a
+// handler that must wait for other work should do it in a goroutine of its
+// own and reply with Conn.Reply. f.Body is the handler's to keep.
+type Handler interface {
+	Serve(c *Conn, f frame.Frame) (reply []byte, err error)
+	Closed(c *Conn, err error)
+}
+
+// ErrNoReply is returned by Serve when it will reply later with Conn.Reply.
+var ErrNoReply = errors.New("reply sent later")
+
+// ErrClosed is returned for calls on a closed connection.
+var ErrClosed = errors.New("connection closed")
+
+// Options configure a Transport.
+type Options struct {
+	// MaxFrame is the largest frame body accepted; a peer announcing a
+	// larger one is disconnected before its body is read.
+	MaxFrame int
+	// Logger receives connection events.
+	Logger *zap.Logger
+	// Handler serves inbound frames on every connection.
+	Handler Handler
+}
+
+// Transport owns one gnet client (for dialled connections) and optionally
+// one gnet engine (for a listener). Close stops both and every connection's
+// goroutine.
+type Transport struct {
+	opts   Options
+	log    *zap.Logger
+	cli    *gnet.Client
+	events *events
+
+	mu       sync.Mutex
+	engine   gnet.Engine
+	listenOn string
+	boundTo  string
+	runErr   chan error
+	closed   bool
+	conns    map[*Conn]struct{}
+	wg       sync.WaitGroup
+}
+
+// New starts a transport that can dial; call Listen to accept too.
+func New(opts Options) (*Transport, error) {
+	if opts.MaxFrame <= 0 {
+		opts.MaxFrame = 256 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	t := &Transport{opts: opts, log: opts.Logger, conns: make(map[*Conn]struct{})}
+	t.events = &events{t: t, booted: make(chan gnet.Engine, 1)}
+	cli, err := gnet.NewClient(&events{t: t},
+		gnet.WithLogger(t.log.Named("gnet").Sugar()),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTCPKeepAlive(30*time.Second),
+		gnet.WithReadBufferCap(256<<10),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create gnet client: %w", err)
+	}
+	if err := cli.Start(); err != nil {
+		return nil, fmt.Errorf("cannot start gnet client: %w", err)
+	}
+	t.cli = cli
+	return t, nil
+}
+
+// Listen accepts connections on addr (host:port; port 0 picks a free one)
+// and returns once the listener is up.
+func (t *Transport) Listen(addr string, multicore bool) error {
+	t.mu.Lock()
+	if t.listenOn != "" {
+		t.mu.Unlock()
+		return errors.New("cannot listen twice")
+	}
+	t.listenOn = addr
+	t.runErr = make(chan error, 1)
+	t.mu.Unlock()
+	go func() {
+		t.runErr <- gnet.Run(t.events, "tcp://"+addr,
+			gnet.WithMulticore(multicore),
+			gnet.WithLogger(t.log.Named("gnet").Sugar()),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithTCPKeepAlive(30*time.Second),
+			gnet.WithReadBufferCap(256<<10),
+			gnet.WithReuseAddr(true),
+		)
+	}()
+	select {
+	case eng := <-t.events.booted:
+		bound, err := boundAddr(eng)
+		if err != nil {
+			_ = eng.Stop(context.Background())
+			return fmt.Errorf("cannot find bound address of %s: %w", addr, err)
+		}
+		t.mu.Lock()
+		t.engine, t.boundTo = eng, bound
+		t.mu.Unlock()
+		return nil
+	case err := <-t.runErr:
+		return fmt.Errorf("cannot listen on %s: %w", addr, err)
+	}
+}
+
+// Addr is the address the listener is bound to.
+func (t *Transport) Addr() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.boundTo
+}
+
+func boundAddr(eng gnet.Engine) (string, error) {
+	fd, err := eng.Dup()
+	if err != nil {
+		return "", err
+	}
+	defer syscall.Close(fd)
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return "", err
+	}
+	switch a := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port)), nil
+	case *syscall.SockaddrInet6:
+		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port)), nil
+	}
+	return "", fmt.Errorf("unexpected socket address %T", sa)
+}
+
+// Dial connects to addr and completes the hello within timeout.
+func (t *Transport) Dial(addr string, timeout time.Duration) (*Conn, error) {
+	nc, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	c := t.newConn(false, addr)
+	if _, err := t.cli.EnrollContext(nc, c); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("cannot enroll connection to %s: %w", addr, err)
+	}
+	select {
+	case <-c.ready:
+		return c, nil
+	case <-c.done:
+		return nil, fmt.Errorf("cannot connect to %s: %w", addr, c.closeErr())
+	case <-time.After(timeout):
+		c.Close()
+		return nil, fmt.Errorf("cannot connect to %s: no hello within %s", addr, timeout)
+	}
+}
+
+// Close stops the listener, the client and all connections.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	eng, listening := t.engine, t.listenOn != ""
+	conns := make([]*Conn, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	var errs []error
+	if listening && eng.Validate() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, eng.Stop(ctx))
+		cancel()
+		<-t.runErr
+	}
+	errs = append(errs, t.cli.Stop())
+	t.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (t *Transport) newConn(inbound bool, remote string) *Conn {
+	c := &Conn{
+		t:       t,
+		inbound: inbound,
+		remote:  remote,
+		ready:   make(chan struct{}),
+		done:    make(chan struct{}),
+		wake:    make(chan struct{}, 1),
+		pending: make(map[uint64]chan reply),
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		c.fail(ErrClosed)
+		return c
+	}
+	t.conns[c] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go c.run()
+	return c
+}
+
+func (t *Transport) forget(c *Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+type reply struct {
+	body []byte
+	err  error
+}
+
+// Conn is one cluster link. Send, Call and Reply are safe for concurrent use.
+type Conn struct {
+	t       *Transport
+	inbound bool
+	gc      atomic.Pointer[gnet.Conn]
+	remote  string
+
+	ready     chan struct{} // closed once the peer's hello arrived
+	helloSeen bool          // event-loop only
+	done      chan struct{} // closed when the connection is gone
+	closeOnce sync.Once
+	err       error
+
+	mu      sync.Mutex
+	inbox   []frame.Frame
+	wake    chan struct{}
+	nextID  uint64
+	pending map[uint64]chan reply
+
+	// Value is free for the owner of the connection (e.g. the node it
+	// belongs to once registered).
+	Value atomic.Value
+}
+
+// Remote is the peer's address.
+func (c *Conn) Remote() string { return c.remote }
+
+// Done is closed when the connection is closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+func (c *Conn) closeErr() error {
+	<-c.done
+	return c.err
+}
+
+// Send writes a frame that expects no reply.
+func (c *Conn) Send(kind frame.Kind, body []byte) error {
+	return c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), kind, 0, body))
+}
+
+// Reply answers request id.
+func (c *Conn) Reply(id uint64, body []byte, err error) error {
+	if err != nil {
+		return c.write(frame.AppendFrame(nil, ctl.KindError, id, ctl.Encode(ctl.Error{Message: err.Error()})))
+	}
+	return c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), ctl.KindReply, id, body))
+}
+
+// RemoteError is an error returned by the peer's handler.
+type RemoteError struct{ Message string }
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Call sends a request and waits for its reply until ctx ends.
+func (c *Conn) Call(ctx context.Context, kind frame.Kind, body []byte) ([]byte, error) {
+	ch := make(chan reply, 1)
+	c.mu.Lock()
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = ch
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+	}()
+	if err := c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), kind, id, body)); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-ch:
+		return r.body, r.err
+	case <-c.done:
+		return nil, fmt.Errorf("cannot complete call to %s: %w", c.remote, c.closeErr())
+	case <-ctx.Done():
+		return nil, fmt.Errorf("cannot complete call to %s: %w", c.remote, ctx.Err())
+	}
+}
+
+func (c *Conn) write(b []byte) error {
+	select {
+	case <-c.done:
+		return ErrClosed
+	default:
+	}
+	gc := c.gc.Load()
+	if gc == nil {
+		return ErrClosed
+	}
+	if err := (*gc).AsyncWrite(b, nil); err != nil {
+		return fmt.Errorf("cannot write to %s: %w", c.remote, err)
+	}
+	return nil
+}
+
+// Close closes the connection.
+func (c *Conn) Close() {
+	if gc := c.gc.Load(); gc != nil {
+		_ = (*gc).Close()
+	}
+	c.fail(ErrClosed)
+}
+
+// fail marks the connection gone; the first error wins.
+func (c *Conn) fail(err error) {
+	c.closeOnce.Do(func() {
+		c.err = err
+		close(c.done)
+	})
+}
+
+// deliver is called from the event loop with a frame it has copied.
+func (c *Conn) deliver(f frame.Frame) {
+	if f.Kind == ctl.KindReply || f.Kind == ctl.KindError {
+		c.mu.Lock()
+		ch := c.pending[f.ID]
+		c.mu.Unlock()
+		if ch == nil {
+			return // the caller gave up
+		}
+		if f.Kind == ctl.KindError {
+			var e ctl.Error
+			if err := ctl.Decode(f.Body, &e); err != nil {
+				e.Message = err.Error()
+			}
+			ch <- reply{err: &RemoteError{Message: e.Message}}
+		} else {
+			ch <- reply{body: f.Body}
+		}
+		return
+	}
+	c.mu.Lock()
+	c.inbox = append(c.inbox, f)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run serves the inbox in order until the connection closes.
+func (c *Conn) run() {
+	defer c.t.wg.Done()
+	defer c.t.forget(c)
+	h := c.t.opts.Handler
+	for {
+		c.mu.Lock()
+		batch := c.inbox
+		c.inbox = nil
+		c.mu.Unlock()
+		for _, f := range batch {
+			out, err := c.serve(h, f)
+			if f.ID != 0 && !errors.Is(err, ErrNoReply) {
+				_ = c.Reply(f.ID, out, err)
+			}
+		}
+		if len(batch) > 0 {
+			continue
+		}
+		select {
+		case <-c.wake:
+		case <-c.done:
+			if h != nil {
+				h.Closed(c, c.err)
+			}
+			return
+		}
+	}
+}
+
+func (c *Conn) serve(h Handler, f frame.Frame) (out []byte, err error) {
+	if h == nil {
+		return nil, fmt.Errorf("no handler for frame kind %d", f.Kind)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			c.t.log.Error("handler panicked", zap.Any("panic", r), zap.Uint8("kind", uint8(f.Kind)), zap.String("remote", c.remote))
+			err = fmt.Errorf("internal error serving frame kind %d", f.Kind)
+		}
+	}()
+	return h.Serve(c, f)
+}
+
+// events adapts gnet's callbacks; it runs on the event loops.
+type events struct {
+	gnet.BuiltinEventEngine
+	t      *Transport
+	booted chan gnet.Engine // nil for the client
+}
+
+func (e *events) OnBoot(eng gnet.Engine) gnet.Action {
+	if e.booted != nil { // the listener's engine, not the client's
+		e.booted <- eng
+	}
+	return gnet.None
+}
+
+func (e *events) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	c, _ := gc.Context().(*Conn)
+	if c == nil { // accepted by the listener
+		remote := ""
+		if addr := gc.RemoteAddr(); addr != nil {
+			remote = addr.String()
+		}
+		c = e.t.newConn(true, remote)
+		gc.SetContext(c)
+	}
+	c.gc.Store(&gc)
+	return frame.AppendHello(nil), gnet.None
+}
+
+func (e *events) OnClose(gc gnet.Conn, err error) gnet.Action {
+	if c, _ := gc.Context().(*Conn); c != nil {
+		if err == nil {
+			err = ErrClosed
+		}
+		c.fail(err)
+	}
+	return gnet.None
+}
+
+func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
+	c, _ := gc.Context().(*Conn)
+	if c == nil {
+		return gnet.Close
+	}
+	if !c.helloSeen {
+		b, err := gc.Peek(frame.HelloSize)
+		if err != nil {
+			return gnet.None // wait for the whole hello
+		}
+		if err := frame.CheckHello(b); err != nil {
+			e.t.log.Warn("refusing connection", zap.String("remote", c.remote), zap.Error(err))
+			c.fail(err)
+			return gnet.Close
+		}
+		_, _ = gc.Discard(frame.HelloSize)
+		c.helloSeen = true
+		close(c.ready)
+	}
+	for {
+		n := gc.InboundBuffered()
+		if n < frame.HeaderSize {
+			return gnet.None
+		}
+		hdr, _ := gc.Peek(4)
+		size, err := frame.Peek(hdr, e.t.opts.MaxFrame)
+		if err != nil {
+			e.t.log.Warn("closing connection", zap.String("remote", c.remote), zap.Error(err))
+			c.fail(err)
+			return gnet.Close
+		}
+		if n < size {
+			return gnet.None
+		}
+		buf, err := gc.Peek(size)
+		if err != nil {
+			return gnet.None
+		}
+		f, _, err := frame.Parse(buf, e.t.opts.MaxFrame)
+		if err != nil {
+			c.fail(err)
+			return gnet.Close
+		}
+		f.Body = append([]byte(nil), f.Body...) // the read buffer is reused after Discard
+		_, _ = gc.Discard(size)
+		c.deliver(f)
+	}
+}

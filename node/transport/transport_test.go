@@ -1,0 +1,149 @@
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+const kindEcho frame.Kind = 100
+const kindFail frame.Kind = 101
+const kindPush frame.Kind = 102
+
+type echo struct{ pushes chan []byte }
+
+func (e *echo) Serve(c *Conn, f frame.Frame) ([]byte, error) {
+	switch f.Kind {
+	case kindEcho:
+		return f.Body, nil
+	case kindPush:
+		e.pushes <- f.Body
+		return nil, nil
+	}
+	return nil, errors.New("no such thing")
+}
+
+func (e *echo) Closed(*Conn, error) {}
+
+func pair(t *testing.T, max int) (*Transport, *Transport, *echo) {
+	t.Helper()
+	h := &echo{pushes: make(chan []byte, 10)}
+	srv, err := New(Options{MaxFrame: max, Logger: zaptest.NewLogger(t), Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if err := srv.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := New(Options{MaxFrame: max, Logger: zaptest.NewLogger(t), Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return srv, cli, h
+}
+
+func TestCallAndPush(t *testing.T) {
+	srv, cli, h := pair(t, 64<<20)
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, n := range []int{0, 1, 1000, 300 << 10, 9 << 20} {
+		body := bytes.Repeat([]byte{byte(n)}, n)
+		got, err := c.Call(ctx, kindEcho, body)
+		if err != nil {
+			t.Fatalf("Call(%d bytes): %v", n, err)
+		}
+		if !bytes.Equal(got, body) {
+			t.Fatalf("echo of %d bytes came back as %d bytes", n, len(got))
+		}
+	}
+	_, err = c.Call(ctx, kindFail, nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Message != "no such thing" {
+		t.Fatalf("want the remote error, got %v", err)
+	}
+	if err := c.Send(kindPush, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-h.pushes; string(got) != "p" {
+		t.Fatalf("push body %q", got)
+	}
+}
+
+func TestRefusesBadPeers(t *testing.T) {
+	srv, _, _ := pair(t, 1024)
+	f := func(name string, send []byte) {
+		t.Helper()
+		nc, err := net.Dial("tcp", srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		nc.Write(send)
+		nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		// The server sends its hello, then must close the connection.
+		buf := make([]byte, 64)
+		total := 0
+		for {
+			n, err := nc.Read(buf)
+			total += n
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					t.Fatalf("%s: connection still open after bad input", name)
+				}
+				break
+			}
+		}
+		if total != frame.HelloSize {
+			t.Fatalf("%s: read %d bytes before close, want only the hello", name, total)
+		}
+	}
+	f("garbage hello", []byte("GET / HTTP/1.1\r\n\r\n"))
+	f("frame over limit", append(frame.AppendHello(nil), frame.AppendFrame(nil, kindEcho, 1, make([]byte, 2048))...))
+	f("length under header", append(frame.AppendHello(nil), 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9))
+	// The listener still serves well-behaved peers afterwards.
+	cli, err := New(Options{MaxFrame: 1024, Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, kindEcho, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCallFailsWhenPeerCloses(t *testing.T) {
+	srv, cli, _ := pair(t, 1024)
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection not closed after the listener stopped")
+	}
+	if _, err := c.Call(context.Background(), kindEcho, nil); err == nil {
+		t.Fatal("call on a closed connection succeeded")
+	}
+}

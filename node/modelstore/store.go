@@ -1,0 +1,431 @@
+// Package modelstore is a server's model store: the global model of the
+// newest iterations in memory, each one checkpointed to disk as safetensors
+// before anyone can read it.
+//
+// # Retention (following MindSpore's ModelStore)
+//
+// MindSpore keeps at most 3 models in memory plus iteration 0, the initial
+// model (fl/server/model_store.cc, Initialize(max_count = 3)), and ≈r1.7
+// deletes older checkpoint files after writing a new one. Here Keep (default
+// 3) models are kept in memory plus iteration 0, which is never evicted; on
+// disk the newest Keep checkpoint files are kept, iteration 0 included only
+// while it is among the newest.
+//
+// # Durability (DESIGN promise 3)
+//
+// Put writes <Dir>/<FLName>_iteration_<N>.safetensors to a temporary name in
+// the same directory, fsyncs the file, renames it and fsyncs the directory;
+// only then is the model visible to Get and Latest. A failed write publishes
+// nothing and returns the error: the caller fails the iteration. Each
+// checkpoint carries fl_name, iteration and the sha256 of its weights in the
+// safetensors metadata; recovery checks all three.
+//
+// # Recovery
+//
+// Open lists Dir, removes leftover temporary files of this FLName, loads the
+// newest Keep valid checkpoints, and renames corrupt or partial ones to
+// <name>.corrupt (logged) so that they never count as "newest". When no
+// checkpoint loads, the initial model becomes iteration 0 and is written.
+// A checkpoint directory belongs to one server process: give each server its
+// own (as MindSpore's example scripts do with server_<rank>/).
+//
+// # Concurrency and ownership
+//
+// All methods are safe for concurrent use: Puts are serialized, and readers
+// never wait for a checkpoint write. Models are immutable snapshots: Put takes
+// ownership of the model it is given (the caller must not write to it after)
+// and Get/Latest return the stored model itself, which callers must not
+// modify.
+package modelstore
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/model"
+)
+
+// DefaultKeep is MindSpore's ModelStore max_count.
+const DefaultKeep = 3
+
+// Sentinel errors.
+var (
+	// ErrOutOfOrder is returned by Put for an iteration not after the latest.
+	ErrOutOfOrder = errors.New("iteration not after the latest stored one")
+	// ErrLayout is returned by Put for a model of another architecture.
+	ErrLayout = errors.New("model layout differs from the store's")
+)
+
+// Options configure a Store.
+type Options struct {
+	// Dir is the checkpoint directory (checkpoint_dir); created if missing.
+	// Empty keeps models in memory only, with no checkpoints.
+	Dir string
+	// FLName (fl_name) prefixes checkpoint files; required, no path
+	// separators.
+	FLName string
+	// Keep is how many newest models stay in memory (plus iteration 0) and
+	// how many newest checkpoint files stay on disk; 0 means DefaultKeep.
+	Keep int
+	// FS is the file system; nil means OSFS.
+	FS FS
+	// Logger receives recovery and cleanup messages; nil means none.
+	Logger *zap.Logger
+	// InitFile (model.init_file) is a safetensors file holding the initial
+	// model. It is read through FS.
+	InitFile string
+	// Initial is the initial model when InitFile is empty; the store takes
+	// ownership. When both are empty, model.InitLeNet5(Seed) is used.
+	Initial *model.Model
+	// Seed seeds model.InitLeNet5 when neither InitFile nor Initial is set.
+	Seed uint64
+}
+
+// Validate reports the first invalid field.
+func (o *Options) Validate() error {
+	if o.FLName == "" {
+		return fmt.Errorf("invalid modelstore options: FLName is empty")
+	}
+	if strings.ContainsAny(o.FLName, "/\\\x00") || o.FLName == "." || o.FLName == ".." {
+		return fmt.Errorf("invalid modelstore options: FLName %q must be a plain file name part", o.FLName)
+	}
+	if o.Keep < 0 {
+		return fmt.Errorf("invalid modelstore options: Keep is %d, want >= 0", o.Keep)
+	}
+	return nil
+}
+
+// Store holds the newest models. See the package documentation.
+type Store struct {
+	opts   Options
+	fs     FS
+	log    *zap.Logger
+	layout *model.Layout
+	tmpSeq atomic.Uint64
+
+	writeMu sync.Mutex // serializes Put
+
+	mu     sync.RWMutex
+	models map[uint64]*model.Model
+	latest uint64
+}
+
+// Open builds the store: the initial model, then the newest valid
+// checkpoints found in Dir.
+func Open(opts Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Keep == 0 {
+		opts.Keep = DefaultKeep
+	}
+	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}}
+	if s.fs == nil {
+		s.fs = OSFS
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	s.log = s.log.Named("modelstore")
+
+	initial, err := s.initialModel()
+	if err != nil {
+		return nil, err
+	}
+	s.layout = initial.Layout
+	s.models[0] = initial
+	if opts.Dir == "" {
+		return s, nil
+	}
+	if err := s.fs.MkdirAll(opts.Dir); err != nil {
+		return nil, fmt.Errorf("cannot create checkpoint dir %s: %w", opts.Dir, err)
+	}
+	loaded, err := s.recover()
+	if err != nil {
+		return nil, err
+	}
+	if loaded == 0 {
+		if err := s.writeCheckpoint(0, initial); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) initialModel() (*model.Model, error) {
+	switch {
+	case s.opts.InitFile != "":
+		m, _, err := read(s.fs, s.opts.InitFile, nil)
+		if err != nil {
+			return nil, fmt.Errorf("cannot load initial model: %w", err)
+		}
+		return m, nil
+	case s.opts.Initial != nil:
+		m := s.opts.Initial
+		if m.Layout == nil || len(m.Data) != m.Layout.Size {
+			return nil, fmt.Errorf("cannot use initial model: weights do not match the layout")
+		}
+		return m, nil
+	default:
+		return model.InitLeNet5(s.opts.Seed), nil
+	}
+}
+
+// CheckpointName is the file name of iteration iter's checkpoint.
+func CheckpointName(flName string, iter uint64) string {
+	return flName + "_iteration_" + strconv.FormatUint(iter, 10) + ".safetensors"
+}
+
+const (
+	ckptSuffix    = ".safetensors"
+	tmpMarker     = ".safetensors.tmp"
+	corruptSuffix = ".corrupt"
+)
+
+// parseName classifies a directory entry: a checkpoint of iteration iter, a
+// leftover temporary file, or neither.
+func (s *Store) parseName(name string) (iter uint64, ckpt, tmp bool) {
+	prefix := s.opts.FLName + "_iteration_"
+	rest, ok := strings.CutPrefix(name, prefix)
+	if !ok {
+		return 0, false, false
+	}
+	if i := strings.Index(rest, tmpMarker); i > 0 {
+		_, err := strconv.ParseUint(rest[:i], 10, 64)
+		return 0, false, err == nil
+	}
+	num, ok := strings.CutSuffix(rest, ckptSuffix)
+	if !ok {
+		return 0, false, false
+	}
+	it, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || CheckpointName(s.opts.FLName, it) != name {
+		return 0, false, false
+	}
+	return it, true, false
+}
+
+// recover loads the newest valid checkpoints and returns how many loaded.
+func (s *Store) recover() (int, error) {
+	names, err := s.fs.ReadDir(s.opts.Dir)
+	if err != nil {
+		return 0, fmt.Errorf("cannot list checkpoint dir %s: %w", s.opts.Dir, err)
+	}
+	var iters []uint64
+	for _, name := range names {
+		it, ckpt, tmp := s.parseName(name)
+		switch {
+		case tmp:
+			p := filepath.Join(s.opts.Dir, name)
+			if err := s.fs.Remove(p); err != nil {
+				s.log.Warn("cannot remove leftover temporary checkpoint", zap.String("path", p), zap.Error(err))
+			} else {
+				s.log.Info("removed leftover temporary checkpoint", zap.String("path", p))
+			}
+		case ckpt:
+			iters = append(iters, it)
+		}
+	}
+	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	loaded := 0
+	for _, it := range iters { // newest first
+		if loaded >= s.opts.Keep && it != 0 {
+			continue // older than the newest Keep; iteration 0 is always tried
+		}
+		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
+		m, meta, err := read(s.fs, p, s.layout)
+		if err == nil && (meta.FLName != s.opts.FLName || meta.Iteration != it || meta.SHA256 == "") {
+			err = fmt.Errorf("metadata %+v does not match fl_name %q iteration %d", meta, s.opts.FLName, it)
+		}
+		if err != nil {
+			s.quarantine(p, err)
+			continue
+		}
+		s.models[it] = m
+		s.latest = max(s.latest, it)
+		loaded++
+		s.log.Info("recovered checkpoint", zap.String("path", p), zap.Uint64("iteration", it), zap.String("sha256", meta.SHA256))
+	}
+	return loaded, nil
+}
+
+func (s *Store) quarantine(p string, cause error) {
+	s.log.Warn("skipping corrupt checkpoint", zap.String("path", p), zap.Error(cause))
+	if err := s.fs.Rename(p, p+corruptSuffix); err != nil {
+		s.log.Warn("cannot set corrupt checkpoint aside", zap.String("path", p), zap.Error(err))
+	}
+}
+
+// writeCheckpoint writes iter atomically: temporary file, fsync, rename,
+// fsync of the directory.
+func (s *Store) writeCheckpoint(iter uint64, m *model.Model) (err error) {
+	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
+	tmp := final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
+	f, err := s.fs.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("cannot create checkpoint %s: %w", tmp, err)
+	}
+	defer func() {
+		if err != nil {
+			if rerr := s.fs.Remove(tmp); rerr != nil {
+				s.log.Warn("cannot remove temporary checkpoint", zap.String("path", tmp), zap.Error(rerr))
+			}
+		}
+	}()
+	if err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: m.SHA256()}); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("cannot sync checkpoint %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("cannot close checkpoint %s: %w", tmp, err)
+	}
+	if err := s.fs.Rename(tmp, final); err != nil {
+		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
+	}
+	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+		// The file may be visible but not durable: do not publish it.
+		// Remove the final name rather than the temporary one.
+		tmp = final
+		return fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, err)
+	}
+	return nil
+}
+
+// Put stores m as iteration iter: checkpoint first (when Dir is set), then
+// visible to Get and Latest, then older checkpoints and models beyond Keep
+// are dropped. iter must be greater than the latest stored iteration. The
+// store takes ownership of m: the caller must not modify it afterwards.
+func (s *Store) Put(iter uint64, m *model.Model) error {
+	if m == nil || m.Layout == nil || len(m.Data) != m.Layout.Size {
+		return fmt.Errorf("cannot put iteration %d: model weights do not match its layout", iter)
+	}
+	if !m.Layout.Equal(s.layout) {
+		return fmt.Errorf("cannot put iteration %d: %w", iter, ErrLayout)
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	latest := s.latest
+	s.mu.RUnlock()
+	if iter <= latest {
+		return fmt.Errorf("cannot put iteration %d (latest %d): %w", iter, latest, ErrOutOfOrder)
+	}
+	if s.opts.Dir != "" {
+		if err := s.writeCheckpoint(iter, m); err != nil {
+			return fmt.Errorf("cannot put iteration %d: %w", iter, err)
+		}
+	}
+	s.mu.Lock()
+	s.models[iter] = m
+	s.latest = iter
+	s.evictLocked()
+	s.mu.Unlock()
+	if s.opts.Dir != "" {
+		s.pruneDisk()
+	}
+	return nil
+}
+
+// evictLocked keeps the newest Keep models and iteration 0.
+func (s *Store) evictLocked() {
+	if len(s.models) <= s.opts.Keep+1 {
+		return
+	}
+	iters := make([]uint64, 0, len(s.models))
+	for it := range s.models {
+		if it != 0 {
+			iters = append(iters, it)
+		}
+	}
+	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	for _, it := range iters[min(s.opts.Keep, len(iters)):] {
+		delete(s.models, it)
+	}
+}
+
+// pruneDisk removes checkpoint files beyond the newest Keep. Failures are
+// logged: the new checkpoint is already durable.
+func (s *Store) pruneDisk() {
+	names, err := s.fs.ReadDir(s.opts.Dir)
+	if err != nil {
+		s.log.Warn("cannot list checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))
+		return
+	}
+	var iters []uint64
+	for _, name := range names {
+		if it, ckpt, _ := s.parseName(name); ckpt {
+			iters = append(iters, it)
+		}
+	}
+	if len(iters) <= s.opts.Keep {
+		return
+	}
+	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	for _, it := range iters[s.opts.Keep:] {
+		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
+		if err := s.fs.Remove(p); err != nil {
+			s.log.Warn("cannot remove old checkpoint", zap.String("path", p), zap.Error(err))
+		}
+	}
+}
+
+// Get returns iteration iter's model if it is still kept. The model must not
+// be modified.
+func (s *Store) Get(iter uint64) (*model.Model, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.models[iter]
+	return m, ok
+}
+
+// Has reports whether iteration iter is kept in memory.
+func (s *Store) Has(iter uint64) bool {
+	_, ok := s.Get(iter)
+	return ok
+}
+
+// Latest returns the newest iteration and its model (iteration 0 and the
+// initial model before any Put). The model must not be modified.
+func (s *Store) Latest() (uint64, *model.Model) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.latest, s.models[s.latest]
+}
+
+// Iterations lists the kept iterations in increasing order.
+func (s *Store) Iterations() []uint64 {
+	s.mu.RLock()
+	out := make([]uint64, 0, len(s.models))
+	for it := range s.models {
+		out = append(out, it)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Layout is the layout every stored model has.
+func (s *Store) Layout() *model.Layout { return s.layout }
+
+// Encoded returns iteration iter's model serialized with Encode, for
+// shipping to a peer, or false if the iteration is not kept.
+func (s *Store) Encoded(iter uint64) ([]byte, bool, error) {
+	m, ok := s.Get(iter)
+	if !ok {
+		return nil, false, nil
+	}
+	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter})
+	return b, true, err
+}

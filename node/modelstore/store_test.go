@@ -1,0 +1,431 @@
+package modelstore
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/safetensors"
+)
+
+const dir = "/ckpt"
+
+// next returns a model derived from m with every weight shifted by d.
+func next(m *model.Model, d float32) *model.Model {
+	c := m.Clone()
+	for i := range c.Data {
+		c.Data[i] += d
+	}
+	return c
+}
+
+func open(t *testing.T, fsys FS, mod func(*Options)) *Store {
+	t.Helper()
+	o := Options{Dir: dir, FLName: "lenet", FS: fsys, Logger: zaptest.NewLogger(t), Seed: 1}
+	if mod != nil {
+		mod(&o)
+	}
+	s, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func names(t *testing.T, fsys FS) string {
+	t.Helper()
+	ns, err := fsys.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(ns, " ")
+}
+
+func TestOptionsValidate(t *testing.T) {
+	f := func(o Options, want string) {
+		t.Helper()
+		err := o.Validate()
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Fatalf("%+v: got %v, want %q", o, err, want)
+		}
+	}
+	f(Options{FLName: "lenet"}, "")
+	f(Options{}, "FLName is empty")
+	f(Options{FLName: "a/b"}, "plain file name")
+	f(Options{FLName: ".."}, "plain file name")
+	f(Options{FLName: "x", Keep: -1}, "Keep")
+}
+
+func TestPutGetEvict(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, nil)
+	it, m0 := s.Latest()
+	if it != 0 || m0.SHA256() != model.InitLeNet5(1).SHA256() {
+		t.Fatalf("initial: iteration %d", it)
+	}
+	if got := names(t, fsys); got != "lenet_iteration_0.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+	m := m0
+	for i := uint64(1); i <= 5; i++ {
+		m = next(m, 1)
+		if err := s.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+		if it, got := s.Latest(); it != i || got != m {
+			t.Fatalf("latest %d", it)
+		}
+	}
+	if got := names(t, fsys); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+	if got := s.Iterations(); len(got) != 4 || got[0] != 0 || got[1] != 3 || got[3] != 5 {
+		t.Fatalf("kept %v", got)
+	}
+	if !s.Has(0) || s.Has(2) || !s.Has(3) {
+		t.Fatal("Has")
+	}
+	if err := s.Put(5, m); !errors.Is(err, ErrOutOfOrder) {
+		t.Fatalf("got %v", err)
+	}
+	other := model.New(mustLayout(t))
+	if err := s.Put(6, other); !errors.Is(err, ErrLayout) {
+		t.Fatalf("got %v", err)
+	}
+	if err := s.Put(6, &model.Model{Layout: m.Layout, Data: m.Data[:3]}); err == nil {
+		t.Fatal("short model accepted")
+	}
+	// Checkpoints decode to what was put, with metadata.
+	b, _ := fsys.ReadFile(filepath.Join(dir, "lenet_iteration_5.safetensors"))
+	got, meta, err := Decode(b, s.Layout())
+	if err != nil || got.SHA256() != m.SHA256() || meta != (Meta{FLName: "lenet", Iteration: 5, SHA256: m.SHA256()}) {
+		t.Fatalf("checkpoint: %v %+v", err, meta)
+	}
+	enc, ok, err := s.Encoded(5)
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if got, _, err := Decode(enc, nil); err != nil || got.SHA256() != m.SHA256() {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.Encoded(1); ok {
+		t.Fatal("evicted iteration encoded")
+	}
+}
+
+func mustLayout(t *testing.T) *model.Layout {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{3}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func TestKeep(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, func(o *Options) { o.Keep = 1 })
+	_, m := s.Latest()
+	for i := uint64(1); i <= 3; i++ {
+		if err := s.Put(i, next(m, float32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := names(t, fsys); got != "lenet_iteration_3.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+	if got := s.Iterations(); len(got) != 2 || got[0] != 0 || got[1] != 3 {
+		t.Fatalf("kept %v", got)
+	}
+}
+
+func TestMemoryOnly(t *testing.T) {
+	s := open(t, NewMemFS(), func(o *Options) { o.Dir = "" })
+	_, m := s.Latest()
+	if err := s.Put(1, next(m, 1)); err != nil || !s.Has(1) {
+		t.Fatal(err)
+	}
+}
+
+func TestRecover(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, nil)
+	_, m := s.Latest()
+	want := map[uint64]string{}
+	for i := uint64(1); i <= 5; i++ {
+		m = next(m, 0.5)
+		want[i] = m.SHA256()
+		if err := s.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, fs := range []*MemFS{fsys, fsys.CrashClone()} {
+		r := open(t, fs, nil)
+		it, got := r.Latest()
+		if it != 5 || got.SHA256() != want[5] {
+			t.Fatalf("recovered iteration %d", it)
+		}
+		for i := uint64(3); i <= 5; i++ {
+			if g, ok := r.Get(i); !ok || g.SHA256() != want[i] || g.Layout != r.Layout() {
+				t.Fatalf("iteration %d not recovered", i)
+			}
+		}
+		// Iteration 0's file is gone: rebuilt from the seed.
+		if g, ok := r.Get(0); !ok || g.SHA256() != model.InitLeNet5(1).SHA256() {
+			t.Fatal("iteration 0")
+		}
+		if err := r.Put(5, m); !errors.Is(err, ErrOutOfOrder) {
+			t.Fatalf("got %v", err)
+		}
+	}
+}
+
+func TestRecoverSkipsCorrupt(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, nil)
+	_, m0 := s.Latest()
+	m1 := next(m0, 1)
+	if err := s.Put(1, m1); err != nil {
+		t.Fatal(err)
+	}
+	good, _ := fsys.ReadFile(filepath.Join(dir, "lenet_iteration_1.safetensors"))
+	flip := append([]byte(nil), good...)
+	flip[len(flip)-1] ^= 1
+	wrongName, _ := Encode(next(m0, 2), Meta{FLName: "other", Iteration: 6})
+	wrongIter, _ := Encode(next(m0, 2), Meta{FLName: "lenet", Iteration: 9})
+	noSum, _ := safetensors.AppendEncode(nil, m1, map[string]string{"fl_name": "lenet", "iteration": "8"})
+	put := func(name string, b []byte) { fsys.WriteFile(filepath.Join(dir, name), b) }
+	put("lenet_iteration_2.safetensors", good[:len(good)/2]) // truncated
+	put("lenet_iteration_3.safetensors", flip)               // bit flip: checksum
+	put("lenet_iteration_4.safetensors", []byte("garbage"))
+	put("lenet_iteration_5.safetensors", nil)
+	put("lenet_iteration_6.safetensors", wrongName)
+	put("lenet_iteration_7.safetensors", wrongIter)
+	put("lenet_iteration_8.safetensors", noSum)
+	put("lenet_iteration_9.safetensors.tmp3", good) // leftover temporary
+	put("lenet_iteration_010.safetensors", good)    // not canonical: ignored
+	put("other_iteration_1.safetensors", good)      // another job: ignored
+	put("notes.txt", []byte("x"))
+
+	r := open(t, fsys, nil)
+	if it, got := r.Latest(); it != 1 || got.SHA256() != m1.SHA256() {
+		t.Fatalf("latest %d", it)
+	}
+	want := "lenet_iteration_0.safetensors lenet_iteration_010.safetensors lenet_iteration_1.safetensors " +
+		"lenet_iteration_2.safetensors.corrupt lenet_iteration_3.safetensors.corrupt lenet_iteration_4.safetensors.corrupt " +
+		"lenet_iteration_5.safetensors.corrupt lenet_iteration_6.safetensors.corrupt lenet_iteration_7.safetensors.corrupt " +
+		"lenet_iteration_8.safetensors.corrupt notes.txt other_iteration_1.safetensors"
+	if got := names(t, fsys); got != want {
+		t.Fatalf("files\n%s\nwant\n%s", got, want)
+	}
+	// A new iteration 2 can be written over the set-aside corrupt one.
+	if err := r.Put(2, next(m1, 1)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInitialModelSources(t *testing.T) {
+	fsys := NewMemFS()
+	l := mustLayout(t)
+	init := &model.Model{Layout: l, Data: []float32{1, 2, 3}}
+	b, _ := Encode(init, Meta{})
+	fsys.WriteFile("/init.safetensors", b)
+	s := open(t, fsys, func(o *Options) { o.InitFile = "/init.safetensors"; o.Dir = "" })
+	if _, m := s.Latest(); m.SHA256() != init.SHA256() {
+		t.Fatal("init file not used")
+	}
+	s = open(t, fsys, func(o *Options) { o.Initial = init; o.Dir = "" })
+	if _, m := s.Latest(); m != init {
+		t.Fatal("Initial not used")
+	}
+	f := func(mod func(*Options), want string) {
+		t.Helper()
+		o := Options{FLName: "x", FS: fsys}
+		mod(&o)
+		_, err := Open(o)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Fatalf("got %v, want %q", err, want)
+		}
+	}
+	f(func(o *Options) { o.InitFile = "/missing" }, "cannot load initial model")
+	f(func(o *Options) { o.Initial = &model.Model{Layout: l} }, "do not match")
+	// A checkpoint dir holding another architecture: everything set aside.
+	s = open(t, fsys, func(o *Options) { o.Initial = init })
+	r := open(t, fsys, nil)
+	if it, m := r.Latest(); it != 0 || m.Layout.Size != model.LeNet5Layout().Size {
+		t.Fatal("foreign layout recovered")
+	}
+	_ = s
+}
+
+// TestPutFaults fails each file-system operation of a Put in turn, then
+// simulates a crash: a failed Put publishes nothing and leaves the previous
+// model recoverable; a successful one survives the crash.
+func TestPutFaults(t *testing.T) {
+	for n := int64(0); ; n++ {
+		mem := NewMemFS()
+		var armed atomic.Bool
+		inj, count := OnIndex(n)
+		efs := NewErrorFS(mem, func(op Op, p string) error {
+			if !armed.Load() {
+				return nil
+			}
+			return inj(op, p)
+		})
+		s := open(t, efs, func(o *Options) { o.Logger = zap.NewNop() })
+		_, m0 := s.Latest()
+		m1 := next(m0, 1)
+		if err := s.Put(1, m1); err != nil {
+			t.Fatal(err)
+		}
+		m2 := next(m1, 1)
+		armed.Store(true)
+		err := s.Put(2, m2)
+		armed.Store(false)
+		hit := count.Load() > n
+		if !hit {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n < 5 {
+				t.Fatalf("only %d operations in a Put", n)
+			}
+			t.Logf("covered %d fault points", n)
+			return
+		}
+		wantIter, want := uint64(2), m2
+		if err != nil {
+			if !errors.Is(err, ErrInjected) {
+				t.Fatalf("fault %d: %v", n, err)
+			}
+			if s.Has(2) {
+				t.Fatalf("fault %d: failed Put published the model", n)
+			}
+			wantIter, want = 1, m1
+		}
+		if it, m := s.Latest(); it != wantIter || m != want {
+			t.Fatalf("fault %d: latest %d", n, it)
+		}
+		r := open(t, mem.CrashClone(), func(o *Options) { o.Logger = zap.NewNop() })
+		if it, m := r.Latest(); it != wantIter || m.SHA256() != want.SHA256() {
+			t.Fatalf("fault %d (err %v): recovered iteration %d, want %d", n, err, it, wantIter)
+		}
+		if strings.Contains(names(t, r.fs), "tmp") {
+			t.Fatalf("fault %d: temporary file left after recovery: %s", n, names(t, r.fs))
+		}
+	}
+}
+
+func TestOpenFaults(t *testing.T) {
+	f := func(op Op) {
+		t.Helper()
+		_, err := Open(Options{Dir: dir, FLName: "x", FS: NewErrorFS(NewMemFS(), OnOp(op, nil))})
+		if !errors.Is(err, ErrInjected) {
+			t.Fatalf("%v: got %v", op, err)
+		}
+	}
+	f(OpMkdirAll)
+	f(OpReadDir)
+	f(OpCreate)
+	f(OpWrite)
+	f(OpSync)
+	f(OpRename)
+	f(OpSyncDir)
+}
+
+func TestConcurrentReaders(t *testing.T) {
+	s := open(t, NewMemFS(), func(o *Options) { o.Logger = zap.NewNop() })
+	_, m := s.Latest()
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for r := 0; r < 4; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				it, lm := s.Latest()
+				if lm == nil || lm.Data[0] != m.Data[0]+float32(it) {
+					t.Errorf("iteration %d: wrong model", it)
+					return
+				}
+				s.Get(it - 1)
+				s.Iterations()
+			}
+		}()
+	}
+	for i := uint64(1); i <= 20; i++ {
+		if err := s.Put(i, next(m, float32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
+
+func TestOSFS(t *testing.T) {
+	d := t.TempDir()
+	s, err := Open(Options{Dir: d, FLName: "lenet", Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, m := s.Latest()
+	for i := uint64(1); i <= 3; i++ {
+		m = next(m, 1)
+		if err := s.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(d, "lenet_iteration_4.safetensors.tmp1"), []byte("partial"), 0o644)
+	es, _ := os.ReadDir(d)
+	if len(es) != 3 {
+		t.Fatalf("%d files", len(es))
+	}
+	b, err := os.ReadFile(filepath.Join(d, "lenet_iteration_3.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := safetensors.Decode(b, nil); err != nil || got.SHA256() != m.SHA256() {
+		t.Fatal(err)
+	}
+	r, err := Open(Options{Dir: d, FLName: "lenet", Keep: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it, got := r.Latest(); it != 3 || got.SHA256() != m.SHA256() {
+		t.Fatalf("recovered %d", it)
+	}
+	if es, _ := os.ReadDir(d); len(es) != 2 {
+		t.Fatalf("%d files after recovery", len(es))
+	}
+}
+
+func TestDecodeChecksum(t *testing.T) {
+	m := model.InitLeNet5(3)
+	b, err := Encode(m, Meta{FLName: "x", Iteration: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, meta, err := Decode(b, model.LeNet5Layout()); err != nil || meta.SHA256 != m.SHA256() || meta.Iteration != 2 {
+		t.Fatal(err)
+	}
+	b[len(b)-2] ^= 0x10
+	if _, _, err := Decode(b, nil); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("got %v", err)
+	}
+	bad, _ := safetensors.AppendEncode(nil, m, map[string]string{"iteration": "x"})
+	if _, _, err := Decode(bad, nil); err == nil {
+		t.Fatal("bad iteration accepted")
+	}
+}

@@ -1,0 +1,225 @@
+// Package record writes one record per federated iteration: MindSpore's
+// metrics.json (the ≈r1.7 form: one JSON object per line, appended) with its
+// keys unchanged, plus fedcluster's own keys, and keeps the last N records in
+// memory for the REST API and the dashboard.
+//
+// MindSpore's leader server writes metrics.json at the end of every
+// iteration when the config's "metrics" section asks for it
+// (fl/server/iteration_metrics.cc). Tools that read MindSpore's file read
+// ours: every MindSpore key is always present, with MindSpore's name and
+// type; our keys come after and are omitted when unknown.
+package record
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sync"
+)
+
+// Instance states (instanceStatus).
+const (
+	StatusRunning = "running"
+	StatusDisable = "disable"
+	StatusFinish  = "finish"
+)
+
+// Iteration results (iterationResult).
+const (
+	ResultSuccess = "success"
+	ResultFail    = "fail"
+)
+
+// ClientVisitedInfo is MindSpore r1.7's per-round request counts, summed
+// over all servers.
+type ClientVisitedInfo struct {
+	StartFLJobTotalClientNum   uint64 `json:"startFLJobTotalClientNum"`
+	StartFLJobAcceptClientNum  uint64 `json:"startFLJobAcceptClientNum"`
+	StartFLJobRejectClientNum  uint64 `json:"startFLJobRejectClientNum"`
+	UpdateModelTotalClientNum  uint64 `json:"updateModelTotalClientNum"`
+	UpdateModelAcceptClientNum uint64 `json:"updateModelAcceptClientNum"`
+	UpdateModelRejectClientNum uint64 `json:"updateModelRejectClientNum"`
+	GetModelTotalClientNum     uint64 `json:"getModelTotalClientNum"`
+	GetModelAcceptClientNum    uint64 `json:"getModelAcceptClientNum"`
+	GetModelRejectClientNum    uint64 `json:"getModelRejectClientNum"`
+}
+
+// RoundDurations are the wall times of an iteration's phases in
+// milliseconds: from the round's first count to its last (or its timeout).
+type RoundDurations struct {
+	StartFLJob  float64 `json:"startFLJob"`
+	UpdateModel float64 `json:"updateModel"`
+	Aggregation float64 `json:"aggregation"`
+}
+
+// Record is one iteration's line in metrics.json.
+type Record struct {
+	// MindSpore r1.7 keys, always written.
+
+	FLName         string `json:"flName"`
+	InstanceStatus string `json:"instanceStatus"` // StatusRunning, StatusDisable, StatusFinish
+	FLIterationNum uint64 `json:"flIterationNum"`
+	// CurrentIteration is the iteration this record describes.
+	CurrentIteration uint64 `json:"currentIteration"`
+	// MetricsAuc and MetricsLoss are MindSpore's; in cross-device mode
+	// metricsLoss is Σ upload_loss of accepted updates ÷ the updateModel
+	// threshold, metricsAuc is 0 unless someone pushes it.
+	MetricsAuc  float64 `json:"metricsAuc"`
+	MetricsLoss float64 `json:"metricsLoss"`
+	// IterationExecutionTime is the ms from the first startFLJob to the
+	// iteration's end.
+	IterationExecutionTime uint64            `json:"iterationExecutionTime"`
+	ClientVisitedInfo      ClientVisitedInfo `json:"clientVisitedInfo"`
+	IterationResult        string            `json:"iterationResult"` // ResultSuccess, ResultFail
+
+	// fedcluster keys.
+
+	// Admitted devices (startFLJob accepted) and Updated (updateModel
+	// accepted and folded into the aggregate).
+	Admitted uint64 `json:"admitted"`
+	Updated  uint64 `json:"updated"`
+	// RejectedByReason counts refused requests by reason string.
+	RejectedByReason map[string]uint64 `json:"rejectedByReason,omitempty"`
+	// Lost counts updates acknowledged with SUCCEED but missing from the
+	// aggregate (DESIGN promise 3): should be 0.
+	Lost uint64 `json:"lost"`
+	// FailReason says why a failed iteration failed.
+	FailReason         string          `json:"failReason,omitempty"`
+	RoundDurationsMs   *RoundDurations `json:"roundDurationsMs,omitempty"`
+	FoldThroughputMBps float64         `json:"foldThroughputMBps,omitempty"`
+	// IterationSwitchMs is the time from the last updateModel answered to
+	// the next iteration accepting startFLJob.
+	IterationSwitchMs float64 `json:"iterationSwitchMs,omitempty"`
+	// ModelSHA256 is the checksum of the iteration's stored model.
+	ModelSHA256 string `json:"modelSha256,omitempty"`
+	// Engine is the aggregation engine (purego, avx2, cuda, ...).
+	Engine string `json:"engine,omitempty"`
+	// Accuracy and Loss of the model on an evaluation set, if known.
+	Accuracy *float64 `json:"accuracy,omitempty"`
+	Loss     *float64 `json:"loss,omitempty"`
+}
+
+// Options configure a Writer.
+type Options struct {
+	// Path is metrics.json (metrics.storage_file_path); relative paths
+	// resolve against the working directory, as in MindSpore. Empty keeps
+	// records in memory only.
+	Path string
+	// Fsync syncs the file after every record.
+	Fsync bool
+	// Ring is how many recent records stay in memory; 0 means 1000.
+	Ring int
+}
+
+// DefaultRing is the default number of records kept in memory.
+const DefaultRing = 1000
+
+// Writer appends records to a file and keeps the last ones in memory. It is
+// safe for concurrent use.
+type Writer struct {
+	opts Options
+
+	mu   sync.Mutex
+	f    *os.File
+	ring []Record
+	next int // ring index of the next record
+	n    int // records in ring
+	line []byte
+}
+
+// Open opens (creating it if needed) the metrics file in append mode.
+func Open(opts Options) (*Writer, error) {
+	if opts.Ring < 0 {
+		return nil, fmt.Errorf("invalid record options: Ring is %d, want >= 0", opts.Ring)
+	}
+	if opts.Ring == 0 {
+		opts.Ring = DefaultRing
+	}
+	w := &Writer{opts: opts, ring: make([]Record, opts.Ring)}
+	if opts.Path != "" {
+		f, err := os.OpenFile(opts.Path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("cannot open metrics file: %w", err)
+		}
+		w.f = f
+	}
+	return w, nil
+}
+
+// Append writes r as one line and remembers it. The record is kept in
+// memory even if the file write fails; the error is returned.
+func (w *Writer) Append(r *Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := *r
+	if r.RejectedByReason != nil {
+		c.RejectedByReason = make(map[string]uint64, len(r.RejectedByReason))
+		for k, v := range r.RejectedByReason {
+			c.RejectedByReason[k] = v
+		}
+	}
+	if r.RoundDurationsMs != nil {
+		d := *r.RoundDurationsMs
+		c.RoundDurationsMs = &d
+	}
+	if r.Accuracy != nil {
+		a := *r.Accuracy
+		c.Accuracy = &a
+	}
+	if r.Loss != nil {
+		l := *r.Loss
+		c.Loss = &l
+	}
+	w.ring[w.next] = c
+	w.next = (w.next + 1) % len(w.ring)
+	w.n = min(w.n+1, len(w.ring))
+	if w.f == nil {
+		return nil
+	}
+	b, err := json.Marshal(&c)
+	if err != nil {
+		return fmt.Errorf("cannot encode record: %w", err)
+	}
+	w.line = append(append(w.line[:0], b...), '\n')
+	if _, err := w.f.Write(w.line); err != nil {
+		return fmt.Errorf("cannot write metrics file: %w", err)
+	}
+	if w.opts.Fsync {
+		if err := w.f.Sync(); err != nil {
+			return fmt.Errorf("cannot sync metrics file: %w", err)
+		}
+	}
+	return nil
+}
+
+// Last returns up to n of the most recent records, oldest first (n <= 0:
+// all kept). The records are copies; maps and pointers inside are shared
+// with the ring and must not be modified.
+func (w *Writer) Last(n int) []Record {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if n <= 0 || n > w.n {
+		n = w.n
+	}
+	out := make([]Record, n)
+	start := (w.next - n + len(w.ring)) % len(w.ring)
+	for i := range out {
+		out[i] = w.ring[(start+i)%len(w.ring)]
+	}
+	return out
+}
+
+// Close closes the file. Records stay readable with Last.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return nil
+	}
+	err := w.f.Close()
+	w.f = nil
+	if err != nil {
+		return fmt.Errorf("cannot close metrics file: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,157 @@
+package record
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+func TestAppendLines(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "metrics.json")
+	os.WriteFile(p, []byte(`{"old":1}`+"\n"), 0o644) // append mode keeps it
+	w, err := Open(Options{Path: p, Fsync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := 0.9
+	w.Append(&Record{FLName: "lenet", InstanceStatus: StatusRunning, FLIterationNum: 5, CurrentIteration: 1,
+		IterationResult: ResultSuccess, ClientVisitedInfo: ClientVisitedInfo{StartFLJobTotalClientNum: 3},
+		RejectedByReason: map[string]uint64{"duplicate": 2}, RoundDurationsMs: &RoundDurations{UpdateModel: 12.5},
+		ModelSHA256: "ab", Engine: "purego", Accuracy: &acc})
+	w.Append(&Record{FLName: "lenet", InstanceStatus: StatusFinish, CurrentIteration: 2, IterationResult: ResultFail, FailReason: "updateModel timeout"})
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(p)
+	defer f.Close()
+	var lines []map[string]any
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		lines = append(lines, m)
+	}
+	if len(lines) != 3 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	f1 := func(line int, key string, want any) {
+		t.Helper()
+		got, ok := lines[line][key]
+		if want == nil {
+			if ok {
+				t.Fatalf("line %d: %s present: %v", line, key, got)
+			}
+			return
+		}
+		if b, _ := json.Marshal(got); string(b) != want {
+			t.Fatalf("line %d: %s = %s, want %s", line, key, b, want)
+		}
+	}
+	// MindSpore keys always present, with MindSpore's names.
+	for _, k := range []string{"flName", "instanceStatus", "flIterationNum", "currentIteration", "metricsAuc", "metricsLoss", "iterationExecutionTime", "clientVisitedInfo", "iterationResult"} {
+		for _, l := range []int{1, 2} {
+			if _, ok := lines[l][k]; !ok {
+				t.Fatalf("line %d lacks %s", l, k)
+			}
+		}
+	}
+	f1(1, "instanceStatus", `"running"`)
+	f1(1, "rejectedByReason", `{"duplicate":2}`)
+	f1(1, "roundDurationsMs", `{"aggregation":0,"startFLJob":0,"updateModel":12.5}`)
+	f1(1, "accuracy", `0.9`)
+	f1(1, "loss", nil)
+	f1(1, "engine", `"purego"`)
+	f1(1, "modelSha256", `"ab"`)
+	f1(2, "iterationResult", `"fail"`)
+	f1(2, "failReason", `"updateModel timeout"`)
+	f1(2, "rejectedByReason", nil)
+	f1(2, "clientVisitedInfo", `{"getModelAcceptClientNum":0,"getModelRejectClientNum":0,"getModelTotalClientNum":0,"startFLJobAcceptClientNum":0,"startFLJobRejectClientNum":0,"startFLJobTotalClientNum":0,"updateModelAcceptClientNum":0,"updateModelRejectClientNum":0,"updateModelTotalClientNum":0}`)
+	if got := w.Last(0); len(got) != 2 || got[0].CurrentIteration != 1 {
+		t.Fatalf("ring after close: %+v", got)
+	}
+}
+
+func TestRing(t *testing.T) {
+	w, err := Open(Options{Ring: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := func(n int, want string) {
+		t.Helper()
+		var got []string
+		for _, r := range w.Last(n) {
+			got = append(got, string(rune('0'+r.CurrentIteration)))
+		}
+		if s := strings.Join(got, ""); s != want {
+			t.Fatalf("Last(%d) = %q, want %q", n, s, want)
+		}
+	}
+	f(0, "")
+	w.Append(&Record{CurrentIteration: 1})
+	f(0, "1")
+	f(5, "1")
+	w.Append(&Record{CurrentIteration: 2})
+	f(1, "2")
+	for i := uint64(3); i <= 5; i++ {
+		w.Append(&Record{CurrentIteration: i})
+	}
+	f(0, "345")
+	f(2, "45")
+	f(-1, "345")
+	if _, err := Open(Options{Ring: -1}); err == nil {
+		t.Fatal("negative ring accepted")
+	}
+	if _, err := Open(Options{Path: filepath.Join(t.TempDir(), "no", "such", "dir", "m.json")}); err == nil {
+		t.Fatal("bad path accepted")
+	}
+}
+
+// The ring holds copies: a caller reusing its Record does not rewrite history.
+func TestAppendCopies(t *testing.T) {
+	w, _ := Open(Options{})
+	r := Record{RejectedByReason: map[string]uint64{"a": 1}, RoundDurationsMs: &RoundDurations{StartFLJob: 1}}
+	w.Append(&r)
+	r.RejectedByReason["a"] = 9
+	r.RoundDurationsMs.StartFLJob = 9
+	got := w.Last(1)[0]
+	if got.RejectedByReason["a"] != 1 || got.RoundDurationsMs.StartFLJob != 1 {
+		t.Fatalf("ring aliased the caller's record: %+v", got)
+	}
+}
+
+func TestConcurrentAppend(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "metrics.json")
+	w, err := Open(Options{Path: p, Ring: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				w.Append(&Record{FLName: strings.Repeat("x", 100), CurrentIteration: uint64(i)})
+				w.Last(4)
+			}
+		}()
+	}
+	wg.Wait()
+	w.Close()
+	b, _ := os.ReadFile(p)
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 200 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for _, l := range lines {
+		if !json.Valid([]byte(l)) {
+			t.Fatalf("torn line %q", l)
+		}
+	}
+}

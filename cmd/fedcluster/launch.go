@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/procs"
+)
+
+// runLaunch is the seed's run_sched.py / run_server.py: it starts the
+// scheduler, or local_server_num servers on fl_server_port.., as background
+// processes, each logging into its own folder, and returns once they listen.
+func runLaunch(name string, args []string) int {
+	role := "server"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		role, args = args[0], args[1:]
+	}
+	if role != "server" && role != "scheduler" {
+		fmt.Fprintf(os.Stderr, "fedcluster launch: role must be scheduler or server, got %q\n", role)
+		return 2
+	}
+	c, code := loadConfig(name+" "+role, config.RoleLaunch, args)
+	if c == nil {
+		return code
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fedcluster launch: %v\n", err)
+		return 1
+	}
+	var plans []launchPlan
+	if role == "scheduler" {
+		id := c.Cluster.NodeID
+		if id == "" {
+			id = "20" // the seed's run_mobile_sched.py sets MS_NODE_ID=20
+		}
+		plans = append(plans, launchPlan{role: "scheduler", nodeID: id, dir: "scheduler",
+			ready: net.JoinHostPort(dialHost(c.Cluster.ManageIP), strconv.Itoa(c.Cluster.SchedulerManagePort))})
+	} else {
+		n := c.Server.LocalCount(c.Cluster.ServerNum)
+		for i := 0; i < n; i++ {
+			id := strconv.Itoa(i)
+			if c.Cluster.NodeID != "" {
+				id = c.Cluster.NodeID
+				if n > 1 {
+					id += "_" + strconv.Itoa(i)
+				}
+			}
+			port := c.Server.FLServerPort + i
+			plans = append(plans, launchPlan{role: "server", nodeID: id, dir: "server_" + id, port: port,
+				ready: net.JoinHostPort(dialHost(c.Server.ServerIP), strconv.Itoa(port))})
+		}
+	}
+	for _, p := range plans {
+		pid, err := p.start(self, args)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fedcluster launch: %v\n", err)
+			return 1
+		}
+		fmt.Printf("launched %s node_id=%s pid=%d listening=%s log=%s\n", p.role, p.nodeID, pid, p.ready, filepath.Join(p.dir, p.role+".log"))
+	}
+	return 0
+}
+
+type launchPlan struct {
+	role   string
+	nodeID string
+	dir    string
+	port   int
+	ready  string // address that accepts connections once the process is up
+}
+
+// start runs the process detached (its own session, so it outlives the
+// launcher and a terminal's Ctrl-C) and waits until it listens.
+func (p launchPlan) start(self string, args []string) (int, error) {
+	if err := os.MkdirAll(p.dir, 0o755); err != nil {
+		return 0, fmt.Errorf("cannot create %s: %w", p.dir, err)
+	}
+	out, err := os.OpenFile(filepath.Join(p.dir, "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer out.Close()
+	// Later flags win, so these override what the user passed for the group.
+	full := append([]string{p.role}, args...)
+	full = append(full, "--node_id="+p.nodeID, "--log_dir="+p.dir)
+	if p.role == "server" {
+		full = append(full, "--fl_server_port="+strconv.Itoa(p.port), "--local_server_num=1")
+	}
+	cmd := exec.Command(self, full...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.Env = withoutEnv(os.Environ(), "MS_NODE_ID")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("cannot start %s %s: %w", p.role, p.nodeID, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := waitListening(ctx, p.ready, exited); err != nil {
+		_ = cmd.Process.Kill()
+		return 0, fmt.Errorf("%s %s did not start: %w (see %s)", p.role, p.nodeID, err, p.dir)
+	}
+	return cmd.Process.Pid, nil
+}
+
+// waitListening polls addr until it accepts a connection, the process
+// exits, or ctx ends. Polling is the only way to learn that another process
+// has bound a port.
+func waitListening(ctx context.Context, addr string, exited <-chan error) error {
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("exited: %v", err)
+		case <-ctx.Done():
+			return fmt.Errorf("not listening on %s: %w", addr, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func dialHost(ip string) string {
+	if ip == "0.0.0.0" || ip == "::" || ip == "" {
+		return "127.0.0.1"
+	}
+	return ip
+}
+
+func withoutEnv(env []string, key string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// runStop is the seed's finish_mobile.py.
+func runStop(name string, args []string) int {
+	c, code := loadConfig(name, config.RoleStop, args)
+	if c == nil {
+		return code
+	}
+	entries, err := procs.List(c.Cluster.SchedulerPort)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fedcluster stop: %v\n", err)
+		return 1
+	}
+	procs.Stop(entries, 10*time.Second, func(e procs.Entry) {
+		fmt.Printf("killed %d\n", e.PID)
+	})
+	fmt.Println("The services are stopped successfully.")
+	return 0
+}

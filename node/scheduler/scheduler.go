@@ -1,0 +1,259 @@
+// Package scheduler is the scheduler role: it registers servers and gives
+// them ranks, watches their heartbeats, pushes every membership change to
+// all of them, and serves the management REST API. The membership logic
+// lives in package membership; this package is the I/O around it.
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/membership"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// Scheduler is one running scheduler. Close stops everything it started.
+type Scheduler struct {
+	cfg    *config.Config
+	log    *zap.Logger
+	nodeID string
+	now    func() time.Time
+
+	tr   *transport.Transport
+	rest *fasthttp.Server
+	ln   net.Listener
+
+	mu      sync.Mutex
+	members *membership.Machine
+	conns   map[string]*transport.Conn // node id → its live connection
+	sent    uint64                     // membership version last broadcast
+	// lastState and announced drive the state-change log lines.
+	lastState string
+	announced bool
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New prepares a scheduler; Start opens its ports.
+func New(cfg *config.Config, nodeID string, log *zap.Logger) *Scheduler {
+	return &Scheduler{
+		cfg:     cfg,
+		log:     log.Named("scheduler").With(zap.String("node_id", nodeID)),
+		nodeID:  nodeID,
+		now:     time.Now,
+		members: membership.New(cfg.Cluster.ServerNum, time.Duration(cfg.Cluster.HeartbeatTimeout)),
+		conns:   make(map[string]*transport.Conn),
+		stop:    make(chan struct{}),
+	}
+}
+
+// Start listens on the cluster port and the management port.
+func (s *Scheduler) Start() error {
+	cl := s.cfg.Cluster
+	tr, err := transport.New(transport.Options{MaxFrame: int(cl.MaxFrameSize), Logger: s.log, Handler: s})
+	if err != nil {
+		return err
+	}
+	s.tr = tr
+	addr := net.JoinHostPort(cl.SchedulerIP, strconv.Itoa(cl.SchedulerPort))
+	if err := tr.Listen(addr, true); err != nil {
+		tr.Close()
+		return err
+	}
+	s.log.Info("[Scheduler start]: 1. Cluster TCP listening.", zap.String("addr", tr.Addr()))
+	manage := net.JoinHostPort(cl.ManageIP, strconv.Itoa(cl.SchedulerManagePort))
+	ln, err := net.Listen("tcp", manage)
+	if err != nil {
+		tr.Close()
+		return fmt.Errorf("cannot listen on scheduler_manage_port %s: %w", manage, err)
+	}
+	s.ln = ln
+	s.rest = s.newREST()
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.rest.Serve(ln); err != nil {
+			s.log.Error("management API stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.tickLoop()
+	}()
+	s.log.Info("[Scheduler start]: 2. Management REST API listening.", zap.String("addr", ln.Addr().String()))
+	s.log.Info("[Scheduler start]: 3. Waiting for servers to register.", zap.Int("server_num", cl.ServerNum))
+	return nil
+}
+
+// Addr is the cluster TCP address.
+func (s *Scheduler) Addr() string { return s.tr.Addr() }
+
+// ManageAddr is the REST address.
+func (s *Scheduler) ManageAddr() string { return s.ln.Addr().String() }
+
+// Close stops the scheduler.
+func (s *Scheduler) Close() error {
+	select {
+	case <-s.stop:
+		return nil
+	default:
+	}
+	close(s.stop)
+	var errs []error
+	if s.rest != nil {
+		errs = append(errs, s.rest.Shutdown())
+	}
+	if s.tr != nil {
+		errs = append(errs, s.tr.Close())
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Scheduler) tickLoop() {
+	every := time.Duration(s.cfg.Cluster.HeartbeatInterval) / 4
+	if every > 250*time.Millisecond {
+		every = 250 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.members.Tick(s.now())
+			s.broadcastLocked()
+			s.mu.Unlock()
+		}
+	}
+}
+
+// broadcastLocked pushes the membership to every connected server when it
+// changed since the last push.
+func (s *Scheduler) broadcastLocked() {
+	v := s.members.Version()
+	if v == s.sent {
+		return
+	}
+	prev := s.sent
+	s.sent = v
+	view := s.members.View()
+	body := ctl.Encode(view)
+	for id, c := range s.conns {
+		if err := c.Send(ctl.KindMembership, body); err != nil {
+			s.log.Warn("cannot push membership", zap.String("to", id), zap.Error(err))
+		}
+	}
+	if prev == 0 || view.ClusterState != s.lastState {
+		s.log.Info("cluster state", zap.String("cluster_state", view.ClusterState), zap.Int("servers", len(view.Members)), zap.Uint64("version", v))
+		if view.ClusterState == membership.ClusterReady && !s.announced {
+			s.announced = true
+			s.log.Info(fmt.Sprintf("[Scheduler start]: 4. Successfully start scheduler, there are 0 workers and %d servers registered.", view.ServerNum))
+		}
+	}
+	s.lastState = view.ClusterState
+}
+
+// Serve handles the frames servers send.
+func (s *Scheduler) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
+	switch f.Kind {
+	case ctl.KindRegister:
+		var r ctl.Register
+		if err := ctl.Decode(f.Body, &r); err != nil {
+			return nil, err
+		}
+		return s.register(c, r)
+	case ctl.KindHeartbeat:
+		var h ctl.Heartbeat
+		if err := ctl.Decode(f.Body, &h); err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if owner, _ := c.Value.Load().(string); owner != h.NodeID {
+			return nil, fmt.Errorf("heartbeat for node %s on a connection of node %q: register first", h.NodeID, owner)
+		}
+		if !s.members.Heartbeat(s.now(), h.NodeID) {
+			return nil, fmt.Errorf("node %s is not registered", h.NodeID)
+		}
+		s.broadcastLocked()
+		return ctl.Encode(ctl.HeartbeatReply{Version: s.members.Version(), ClusterState: s.members.State()}), nil
+	}
+	return nil, fmt.Errorf("unexpected frame kind %d", f.Kind)
+}
+
+func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.conns[r.NodeID]; ok && old != c {
+		select {
+		case <-old.Done():
+		default:
+			if n, ok := s.members.Node(r.NodeID); ok && n.Alive {
+				s.log.Warn("refusing duplicate node id", zap.String("node", r.NodeID), zap.String("from", c.Remote()), zap.String("live_at", old.Remote()))
+				return nil, fmt.Errorf("node id %s is already registered from %s", r.NodeID, old.Remote())
+			}
+		}
+		s.members.Disconnected(r.NodeID)
+	}
+	rank, err := s.members.Register(s.now(), membership.Registration{ID: r.NodeID, PeerAddr: r.PeerAddr, HTTPAddr: r.HTTPAddr, PID: r.PID})
+	if err != nil {
+		s.log.Warn("refusing registration", zap.String("node", r.NodeID), zap.String("from", c.Remote()), zap.Error(err))
+		return nil, err
+	}
+	s.conns[r.NodeID] = c
+	c.Value.Store(r.NodeID)
+	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
+	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View()}
+	// The new server gets the view in its reply; the others by push.
+	s.sentExcept(r.NodeID)
+	return ctl.Encode(reply), nil
+}
+
+// sentExcept broadcasts a changed membership to every server but one.
+func (s *Scheduler) sentExcept(skip string) {
+	v := s.members.Version()
+	if v == s.sent {
+		return
+	}
+	c := s.conns[skip]
+	delete(s.conns, skip)
+	s.broadcastLocked()
+	s.conns[skip] = c
+}
+
+// Closed forgets a server's connection; its heartbeat timeout decides
+// whether it is dead.
+func (s *Scheduler) Closed(c *transport.Conn, err error) {
+	id, _ := c.Value.Load().(string)
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[id] == c {
+		delete(s.conns, id)
+		s.members.Disconnected(id)
+		s.log.Info("server disconnected", zap.String("node", id), zap.Error(err))
+	}
+}
+
+// Members returns the current view (tests, REST).
+func (s *Scheduler) Members() ctl.Membership {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.members.View()
+}

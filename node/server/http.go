@@ -1,0 +1,54 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+)
+
+func (s *Server) newHTTP() *fasthttp.Server {
+	return &fasthttp.Server{
+		Name:               "fedcluster",
+		MaxRequestBodySize: int(s.cfg.Server.MaxBodySize),
+		ReadTimeout:        60 * time.Second,
+		WriteTimeout:       60 * time.Second,
+		IdleTimeout:        120 * time.Second,
+		Concurrency:        64 << 10,
+		CloseOnShutdown:    true,
+		Logger:             zap.NewStdLog(s.logger().Named("http")),
+		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
+			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+				writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": "request body exceeds max_body_size"})
+				return
+			}
+			writeJSON(ctx, fasthttp.StatusBadRequest, map[string]any{"code": 1, "error_message": "cannot parse request: " + err.Error()})
+		},
+		Handler: s.route,
+	}
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger().Error("device handler panicked", zap.Any("panic", r), zap.ByteString("path", ctx.Path()))
+			ctx.ResetBody()
+			writeJSON(ctx, fasthttp.StatusInternalServerError, map[string]any{"code": 1, "error_message": "internal error"})
+		}
+	}()
+	switch string(ctx.Path()) {
+	case "/status":
+		writeJSON(ctx, fasthttp.StatusOK, s.status())
+	default:
+		writeJSON(ctx, fasthttp.StatusNotFound, map[string]any{"code": 1, "error_message": "no such endpoint " + string(ctx.Path())})
+	}
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	b, _ := json.Marshal(v)
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(b)
+}

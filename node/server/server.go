@@ -1,0 +1,297 @@
+// Package server is the server role: it joins the cluster through the
+// scheduler, keeps the membership the scheduler pushes, talks to its peers
+// over gnet and serves devices over fasthttp.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/membership"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// StartedLine is the line MindSpore's docs tell users to grep for.
+const StartedLine = "Server started successfully."
+
+// Server is one running server. Close stops everything it started.
+type Server struct {
+	cfg    *config.Config
+	base   *zap.Logger
+	log    atomic.Pointer[zap.Logger] // carries node_id and rank
+	nodeID string
+
+	tr     *transport.Transport
+	http   *fasthttp.Server
+	httpLn net.Listener
+
+	mu         sync.Mutex
+	rank       int
+	membership ctl.Membership
+	sched      *transport.Conn
+	started    bool
+	scaledIn   bool
+
+	// ScaledIn is closed when the scheduler scales this server in.
+	scaledInCh chan struct{}
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New prepares a server; Start opens its ports and joins the cluster.
+func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
+	s := &Server{cfg: cfg, base: log.Named("server"), nodeID: nodeID, rank: -1, stop: make(chan struct{}), scaledInCh: make(chan struct{})}
+	s.setLogger()
+	return s
+}
+
+func (s *Server) setLogger() {
+	s.log.Store(s.base.With(zap.String("node_id", s.nodeID), zap.Int("rank", s.rank)))
+}
+
+func (s *Server) logger() *zap.Logger { return s.log.Load() }
+
+// Start binds the device HTTP port and the peer port, then joins the
+// cluster in the background (retrying until the scheduler answers).
+func (s *Server) Start() error {
+	httpAddr := net.JoinHostPort(s.cfg.Server.ServerIP, strconv.Itoa(s.cfg.Server.FLServerPort))
+	ln, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on fl_server_port %s: %w", httpAddr, err)
+	}
+	s.httpLn = ln
+	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s.tr = tr
+	if err := tr.Listen(net.JoinHostPort(s.cfg.Server.ServerIP, "0"), false); err != nil {
+		ln.Close()
+		tr.Close()
+		return err
+	}
+	s.logger().Info("[Server start]: 1. Listening.", zap.String("http_addr", ln.Addr().String()), zap.String("peer_addr", tr.Addr()))
+	s.http = s.newHTTP()
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.http.Serve(ln); err != nil {
+			s.logger().Error("device HTTP server stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		s.schedulerLoop()
+	}()
+	return nil
+}
+
+// HTTPAddr is the device HTTP address.
+func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+
+// ScaledIn is closed once the scheduler has scaled this server in.
+func (s *Server) ScaledIn() <-chan struct{} { return s.scaledInCh }
+
+// Close leaves the cluster and stops every listener and goroutine.
+func (s *Server) Close() error {
+	select {
+	case <-s.stop:
+		return nil
+	default:
+	}
+	close(s.stop)
+	var errs []error
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, s.http.ShutdownWithContext(ctx))
+		cancel()
+	}
+	if s.tr != nil {
+		errs = append(errs, s.tr.Close())
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// schedulerLoop keeps the server registered: connect, register, heartbeat,
+// and start again whenever the link breaks (scheduler restart, partition).
+func (s *Server) schedulerLoop() {
+	addr := net.JoinHostPort(dialable(s.cfg.Cluster.SchedulerIP), strconv.Itoa(s.cfg.Cluster.SchedulerPort))
+	interval := time.Duration(s.cfg.Cluster.HeartbeatInterval)
+	backoff := 100 * time.Millisecond
+	for {
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		c, err := s.tr.Dial(addr, 3*time.Second)
+		if err == nil {
+			err = s.registerOn(c)
+			if err == nil {
+				backoff = 100 * time.Millisecond
+				err = s.heartbeat(c, interval)
+			}
+			c.Close()
+		}
+		select {
+		case <-s.stop:
+			return
+		default:
+		}
+		s.logger().Warn("scheduler link down, retrying", zap.String("scheduler", addr), zap.Duration("in", backoff), zap.Error(err))
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(backoff):
+		}
+		if backoff *= 2; backoff > 3*time.Second {
+			backoff = 3 * time.Second
+		}
+	}
+}
+
+// dialable turns a wildcard bind address into one a client can dial.
+func dialable(ip string) string {
+	if ip == "0.0.0.0" || ip == "::" || ip == "" {
+		return "127.0.0.1"
+	}
+	return ip
+}
+
+func (s *Server) registerOn(c *transport.Conn) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	body, err := c.Call(ctx, ctl.KindRegister, ctl.Encode(ctl.Register{
+		NodeID:   s.nodeID,
+		PeerAddr: s.tr.Addr(),
+		HTTPAddr: s.HTTPAddr(),
+		PID:      os.Getpid(),
+	}))
+	if err != nil {
+		return fmt.Errorf("cannot register: %w", err)
+	}
+	var r ctl.RegisterReply
+	if err := ctl.Decode(body, &r); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.sched = c
+	if s.rank != r.Rank {
+		s.rank = r.Rank
+		s.setLogger()
+	}
+	s.mu.Unlock()
+	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()))
+	s.applyMembership(r.Membership)
+	return nil
+}
+
+// heartbeat reports every interval until the link fails or the server stops.
+func (s *Server) heartbeat(c *transport.Conn, interval time.Duration) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return nil
+		case <-c.Done():
+			return transport.ErrClosed
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*interval)
+		body, err := c.Call(ctx, ctl.KindHeartbeat, ctl.Encode(ctl.Heartbeat{NodeID: s.nodeID}))
+		cancel()
+		if err != nil {
+			return fmt.Errorf("heartbeat failed: %w", err)
+		}
+		var r ctl.HeartbeatReply
+		if err := ctl.Decode(body, &r); err != nil {
+			return err
+		}
+	}
+}
+
+// applyMembership installs a newer view and logs the start line once the
+// cluster is first ready.
+func (s *Server) applyMembership(m ctl.Membership) {
+	s.mu.Lock()
+	if m.Version < s.membership.Version {
+		s.mu.Unlock()
+		return
+	}
+	s.membership = m
+	for _, mem := range m.Members {
+		if mem.NodeID == s.nodeID && mem.Rank != s.rank && !mem.ScaledIn {
+			s.rank = mem.Rank
+			s.setLogger()
+		}
+	}
+	announce := !s.started && m.ClusterState == membership.ClusterReady
+	if announce {
+		s.started = true
+	}
+	s.mu.Unlock()
+	if announce {
+		s.logger().Info("[Server start]: 3. Cluster is ready.", zap.Int("server_num", m.ServerNum))
+		s.logger().Info(StartedLine)
+	}
+}
+
+// Serve handles frames from the scheduler and peers.
+func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
+	switch f.Kind {
+	case ctl.KindMembership:
+		var m ctl.Membership
+		if err := ctl.Decode(f.Body, &m); err != nil {
+			return nil, err
+		}
+		s.applyMembership(m)
+		return nil, nil
+	case ctl.KindScaleIn:
+		s.mu.Lock()
+		first := !s.scaledIn
+		s.scaledIn = true
+		s.mu.Unlock()
+		if first {
+			s.logger().Info("This server the one to be scaled in. Server need to wait SIGTERM to exit.")
+			close(s.scaledInCh)
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unexpected frame kind %d", f.Kind)
+}
+
+// Closed is called when a scheduler or peer link closes.
+func (s *Server) Closed(c *transport.Conn, err error) {}
+
+// Status is the body of GET /status.
+type Status struct {
+	NodeID       string `json:"node_id"`
+	Rank         int    `json:"rank"`
+	ClusterState string `json:"cluster_state"`
+	Iteration    uint64 `json:"iteration"`
+	ModelSHA256  string `json:"model_sha256"`
+	Engine       string `json:"engine"`
+}
+
+func (s *Server) status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: s.membership.ClusterState, Engine: s.cfg.Aggregation.Engine}
+}

@@ -113,6 +113,29 @@ func (l Level) FoldK(acc []float64, xs [][]float32, ws []float32) {
 	run(opFold, l, acc, xa, wa, len(xs), nil, nil)
 }
 
+// FoldMany adds Σ_k ws[k]·xs[k][i] to acc[i] for any number of updates of
+// equal length. It walks acc in cache-sized tiles and folds every update
+// into a tile, MaxK at a time, before moving on, so the accumulator crosses
+// the memory bus once whatever the number of updates; tiles are spread over
+// the cores. Sums are bit-identical to FoldK over groups of MaxK.
+func (l Level) FoldMany(acc []float64, xs [][]float32, ws []float32) {
+	if len(xs) != len(ws) {
+		panic(fmt.Sprintf("BUG: native: FoldMany with %d updates and %d weights", len(xs), len(ws)))
+	}
+	if len(xs) == 0 {
+		return
+	}
+	n := len(xs[0])
+	acc = acc[:n]
+	l.check()
+	for k, x := range xs {
+		if len(x) != n {
+			panic(fmt.Sprintf("BUG: native: FoldMany update %d has %d elements, update 0 has %d", k, len(x), n))
+		}
+	}
+	runJob(job{op: opMany, l: l, hi: n, acc: acc, manyX: xs, manyW: ws})
+}
+
 // Add adds p to acc element-wise; len(acc) >= len(p).
 func (l Level) Add(acc, p []float64) {
 	acc = acc[:len(p)]
@@ -150,6 +173,9 @@ func (l Level) Scale(dst []float32, acc []float64, s float64) {
 // Fold, FoldK, Add, Raw and Scale run the kernels of [Best].
 func Fold(acc []float64, x []float32, w float32)        { Best.Fold(acc, x, w) }
 func FoldK(acc []float64, xs [][]float32, ws []float32) { Best.FoldK(acc, xs, ws) }
-func Add(acc, p []float64)                              { Best.Add(acc, p) }
-func Raw(acc []float64, raw []byte)                     { Best.Raw(acc, raw) }
-func Scale(dst []float32, acc []float64, s float64)     { Best.Scale(dst, acc, s) }
+
+// FoldMany runs [Level.FoldMany] on [Best].
+func FoldMany(acc []float64, xs [][]float32, ws []float32) { Best.FoldMany(acc, xs, ws) }
+func Add(acc, p []float64)                                 { Best.Add(acc, p) }
+func Raw(acc []float64, raw []byte)                        { Best.Raw(acc, raw) }
+func Scale(dst []float32, acc []float64, s float64)        { Best.Scale(dst, acc, s) }

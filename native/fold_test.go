@@ -334,3 +334,34 @@ func TestBadCallsPanic(t *testing.T) {
 		}
 	}
 }
+
+func TestFoldMany(t *testing.T) {
+	forLevels(t, func(t *testing.T, l Level) {
+		f := func(n, k int) {
+			t.Helper()
+			rng := rand.New(rand.NewPCG(uint64(n), uint64(k)))
+			acc := accWithCanary(rng, n)
+			xs := make([][]float32, k)
+			ws := make([]float32, k)
+			for j := range xs {
+				xs[j], ws[j] = randF32(rng, n), float32(rng.Float64())
+			}
+			want := append([]float64(nil), acc...)
+			for g := 0; g < k; g += MaxK {
+				Generic.FoldK(want, xs[g:min(g+MaxK, k)], ws[g:min(g+MaxK, k)])
+			}
+			l.FoldMany(acc, xs, ws)
+			checkCanary(t, acc)
+			for i := range acc {
+				if !sameBits(acc[i], want[i]) {
+					t.Fatalf("n=%d k=%d: acc[%d] = %v, FoldK groups %v", n, k, i, acc[i], want[i])
+				}
+			}
+		}
+		for _, n := range []int{0, 1, 33, 4099, manyTile + 65, 1<<18 + 3} {
+			for _, k := range []int{0, 1, 5, 8, 13} {
+				f(n, k)
+			}
+		}
+	})
+}

@@ -11,6 +11,7 @@ const (
 	opFold op = iota
 	opAdd
 	opScale
+	opMany
 )
 
 // job is one chunk [lo, hi) of a kernel call, passed by value to a worker.
@@ -24,12 +25,16 @@ type job struct {
 	ws     [MaxK]float64
 	raw    []byte
 	dst    []float32
+	manyX  [][]float32 // opMany: all the updates
+	manyW  []float32
 	done   *sync.WaitGroup
 }
 
 // ParallelMin is the element count from which a call is split across cores.
-// Below it a goroutine hand-off costs more than it saves. Tests lower it.
-var ParallelMin = 1 << 16
+// Below it (2 MiB of float32 updates) the data sits in cache, where a
+// goroutine hand-off and a busy second core cost more than the split saves.
+// Tests lower it.
+var ParallelMin = 1 << 19
 
 // chunkAlign keeps chunk edges on whole AVX-512 blocks and cache lines.
 const chunkAlign = 64
@@ -56,8 +61,11 @@ func startWorkers() {
 
 // run executes one kernel call, in parallel chunks when it is large.
 func run(o op, l Level, acc []float64, xs [MaxK][]float32, ws [MaxK]float64, k int, raw []byte, dst []float32) {
-	j := job{op: o, l: l, k: k, hi: len(acc), acc: acc, xs: xs, ws: ws, raw: raw, dst: dst}
-	n := len(acc)
+	runJob(job{op: o, l: l, k: k, hi: len(acc), acc: acc, xs: xs, ws: ws, raw: raw, dst: dst})
+}
+
+func runJob(j job) {
+	n := len(j.acc)
 	if n < ParallelMin {
 		j.serial()
 		return
@@ -93,26 +101,21 @@ func run(o op, l Level, acc []float64, xs [MaxK][]float32, ws [MaxK]float64, k i
 // serial runs the chunk on this goroutine: the level's assembly on the
 // block-aligned prefix, the Go loop on the tail.
 func (j *job) serial() {
+	if j.op == opMany {
+		j.many()
+		return
+	}
 	lo, hi := j.lo, j.hi
-	mid := lo // Generic: no assembly prefix
-	if b := j.l.block(); b > 1 {
-		mid = lo + (hi-lo)/b*b
-	}
-	var xs [MaxK][]float32
-	for k := 0; k < j.k; k++ {
-		xs[k] = j.xs[k][lo:hi]
-	}
+	mid := lo + asmLen(j.l, hi-lo)
 	acc := j.acc[lo:hi]
 	m := mid - lo
 	switch j.op {
 	case opFold:
-		if m > 0 {
-			foldAsm(j.l, acc[:m], xs[:j.k], j.ws[:j.k])
-		}
+		var xs [MaxK][]float32
 		for k := 0; k < j.k; k++ {
-			xs[k] = xs[k][m:]
+			xs[k] = j.xs[k][lo:hi]
 		}
-		foldKGeneric(acc[m:], xs[:j.k], j.ws[:j.k])
+		foldRange(j.l, acc, xs[:j.k], j.ws[:j.k])
 	case opAdd:
 		raw := j.raw[8*lo : 8*hi]
 		if m > 0 {
@@ -126,4 +129,45 @@ func (j *job) serial() {
 		}
 		scaleGeneric(dst[m:], acc[m:], j.ws[0])
 	}
+}
+
+// manyTile is the accumulator tile FoldMany keeps in cache while every
+// update streams past it: 16 Ki float64s = 128 KiB, well inside L2.
+const manyTile = 16 << 10
+
+func (j *job) many() {
+	var xs [MaxK][]float32
+	var ws [MaxK]float64
+	for lo := j.lo; lo < j.hi; lo += manyTile {
+		hi := min(lo+manyTile, j.hi)
+		for g := 0; g < len(j.manyX); g += MaxK {
+			k := min(MaxK, len(j.manyX)-g)
+			for i := range k {
+				xs[i], ws[i] = j.manyX[g+i][lo:hi], float64(j.manyW[g+i])
+			}
+			foldRange(j.l, j.acc[lo:hi], xs[:k], ws[:k])
+		}
+	}
+}
+
+// asmLen is how many of n elements the level's assembly takes: whole blocks.
+func asmLen(l Level, n int) int {
+	if b := l.block(); b > 1 {
+		return n / b * b
+	}
+	return 0 // Generic: no assembly
+}
+
+// foldRange folds len(xs) updates into acc: assembly on the whole blocks,
+// the Go loop on the tail.
+func foldRange(l Level, acc []float64, xs [][]float32, ws []float64) {
+	m := asmLen(l, len(acc))
+	if m > 0 {
+		foldAsm(l, acc[:m], xs, ws)
+	}
+	var tail [MaxK][]float32
+	for k, x := range xs {
+		tail[k] = x[m:]
+	}
+	foldKGeneric(acc[m:], tail[:len(xs)], ws)
 }

@@ -115,6 +115,7 @@ type Store struct {
 
 	mu     sync.RWMutex
 	models map[uint64]*model.Model
+	sums   map[uint64]string // hex SHA-256 of each kept model
 	latest uint64
 }
 
@@ -127,7 +128,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Keep == 0 {
 		opts.Keep = DefaultKeep
 	}
-	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}}
+	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}, sums: map[uint64]string{}}
 	if s.fs == nil {
 		s.fs = OSFS
 	}
@@ -142,6 +143,7 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.layout = initial.Layout
 	s.models[0] = initial
+	s.sums[0] = initial.SHA256()
 	if opts.Dir == "" {
 		return s, nil
 	}
@@ -153,7 +155,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	if loaded == 0 {
-		if err := s.writeCheckpoint(0, initial); err != nil {
+		if err := s.writeCheckpoint(0, initial, s.sums[0]); err != nil {
 			return nil, err
 		}
 	}
@@ -250,6 +252,7 @@ func (s *Store) recover() (int, error) {
 			continue
 		}
 		s.models[it] = m
+		s.sums[it] = meta.SHA256
 		s.latest = max(s.latest, it)
 		loaded++
 		s.log.Info("recovered checkpoint", zap.String("path", p), zap.Uint64("iteration", it), zap.String("sha256", meta.SHA256))
@@ -266,7 +269,7 @@ func (s *Store) quarantine(p string, cause error) {
 
 // writeCheckpoint writes iter atomically: temporary file, fsync, rename,
 // fsync of the directory.
-func (s *Store) writeCheckpoint(iter uint64, m *model.Model) (err error) {
+func (s *Store) writeCheckpoint(iter uint64, m *model.Model, sum string) (err error) {
 	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
 	tmp := final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
 	f, err := s.fs.Create(tmp)
@@ -280,7 +283,7 @@ func (s *Store) writeCheckpoint(iter uint64, m *model.Model) (err error) {
 			}
 		}
 	}()
-	if err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: m.SHA256()}); err != nil {
+	if err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum}); err != nil {
 		f.Close()
 		return fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
 	}
@@ -322,13 +325,15 @@ func (s *Store) Put(iter uint64, m *model.Model) error {
 	if iter <= latest {
 		return fmt.Errorf("cannot put iteration %d (latest %d): %w", iter, latest, ErrOutOfOrder)
 	}
+	sum := m.SHA256()
 	if s.opts.Dir != "" {
-		if err := s.writeCheckpoint(iter, m); err != nil {
+		if err := s.writeCheckpoint(iter, m, sum); err != nil {
 			return fmt.Errorf("cannot put iteration %d: %w", iter, err)
 		}
 	}
 	s.mu.Lock()
 	s.models[iter] = m
+	s.sums[iter] = sum
 	s.latest = iter
 	s.evictLocked()
 	s.mu.Unlock()
@@ -352,6 +357,7 @@ func (s *Store) evictLocked() {
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
 	for _, it := range iters[min(s.opts.Keep, len(iters)):] {
 		delete(s.models, it)
+		delete(s.sums, it)
 	}
 }
 
@@ -404,6 +410,16 @@ func (s *Store) Latest() (uint64, *model.Model) {
 	return s.latest, s.models[s.latest]
 }
 
+// Sum returns the hex SHA-256 (model.Model.SHA256) of iteration iter's
+// model, computed once by Put or verified at recovery: use it rather than
+// hashing the model again (about 50 ms for 10M floats).
+func (s *Store) Sum(iter uint64) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	sum, ok := s.sums[iter]
+	return sum, ok
+}
+
 // Iterations lists the kept iterations in increasing order.
 func (s *Store) Iterations() []uint64 {
 	s.mu.RLock()
@@ -422,10 +438,13 @@ func (s *Store) Layout() *model.Layout { return s.layout }
 // Encoded returns iteration iter's model serialized with Encode, for
 // shipping to a peer, or false if the iteration is not kept.
 func (s *Store) Encoded(iter uint64) ([]byte, bool, error) {
-	m, ok := s.Get(iter)
+	s.mu.RLock()
+	m, ok := s.models[iter]
+	sum := s.sums[iter]
+	s.mu.RUnlock()
 	if !ok {
 		return nil, false, nil
 	}
-	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter})
+	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
 	return b, true, err
 }

@@ -83,6 +83,9 @@ func TestPutGetEvict(t *testing.T) {
 		if it, got := s.Latest(); it != i || got != m {
 			t.Fatalf("latest %d", it)
 		}
+		if sum, ok := s.Sum(i); !ok || sum != m.SHA256() {
+			t.Fatalf("sum of %d", i)
+		}
 	}
 	if got := names(t, fsys); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
 		t.Fatalf("files %q", got)
@@ -175,6 +178,9 @@ func TestRecover(t *testing.T) {
 		for i := uint64(3); i <= 5; i++ {
 			if g, ok := r.Get(i); !ok || g.SHA256() != want[i] || g.Layout != r.Layout() {
 				t.Fatalf("iteration %d not recovered", i)
+			}
+			if sum, _ := r.Sum(i); sum != want[i] {
+				t.Fatalf("sum of %d", i)
 			}
 		}
 		// Iteration 0's file is gone: rebuilt from the seed.

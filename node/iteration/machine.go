@@ -402,11 +402,18 @@ func (m *Machine) startAggregation(now time.Time) {
 // newAttempt starts aggregation attempt m.attempts+1 among servers, each
 // expected to have folded counts[server] updates.
 func (m *Machine) newAttempt(now time.Time, servers []string, counts map[string]int) {
-	expected := make(map[string]int, len(servers))
 	total := 0
 	for _, s := range servers {
-		expected[s] = counts[s]
 		total += counts[s]
+	}
+	if total == 0 {
+		m.endIteration(now, false, fmt.Sprintf(
+			"All updates counted in iteration %d were lost with their servers. This iteration is invalid. Proceed to next iteration.", m.iter), "")
+		return
+	}
+	expected := make(map[string]int, len(servers))
+	for _, s := range servers {
+		expected[s] = counts[s]
 	}
 	m.attempts++
 	m.agg = &aggregation{
@@ -416,11 +423,6 @@ func (m *Machine) newAttempt(now time.Time, servers []string, counts map[string]
 		reports:   map[string]report{},
 		startedAt: now,
 		deadline:  now.Add(ms(m.cfg.AggregationTimeout)),
-	}
-	if total == 0 {
-		m.endIteration(now, false, fmt.Sprintf(
-			"All updates counted in iteration %d were lost with their servers. This iteration is invalid. Proceed to next iteration.", m.iter), "")
-		return
 	}
 	m.emit(StartAggregation{
 		Iteration: m.iter,

@@ -232,7 +232,11 @@ func (e *env) exec(cmd string) string {
 	case "count":
 		out = fmtReply(e.m.CountUpdate(e.now, f[1], f[2], uint64(e.atoi(f[3]))))
 	case "done":
-		out = errString(e.m.AggregationDone(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]), f[4], e.atoi(f[5])))
+		sha := f[4]
+		if sha == `""` {
+			sha = ""
+		}
+		out = errString(e.m.AggregationDone(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]), sha, e.atoi(f[5])))
 	case "clock":
 		e.setClock(f[1])
 		out = fmt.Sprintf("now=%d", e.now.UnixMilli())

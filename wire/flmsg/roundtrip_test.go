@@ -272,8 +272,14 @@ func TestResponseGetModel(t *testing.T) {
 		}
 		checkFeatureMaps(t, r.FeatureMaps, want)
 		for _, read := range []func() (int32, string, int){
-			func() (int32, string, int) { o := r15.GetRootAsResponseGetModel(buf, 0); return o.Iteration(), string(o.Timestamp()), o.FeatureMapLength() },
-			func() (int32, string, int) { o := fbs.GetRootAsResponseGetModel(buf, 0); return o.Iteration(), string(o.Timestamp()), o.FeatureMapLength() },
+			func() (int32, string, int) {
+				o := r15.GetRootAsResponseGetModel(buf, 0)
+				return o.Iteration(), string(o.Timestamp()), o.FeatureMapLength()
+			},
+			func() (int32, string, int) {
+				o := fbs.GetRootAsResponseGetModel(buf, 0)
+				return o.Iteration(), string(o.Timestamp()), o.FeatureMapLength()
+			},
 		} {
 			if it, ts, n := read(); it != rep.Iteration || ts != rep.Timestamp || n != len(want) {
 				t.Fatalf("generated reader: iteration %d, timestamp %q, %d feature maps", it, ts, n)

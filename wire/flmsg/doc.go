@@ -64,7 +64,7 @@
 // its finished bytes (valid until the builder is used again); a reused
 // builder makes them allocation-free. Float vectors are written with one
 // bulk copy (the builder's byte-vector path, then the length word patched
-// from bytes to elements), about 70 times faster than the generated
+// from bytes to elements), 15 to 65 times faster than the generated
 // per-element Prepend. ModelBlock serializes a model's [FeatureMap] vector
 // once so that each startFLJob/getModel response only copies it in (one
 // memmove) and adds its few small fields. Measured, this is no faster than

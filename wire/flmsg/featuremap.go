@@ -43,8 +43,8 @@ func (v FeatureMaps) At(i int) FeatureMap {
 	return FeatureMap{Name: t.bytes(slotFeatureMapName), Raw: raw}
 }
 
-// Floats returns the total number of float32 values in all feature maps.
-func (v FeatureMaps) Floats() int {
+// NumFloats returns the total number of float32 values in all feature maps.
+func (v FeatureMaps) NumFloats() int {
 	total := 0
 	for i := 0; i < v.n; i++ {
 		total += v.At(i).Len()

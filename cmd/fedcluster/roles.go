@@ -84,7 +84,11 @@ func runScheduler(name string, args []string) int {
 		return 1
 	}
 	defer unregister()
-	s := scheduler.New(c, id, log)
+	s, err := scheduler.New(c, id, log)
+	if err != nil {
+		log.Error("cannot create scheduler", zap.Error(err))
+		return 1
+	}
 	if err := s.Start(); err != nil {
 		log.Error("cannot start scheduler", zap.Error(err))
 		return 1

@@ -16,7 +16,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/membership"
+	"github.com/fedcluster/fedcluster/node/record"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/frame"
@@ -41,21 +43,44 @@ type Scheduler struct {
 	lastState string
 	announced bool
 
+	iter     *iteration.Machine
+	joined   map[string]bool // servers the iteration machine counts as members
+	records  *record.Writer
+	engines  map[uint64]string  // engine reported per iteration, for its record
+	foldMBps map[uint64]float64 // fold throughput reported per iteration
+	dirty    bool               // control state changed since the last persist
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
 
 // New prepares a scheduler; Start opens its ports.
-func New(cfg *config.Config, nodeID string, log *zap.Logger) *Scheduler {
-	return &Scheduler{
-		cfg:     cfg,
-		log:     log.Named("scheduler").With(zap.String("node_id", nodeID)),
-		nodeID:  nodeID,
-		now:     time.Now,
-		members: membership.New(cfg.Cluster.ServerNum, time.Duration(cfg.Cluster.HeartbeatTimeout)),
-		conns:   make(map[string]*transport.Conn),
-		stop:    make(chan struct{}),
+func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error) {
+	s := &Scheduler{
+		cfg:      cfg,
+		log:      log.Named("scheduler").With(zap.String("node_id", nodeID)),
+		nodeID:   nodeID,
+		now:      time.Now,
+		members:  membership.New(cfg.Cluster.ServerNum, time.Duration(cfg.Cluster.HeartbeatTimeout)),
+		conns:    make(map[string]*transport.Conn),
+		joined:   make(map[string]bool),
+		engines:  make(map[uint64]string),
+		foldMBps: make(map[uint64]float64),
+		stop:     make(chan struct{}),
 	}
+	it, err := iteration.NewMachine(iterationConfig(cfg), s.now())
+	if err != nil {
+		return nil, fmt.Errorf("invalid iteration parameters: %w", err)
+	}
+	s.iter = it
+	var ropts record.Options
+	if cfg.Metrics.Enabled() {
+		ropts.Path = cfg.Metrics.StorageFilePath
+	}
+	if s.records, err = record.Open(ropts); err != nil {
+		return nil, fmt.Errorf("cannot open metrics file: %w", err)
+	}
+	return s, nil
 }
 
 // Start listens on the cluster port and the management port.
@@ -118,6 +143,10 @@ func (s *Scheduler) Close() error {
 		errs = append(errs, s.tr.Close())
 	}
 	s.wg.Wait()
+	s.mu.Lock()
+	s.persistLocked()
+	s.mu.Unlock()
+	errs = append(errs, s.records.Close())
 	return errors.Join(errs...)
 }
 
@@ -134,8 +163,10 @@ func (s *Scheduler) tickLoop() {
 			return
 		case <-t.C:
 			s.mu.Lock()
-			s.members.Tick(s.now())
+			now := s.now()
+			s.members.Tick(now)
 			s.broadcastLocked()
+			s.tickIterationLocked(now)
 			s.mu.Unlock()
 		}
 	}
@@ -150,6 +181,9 @@ func (s *Scheduler) broadcastLocked() {
 	}
 	prev := s.sent
 	s.sent = v
+	s.dirty = true
+	s.syncMembersLocked()
+	s.runActionsLocked()
 	view := s.members.View()
 	body := ctl.Encode(view)
 	for id, c := range s.conns {
@@ -191,6 +225,12 @@ func (s *Scheduler) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		}
 		s.broadcastLocked()
 		return ctl.Encode(ctl.HeartbeatReply{Version: s.members.Version(), ClusterState: s.members.State()}), nil
+	case ctl.KindAdmit, ctl.KindCountUpdate, ctl.KindAggregated:
+		id, _ := c.Value.Load().(string)
+		if id == "" {
+			return nil, fmt.Errorf("frame kind %d before registration", f.Kind)
+		}
+		return s.serveIteration(id, f.Kind, f.Body)
 	}
 	return nil, fmt.Errorf("unexpected frame kind %d", f.Kind)
 }
@@ -209,6 +249,12 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		}
 		s.members.Disconnected(r.NodeID)
 	}
+	if s.joined[r.NodeID] {
+		// A server that registers again has lost its partial sums (it
+		// restarted) or may have: the iteration treats it as a new member.
+		delete(s.joined, r.NodeID)
+		s.iter.ServerLost(s.now(), r.NodeID)
+	}
 	rank, err := s.members.Register(s.now(), membership.Registration{ID: r.NodeID, PeerAddr: r.PeerAddr, HTTPAddr: r.HTTPAddr, PID: r.PID})
 	if err != nil {
 		s.log.Warn("refusing registration", zap.String("node", r.NodeID), zap.String("from", c.Remote()), zap.Error(err))
@@ -217,22 +263,9 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	s.conns[r.NodeID] = c
 	c.Value.Store(r.NodeID)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
-	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View()}
-	// The new server gets the view in its reply; the others by push.
-	s.sentExcept(r.NodeID)
-	return ctl.Encode(reply), nil
-}
-
-// sentExcept broadcasts a changed membership to every server but one.
-func (s *Scheduler) sentExcept(skip string) {
-	v := s.members.Version()
-	if v == s.sent {
-		return
-	}
-	c := s.conns[skip]
-	delete(s.conns, skip)
+	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked()}
 	s.broadcastLocked()
-	s.conns[skip] = c
+	return ctl.Encode(reply), nil
 }
 
 // Closed forgets a server's connection; its heartbeat timeout decides

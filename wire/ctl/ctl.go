@@ -31,6 +31,7 @@ const (
 	KindReduced       // server → server: a reduced chunk (binary, wire/peer)
 	KindFetchModel    // server → server: FetchModel, answered by safetensors bytes
 	KindScaleIn       // scheduler → server: ScaleIn (push)
+	KindIterState     // scheduler → server: IterationState (push)
 )
 
 // Role names as MindSpore prints them.
@@ -53,9 +54,9 @@ type Register struct {
 
 // RegisterReply gives the server its rank and the membership.
 type RegisterReply struct {
-	Rank       int        `json:"rank"`
-	Membership Membership `json:"membership"`
-	Iteration  Iteration  `json:"iteration"`
+	Rank       int            `json:"rank"`
+	Membership Membership     `json:"membership"`
+	Iteration  IterationState `json:"iteration"`
 }
 
 // Heartbeat tells the scheduler a server is alive.
@@ -91,13 +92,6 @@ type Membership struct {
 	Members      []Member `json:"members"`
 }
 
-// Iteration is the control state a server needs to answer devices.
-type Iteration struct {
-	Iteration   uint64 `json:"iteration"`
-	Instance    string `json:"instance"` // "running", "disable", "finish"
-	NextReqTime int64  `json:"next_req_time"`
-}
-
 // Error is the body of a KindError reply.
 type Error struct {
 	Message string `json:"error"`
@@ -118,4 +112,93 @@ func Decode(body []byte, v any) error {
 		return fmt.Errorf("cannot decode %T: %w", v, err)
 	}
 	return nil
+}
+
+// Admit asks the scheduler to admit a device (the global part of
+// startFLJob, after the server has checked the request).
+type Admit struct {
+	FLID     string `json:"fl_id"`
+	DataSize int    `json:"data_size"`
+}
+
+// CountUpdate asks the scheduler to count a device's update (the global part
+// of updateModel, after the server has decoded and validated the tensors).
+type CountUpdate struct {
+	FLID      string `json:"fl_id"`
+	Iteration uint64 `json:"iteration"`
+}
+
+// Answer codes of Admit and CountUpdate.
+const (
+	AnswerSucceed   = "succeed"
+	AnswerOutOfTime = "out_of_time"
+	AnswerDisabled  = "disabled" // the plain-text "disabled or finished" body
+	AnswerSafemode  = "safemode" // the plain-text safemode body
+)
+
+// Answer is the scheduler's reply to Admit and CountUpdate.
+type Answer struct {
+	Code        string `json:"code"`
+	Reason      string `json:"reason,omitempty"`
+	Iteration   uint64 `json:"iteration"`
+	NextReqTime int64  `json:"next_req_time"`
+	DataSize    int    `json:"data_size,omitempty"`
+}
+
+// Participant is one server of an all-reduce, in reduction order.
+type Participant struct {
+	NodeID   string `json:"node_id"`
+	PeerAddr string `json:"peer_addr"`
+}
+
+// Aggregate starts the all-reduce of an iteration among Participants.
+type Aggregate struct {
+	Iteration    uint64        `json:"iteration"`
+	Attempt      int           `json:"attempt"`
+	Participants []Participant `json:"participants"`
+	// Expected is how many updates the receiving server must have folded.
+	Expected int `json:"expected"`
+	// DeadlineMs is the attempt's deadline in epoch ms.
+	DeadlineMs int64 `json:"deadline_ms"`
+}
+
+// Aggregated reports a server's end of an all-reduce.
+type Aggregated struct {
+	Iteration uint64 `json:"iteration"`
+	Attempt   int    `json:"attempt"`
+	SHA256    string `json:"sha256"`
+	Folded    int    `json:"folded"`
+	// FoldMBps is the server's fold throughput this iteration (record).
+	FoldMBps float64 `json:"fold_mbps,omitempty"`
+	// Engine is the aggregation engine that folded (record).
+	Engine string `json:"engine,omitempty"`
+}
+
+// NextIteration moves servers to Iteration, storing Completed first: the
+// aggregated model if Valid, else a copy of the latest one.
+type NextIteration struct {
+	Iteration   uint64 `json:"iteration"`
+	Completed   uint64 `json:"completed"`
+	Valid       bool   `json:"valid"`
+	Reason      string `json:"reason,omitempty"`
+	SHA256      string `json:"sha256,omitempty"`
+	Instance    string `json:"instance"`
+	NextReqTime int64  `json:"next_req_time"`
+}
+
+// Plan is the FLPlan part of the hyper-parameters servers hand to devices.
+type Plan struct {
+	FLIterationNum     int     `json:"fl_iteration_num"`
+	ClientEpochNum     int     `json:"client_epoch_num"`
+	ClientBatchSize    int     `json:"client_batch_size"`
+	ClientLearningRate float64 `json:"client_learning_rate"`
+}
+
+// IterationState is pushed to servers when the iteration's shared state
+// changes outside NextIteration (round events, instance commands, plans).
+type IterationState struct {
+	Iteration   uint64 `json:"iteration"`
+	Instance    string `json:"instance"`
+	NextReqTime int64  `json:"next_req_time"`
+	Plan        *Plan  `json:"plan,omitempty"`
 }

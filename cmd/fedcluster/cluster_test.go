@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/wire/rest"
+)
+
+func nodes(t *testing.T, c *local.Cluster) map[string]rest.NodeInfo {
+	t.Helper()
+	var n rest.Nodes
+	if err := local.GetJSON(context.Background(), c.ManageURL()+"/nodes", &n); err != nil {
+		t.Fatal(err)
+	}
+	if n.Code != 0 || n.Message != "Get nodes info successful." {
+		t.Fatalf("/nodes header %+v", n)
+	}
+	out := map[string]rest.NodeInfo{}
+	for _, e := range n.NodeIDs {
+		out[e.Role+"/"+e.NodeID] = e
+	}
+	return out
+}
+
+func waitNode(t *testing.T, c *local.Cluster, id, alive, rank string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := local.Poll(ctx, func() (bool, error) {
+		e, ok := nodes(t, c)["SERVER/"+id]
+		return ok && e.Alive == alive && e.RankID == rank, nil
+	})
+	if err != nil {
+		t.Fatalf("server %s never became alive=%s rank=%s: %v (nodes %v)", id, alive, rank, err, nodes(t, c))
+	}
+}
+
+func TestClusterMembership(t *testing.T) {
+	c := startCluster(t, 4, "--heartbeat_interval=100ms", "--heartbeat_timeout=1s")
+	got := nodes(t, c)
+	if len(got) != 5 {
+		t.Fatalf("/nodes lists %d entries, want 4 servers and the scheduler: %v", len(got), got)
+	}
+	ranks := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		e, ok := got["SERVER/"+strconv.Itoa(i)]
+		if !ok || e.Alive != "true" {
+			t.Fatalf("server %d missing or dead: %v", i, got)
+		}
+		ranks[e.RankID] = true
+	}
+	if len(ranks) != 4 || !ranks["0"] || !ranks["3"] {
+		t.Fatalf("ranks are not 0..3: %v", got)
+	}
+	if s := got["SCHEDULER/20"]; s.Alive != "true" || s.RankID != "0" {
+		t.Fatalf("scheduler entry %+v", s)
+	}
+
+	// Every server answers /status with its identity.
+	var st struct {
+		NodeID       string `json:"node_id"`
+		Rank         int    `json:"rank"`
+		ClusterState string `json:"cluster_state"`
+	}
+	if err := local.GetJSON(context.Background(), c.ServerURL(1)+"/status", &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.NodeID != "1" || strconv.Itoa(st.Rank) != got["SERVER/1"].RankID || st.ClusterState != "CLUSTER_READY" {
+		t.Fatalf("/status %+v", st)
+	}
+
+	// kill -9 a server: dead after the heartbeat timeout, NODE_TIMEOUT.
+	rank := got["SERVER/2"].RankID
+	if err := c.Kill("2", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, c, "2", "false", rank)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitState(ctx, "NODE_TIMEOUT"); err != nil {
+		t.Fatal(err)
+	}
+	// Restarted with the same node id: alive again with its old rank.
+	if err := c.StartServer("2", c.ServerPorts[2]); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, c, "2", "true", rank)
+	if err := c.WaitState(ctx, "CLUSTER_READY"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRESTErrors(t *testing.T) {
+	c := startCluster(t, 1)
+	f := func(method, path, body string, wantStatus int, wantMsg string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, c.ManageURL()+path, strings.NewReader(body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e rest.Error
+		json.NewDecoder(resp.Body).Decode(&e)
+		if resp.StatusCode != wantStatus || e.Code != 1 || !strings.Contains(e.ErrorMessage, wantMsg) {
+			t.Fatalf("%s %s %q: %d %+v, want %d with %q", method, path, body, resp.StatusCode, e, wantStatus, wantMsg)
+		}
+	}
+	f("GET", "/nope", "", 404, "no such endpoint")
+	f("DELETE", "/nodes", "", 405, "not allowed")
+	f("GET", "/scaleout", "", 405, "not allowed")
+	f("POST", "/scaleout", "not json", 400, "Illegal JSON format")
+	f("POST", "/scaleout", `{"worker_num":0}`, 400, "The json is not contain the key:server_num")
+	f("POST", "/scaleout", `{"worker_num":0,"server_num":"2"}`, 400, "server_num")
+	f("POST", "/scaleout", `{"worker_num":0,"server_num":2,"extra":1}`, 400, "unknown field")
+	f("POST", "/scaleout", `{"worker_num":1,"server_num":2}`, 400, "The Worker does not currently support scale out.")
+	f("POST", "/scaleout", `{"worker_num":0,"server_num":-1}`, 400, "The value should not be less than 0.")
+	f("POST", "/scalein", `{"node_ids":[]}`, 400, "The node ids should not be empty.")
+	f("POST", "/scalein", `{"node_ids":["x"]}`, 400, "The node id:x is illegal.")
+}
+
+// TestLaunchAndStop drives the seed's workflow: launch the scheduler, launch
+// the servers on a port range, see them ready, stop everything.
+func TestLaunchAndStop(t *testing.T) {
+	ports, err := local.FreePorts(6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Servers need 4 consecutive ports: find a free run above the first one.
+	base := ports[2]
+	for {
+		free, err := local.FreePorts(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if consecutiveFree(base, 4) {
+			break
+		}
+		base = free[0]
+	}
+	dir := t.TempDir()
+	env := append(os.Environ(), "FEDCLUSTER_RUN_DIR="+filepath.Join(dir, "run"))
+	common := []string{"--scheduler_ip=127.0.0.1", "--scheduler_port=" + strconv.Itoa(ports[0]),
+		"--scheduler_manage_port=" + strconv.Itoa(ports[1]), "--server_num=4", "--heartbeat_interval=200ms", "--heartbeat_timeout=2s"}
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(binary, args...)
+		cmd.Dir, cmd.Env = dir, env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("fedcluster %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			run("stop", "--scheduler_port="+strconv.Itoa(ports[0]))
+		}
+	})
+	run(append([]string{"launch", "scheduler"}, common...)...)
+	out := run(append([]string{"launch", "server", "--fl_server_port=" + strconv.Itoa(base), "--start_fl_job_threshold=8"}, common...)...)
+	if n := strings.Count(out, "launched server"); n != 4 {
+		t.Fatalf("launch started %d servers:\n%s", n, out)
+	}
+	c := &local.Cluster{ManagePort: ports[1]}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitState(ctx, "CLUSTER_READY"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		log, err := os.ReadFile(filepath.Join(dir, "server_"+strconv.Itoa(i), "server.log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(log), "Server started successfully.") {
+			t.Fatalf("server_%d/server.log lacks the start line:\n%s", i, log)
+		}
+	}
+	out = run("stop", "--scheduler_port="+strconv.Itoa(ports[0]))
+	stopped = true
+	var pids []int
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "killed "); ok {
+			pid, err := strconv.Atoi(p)
+			if err != nil {
+				t.Fatalf("bad line %q", sc.Text())
+			}
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) != 5 || !strings.HasSuffix(strings.TrimSpace(out), "The services are stopped successfully.") {
+		t.Fatalf("stop output:\n%s", out)
+	}
+	for _, pid := range pids {
+		if running(pid) {
+			t.Fatalf("process %d still runs after stop", pid)
+		}
+	}
+}
+
+func consecutiveFree(base, n int) bool {
+	for p := base; p < base+n; p++ {
+		l, err := (&net_listener{}).listen(p)
+		if err != nil {
+			return false
+		}
+		l.Close()
+	}
+	return true
+}

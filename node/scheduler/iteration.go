@@ -1,0 +1,243 @@
+package scheduler
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/iteration"
+	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// iterationConfig maps the FL section onto the iteration machine's config.
+func iterationConfig(c *config.Config) iteration.Config {
+	ic := iteration.DefaultConfig()
+	f := c.FL
+	ic.StartFLJobThreshold = f.StartFLJobThreshold
+	ic.StartFLJobTimeWindow = f.StartFLJobTimeWindow
+	ic.UpdateModelRatio = f.UpdateModelRatio
+	ic.UpdateModelTimeWindow = f.UpdateModelTimeWindow
+	ic.GlobalIterationTimeWindow = f.GlobalIterationTimeWindow
+	ic.FLIterationNum = f.FLIterationNum
+	ic.ClientEpochNum = f.ClientEpochNum
+	ic.ClientBatchSize = f.ClientBatchSize
+	ic.ClientLearningRate = f.ClientLearningRate
+	return ic
+}
+
+func planOf(p iteration.Params) *ctl.Plan {
+	return &ctl.Plan{FLIterationNum: p.FLIterationNum, ClientEpochNum: p.ClientEpochNum, ClientBatchSize: p.ClientBatchSize, ClientLearningRate: p.ClientLearningRate}
+}
+
+// iterStateLocked is what a (re)registering server needs to answer devices.
+func (s *Scheduler) iterStateLocked() ctl.IterationState {
+	st := s.iter.Status()
+	return ctl.IterationState{Iteration: st.Iteration, Instance: st.Instance.String(), NextReqTime: st.NextReqTime, Plan: planOf(s.iter.Query())}
+}
+
+func answer(r iteration.Reply) ctl.Answer {
+	a := ctl.Answer{Reason: r.Reason, Iteration: r.Iteration, NextReqTime: r.NextReqTime, DataSize: r.DataSize}
+	switch r.Code {
+	case iteration.CodeSucceed:
+		a.Code = ctl.AnswerSucceed
+	case iteration.CodeOutOfTime:
+		a.Code = ctl.AnswerOutOfTime
+	case iteration.CodeDisabled:
+		a.Code = ctl.AnswerDisabled
+	default:
+		a.Code = ctl.AnswerSafemode
+	}
+	return a
+}
+
+// syncMembersLocked tells the iteration machine which servers take part:
+// alive members join, dead or scaled-in ones are lost.
+func (s *Scheduler) syncMembersLocked() {
+	now := s.now()
+	live := map[string]bool{}
+	for _, n := range s.members.Members() {
+		if n.Alive {
+			live[n.ID] = true
+		}
+	}
+	for id := range s.joined {
+		if !live[id] {
+			delete(s.joined, id)
+			s.iter.ServerLost(now, id)
+			s.log.Info("server left the iteration", zap.String("node", id))
+		}
+	}
+	var ids []string
+	for id := range live {
+		if !s.joined[id] {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		s.joined[id] = true
+		s.iter.ServerJoined(now, id)
+	}
+}
+
+// runActionsLocked carries out what the iteration machine asked for, in order.
+func (s *Scheduler) runActionsLocked() {
+	for _, a := range s.iter.Ready() {
+		switch a := a.(type) {
+		case iteration.RoundEvent:
+			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
+		case iteration.StartAggregation:
+			s.startAggregationLocked(a)
+		case iteration.NextIteration:
+			st := s.iter.Status()
+			body := ctl.Encode(ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime})
+			s.sendAllLocked(ctl.KindNextIteration, body)
+			if a.Valid {
+				s.log.Info("iteration completed", zap.Uint64("iteration", a.Completed), zap.String("model_sha256", a.Sha256), zap.String("instance", a.Instance.String()))
+			} else {
+				s.log.Warn("iteration failed", zap.Uint64("iteration", a.Completed), zap.String("reason", a.Reason))
+			}
+		case iteration.ParamsChanged, iteration.InstanceChanged:
+			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
+			if ic, ok := a.(iteration.InstanceChanged); ok {
+				s.log.Info("instance state", zap.String("state", ic.State.String()), zap.String("reason", ic.Reason))
+			}
+		case iteration.Record:
+			s.writeRecordLocked(a)
+		}
+	}
+	s.persistLocked()
+}
+
+func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {
+	parts := make([]ctl.Participant, 0, len(a.Servers))
+	for _, id := range a.Servers {
+		n, _ := s.members.Node(id)
+		parts = append(parts, ctl.Participant{NodeID: id, PeerAddr: n.PeerAddr})
+	}
+	s.log.Info("aggregating", zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt), zap.Strings("servers", a.Servers), zap.Int("updates", a.Total))
+	for _, id := range a.Servers {
+		c := s.conns[id]
+		if c == nil {
+			continue // it will be declared lost and the attempt redone
+		}
+		body := ctl.Encode(ctl.Aggregate{Iteration: a.Iteration, Attempt: a.Attempt, Participants: parts, Expected: a.Expected[id], DeadlineMs: a.Deadline.UnixMilli()})
+		if err := c.Send(ctl.KindAggregate, body); err != nil {
+			s.log.Warn("cannot start aggregation", zap.String("on", id), zap.Error(err))
+		}
+	}
+}
+
+func (s *Scheduler) sendAllLocked(kind frame.Kind, body []byte) {
+	for id, c := range s.conns {
+		if err := c.Send(kind, body); err != nil {
+			s.log.Warn("cannot push to server", zap.String("to", id), zap.Error(err))
+		}
+	}
+}
+
+func (s *Scheduler) writeRecordLocked(r iteration.Record) {
+	res := record.ResultSuccess
+	if !r.Valid {
+		res = record.ResultFail
+	}
+	rec := record.Record{
+		FLName:                 s.cfg.FL.FLName,
+		InstanceStatus:         r.Instance.String(),
+		FLIterationNum:         uint64(r.FLIterationNum),
+		CurrentIteration:       r.Iteration,
+		IterationExecutionTime: uint64(r.ExecutionTime.Milliseconds()),
+		IterationResult:        res,
+		Admitted:               uint64(r.Admitted),
+		Updated:                uint64(r.Updated - r.Lost),
+		Lost:                   uint64(r.Lost),
+		FailReason:             r.Reason,
+		IterationSwitchMs:      float64(r.SwitchTime.Microseconds()) / 1000,
+		ModelSHA256:            r.Sha256,
+		Engine:                 s.engines[r.Iteration],
+		FoldThroughputMBps:     s.foldMBps[r.Iteration],
+		RoundDurationsMs: &record.RoundDurations{
+			StartFLJob:  float64(r.StartFLJobDuration.Microseconds()) / 1000,
+			UpdateModel: float64(r.UpdateModelDuration.Microseconds()) / 1000,
+			Aggregation: float64(r.SwitchTime.Microseconds()) / 1000,
+		},
+		ClientVisitedInfo: record.ClientVisitedInfo{
+			StartFLJobAcceptClientNum:  uint64(r.Admitted),
+			UpdateModelAcceptClientNum: uint64(r.Updated),
+		},
+	}
+	var rejected uint64
+	if len(r.Rejected) > 0 {
+		rec.RejectedByReason = make(map[string]uint64, len(r.Rejected))
+		for k, v := range r.Rejected {
+			rec.RejectedByReason[k] = uint64(v)
+			rejected += uint64(v)
+		}
+	}
+	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected
+	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected
+	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated)
+	delete(s.engines, r.Iteration)
+	delete(s.foldMBps, r.Iteration)
+	if err := s.records.Append(&rec); err != nil {
+		s.log.Error("cannot write metrics record", zap.Error(err))
+	}
+	s.log.Info("iteration record", zap.Uint64("iteration", r.Iteration), zap.String("result", res), zap.Int("admitted", r.Admitted), zap.Int("updated", r.Updated), zap.Int("lost", r.Lost),
+		zap.Duration("execution", r.ExecutionTime), zap.Duration("switch", r.SwitchTime), zap.String("reason", r.Reason))
+}
+
+// serveIteration handles the iteration frames of a registered server.
+func (s *Scheduler) serveIteration(nodeID string, kind frame.Kind, body []byte) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	switch kind {
+	case ctl.KindAdmit:
+		var r ctl.Admit
+		if err := ctl.Decode(body, &r); err != nil {
+			return nil, err
+		}
+		a := answer(s.iter.Admit(now, nodeID, r.FLID, r.DataSize))
+		s.runActionsLocked()
+		return ctl.Encode(a), nil
+	case ctl.KindCountUpdate:
+		var r ctl.CountUpdate
+		if err := ctl.Decode(body, &r); err != nil {
+			return nil, err
+		}
+		a := answer(s.iter.CountUpdate(now, nodeID, r.FLID, r.Iteration))
+		s.runActionsLocked()
+		return ctl.Encode(a), nil
+	case ctl.KindAggregated:
+		var r ctl.Aggregated
+		if err := ctl.Decode(body, &r); err != nil {
+			return nil, err
+		}
+		s.engines[r.Iteration] = r.Engine
+		if r.FoldMBps > 0 {
+			s.foldMBps[r.Iteration] = max(s.foldMBps[r.Iteration], r.FoldMBps)
+		}
+		err := s.iter.AggregationDone(now, nodeID, r.Iteration, r.Attempt, r.SHA256, r.Folded)
+		s.runActionsLocked()
+		if err != nil {
+			s.log.Warn("aggregation report refused", zap.String("from", nodeID), zap.Uint64("iteration", r.Iteration), zap.Int("attempt", r.Attempt), zap.Error(err))
+		}
+		return nil, err
+	}
+	return nil, fmt.Errorf("unexpected frame kind %d", kind)
+}
+
+// tickIterationLocked fires the iteration machine's timers.
+func (s *Scheduler) tickIterationLocked(now time.Time) {
+	s.iter.Tick(now)
+	s.runActionsLocked()
+}
+
+// persistLocked is where the control state is saved for recovery; see
+// recovery.go.
+func (s *Scheduler) persistLocked() {}

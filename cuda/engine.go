@@ -48,6 +48,7 @@ type Engine struct {
 	fAdd   cu.Function
 	fScale cu.Function
 	stages [2]stage
+	chunk  int // ChunkElems at New
 	bytes  int // of each stage buffer
 	closed bool
 }
@@ -113,7 +114,8 @@ func (e *Engine) setup() error {
 			return fmt.Errorf("cannot find kernel %s: %w", f.name, err)
 		}
 	}
-	e.bytes = 4 * MaxK * ChunkElems
+	e.chunk = ChunkElems
+	e.bytes = 4 * MaxK * e.chunk
 	for i := range e.stages {
 		s := &e.stages[i]
 		if s.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
@@ -227,12 +229,21 @@ func (e *Engine) NewAccumulator(n int) (*Acc, error) {
 		if a.acc, err = cu.MemAlloc(int64(8 * n)); err != nil {
 			return fmt.Errorf("cannot allocate accumulator of %d: %w", n, err)
 		}
-		return cu.MemsetD32(a.acc, 0, int64(2*n))
+		return zero(a.acc, n)
 	})
 	if err != nil {
 		return nil, err
 	}
 	return a, nil
+}
+
+// zero clears n float64s. The memset runs on the legacy stream, which our
+// non-blocking streams do not wait for, so wait for it here.
+func zero(p cu.DevicePtr, n int) error {
+	if err := cu.MemsetD32(p, 0, int64(2*n)); err != nil {
+		return fmt.Errorf("cannot clear accumulator: %w", err)
+	}
+	return cu.Synchronize()
 }
 
 // Len is the number of elements.
@@ -292,8 +303,8 @@ func (a *Acc) foldChunks(off, n, k int, ws []float32, fill func(dst []float32, k
 	for i := range k {
 		w[i] = float64(ws[i])
 	}
-	for c, lo := 0, 0; lo < n; c, lo = c+1, lo+ChunkElems {
-		m := min(ChunkElems, n-lo)
+	for c, lo := 0, 0; lo < n; c, lo = c+1, lo+e.chunk {
+		m := min(e.chunk, n-lo)
 		s := &e.stages[c%2]
 		if err := s.stream.Synchronize(); err != nil { // its previous chunk is done
 			return fmt.Errorf("cannot fold: %w", err)
@@ -461,7 +472,7 @@ func (a *Acc) Reset() {
 		if a.n == 0 {
 			return nil
 		}
-		return cu.MemsetD32(a.acc, 0, int64(2*a.n))
+		return zero(a.acc, a.n)
 	})
 }
 

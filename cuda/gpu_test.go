@@ -301,7 +301,7 @@ func TestGPUTiming(t *testing.T) {
 		for i := range hx {
 			hx[i] = float32(rng.NormFloat64())
 		}
-		if err := errors.Join(cu.MemsetD32(acc, 0, 2*n), cu.MemcpyHtoD(x, host, 4*n), cu.MemcpyHtoD(xs, host, 4*n)); err != nil {
+		if err := errors.Join(zero(acc, n), cu.MemcpyHtoD(x, host, 4*n), cu.MemcpyHtoD(xs, host, 4*n), cu.Synchronize()); err != nil {
 			return err
 		}
 		w := [MaxK]float64{0.5, 0.25, 0.125, 1, 2, 3, 4, 5}

@@ -54,8 +54,8 @@ func (a *Acc) FoldPinned(off int, p *Pinned, n int, w float32) {
 	a.run(func() error {
 		e := a.e
 		ws := [MaxK]float64{float64(w)}
-		for c, lo := 0, 0; lo < n; c, lo = c+1, lo+ChunkElems {
-			m := min(ChunkElems, n-lo)
+		for c, lo := 0, 0; lo < n; c, lo = c+1, lo+e.chunk {
+			m := min(e.chunk, n-lo)
 			s := &e.stages[c%2]
 			if err := s.stream.Synchronize(); err != nil {
 				return err

@@ -72,23 +72,40 @@ func (s *Set) Shard(n, i int, seed uint64, iid bool) (*Subset, error) {
 	for j := range perm {
 		perm[j] = int32(j)
 	}
-	r.Shuffle(len(perm), func(a, b int) { perm[a], perm[b] = perm[b], perm[a] })
+	shuffle(r, perm)
 	var idx []int32
 	if iid {
 		per := s.Len() / n
 		idx = slices.Clone(perm[i*per : (i+1)*per])
 	} else {
-		// Stable sort keeps the random order within each label.
-		slices.SortStableFunc(perm, func(a, b int32) int {
-			return int(s.Labels[a]) - int(s.Labels[b])
-		})
+		// Counting sort by label keeps the random order within each label.
+		var start [Classes + 1]int
+		for _, l := range s.Labels {
+			start[l+1]++
+		}
+		for l := range Classes {
+			start[l+1] += start[l]
+		}
+		sorted := make([]int32, len(perm))
+		for _, j := range perm {
+			l := s.Labels[j]
+			sorted[start[l]] = j
+			start[l]++
+		}
 		chunk := s.Len() / (2 * n)
 		chunks := r.Perm(2 * n)
 		for _, c := range chunks[2*i : 2*i+2] {
-			idx = append(idx, perm[c*chunk:(c+1)*chunk]...)
+			idx = append(idx, sorted[c*chunk:(c+1)*chunk]...)
 		}
 	}
-	dr := rand.New(rand.NewPCG(seed, uint64(i)+1))
-	dr.Shuffle(len(idx), func(a, b int) { idx[a], idx[b] = idx[b], idx[a] })
+	shuffle(rand.New(rand.NewPCG(seed, uint64(i)+1)), idx)
 	return &Subset{Set: s, Index: idx}, nil
+}
+
+// shuffle is a Fisher-Yates shuffle (rand.Shuffle without its closure).
+func shuffle(r *rand.Rand, a []int32) {
+	for i := len(a) - 1; i > 0; i-- {
+		j := r.IntN(i + 1)
+		a[i], a[j] = a[j], a[i]
+	}
 }

@@ -98,6 +98,10 @@ type net[T float] struct {
 	dcol2 []T // [150][B·100]
 	dp1   []T // [6][B·196]
 	dout1 []T // [6][B·784]
+	// tr holds a transposed operand: gonum's Aᵀ·B kernel sweeps all rows
+	// of C for every k, while A·B finishes one row of C (kept in L1) at a
+	// time and skips zero entries of A, which relu makes common.
+	tr []T
 }
 
 func newNet[T float](capacity int, train bool) *net[T] {
@@ -122,6 +126,7 @@ func newNet[T float](capacity int, train bool) *net[T] {
 		n.dcol2 = make([]T, k2*b*o2sq)
 		n.dp1 = make([]T, c1*b*q1sq)
 		n.dout1 = make([]T, c1*b*o1sq)
+		n.tr = make([]T, max(b*hid1, k2*c2))
 	}
 	return n
 }
@@ -208,9 +213,9 @@ func (n *net[T]) backward(flatParams []T, bs int) {
 	}
 
 	// fc3, fc2, fc1: dW = dYᵀ·X, db = Σ dY, dX = dY·W masked by relu.
-	dense(g.w5, g.b5, n.dh2, n.dlog, n.h2, p.w5, bs, Classes, hid2)
-	dense(g.w4, g.b4, n.dh1, n.dh2, n.h1, p.w4, bs, hid2, hid1)
-	dense(g.w3, g.b3, n.df0, n.dh1, n.f0, p.w3, bs, hid1, flat)
+	dense(g.w5, g.b5, n.dh2, n.dlog, n.h2, p.w5, n.tr, bs, Classes, hid2)
+	dense(g.w4, g.b4, n.dh1, n.dh2, n.h1, p.w4, n.tr, bs, hid2, hid1)
+	dense(g.w3, g.b3, n.df0, n.dh1, n.f0, p.w3, n.tr, bs, hid1, flat)
 
 	// unflatten and unpool into dout2 (relu is folded in the pool: a
 	// maximum of zero passes no gradient).
@@ -230,7 +235,8 @@ func (n *net[T]) backward(flatParams []T, bs int) {
 	}
 	// conv2: dW2 = dout2 · col2ᵀ, dcol2 = W2ᵀ · dout2.
 	gemm(false, true, c2, k2, n2, dout2, n2, n.col2, n2, 0, g.w2, k2)
-	gemm(true, false, k2, n2, c2, p.w2, k2, dout2, n2, 0, n.dcol2, n2)
+	w2t := transpose(n.tr, p.w2, c2, k2)
+	gemm(false, false, k2, n2, c2, w2t, c2, dout2, n2, 0, n.dcol2, n2)
 	dp1 := n.dp1[:c1*bs*q1sq]
 	clear(dp1)
 	col2im(dp1, n.dcol2, c1, bs, q1, o2)
@@ -249,9 +255,10 @@ func (n *net[T]) backward(flatParams []T, bs int) {
 
 // dense back-propagates through y = relu?(x·Wᵀ + b) for a layer with out
 // outputs and in inputs: gw = dyᵀ·x, gb = Σ_rows dy, and dx = dy·W, masked
-// where x (the previous layer's relu output) is zero. dx is nil-safe to skip.
-func dense[T float](gw, gb, dx, dy, x, w []T, bs, out, in int) {
-	gemm(true, false, out, in, bs, dy, out, x, in, 0, gw, in)
+// where x (the previous layer's relu output) is zero. tr is scratch for dyᵀ.
+func dense[T float](gw, gb, dx, dy, x, w, tr []T, bs, out, in int) {
+	dyT := transpose(tr, dy, bs, out)
+	gemm(false, false, out, in, bs, dyT, bs, x, in, 0, gw, in)
 	clear(gb)
 	for b := range bs {
 		for j, v := range dy[b*out : (b+1)*out] {
@@ -356,4 +363,15 @@ func biasRelu[T float](y, bias []T, relu bool) {
 			row[j] = v
 		}
 	}
+}
+
+// transpose writes the r×c matrix a as c×r into dst and returns it.
+func transpose[T float](dst, a []T, r, c int) []T {
+	dst = dst[:r*c]
+	for i := range r {
+		for j, v := range a[i*c : (i+1)*c] {
+			dst[j*r+i] = v
+		}
+	}
+	return dst
 }

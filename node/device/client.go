@@ -1,0 +1,457 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"strconv"
+	"time"
+	"unsafe"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/valyala/fasthttp"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+)
+
+// noCopy makes go vet report copies of a Client.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
+
+// Client is one device. Its methods are used by one goroutine at a time;
+// run many devices with many Clients sharing one fasthttp.Client.
+type Client struct {
+	_ noCopy
+
+	o    Options
+	http *fasthttp.Client
+	urls [][NumEndpoints]string
+	rng  *rand.Rand
+
+	b     *flatbuffers.Builder
+	req   fasthttp.Request
+	resp  fasthttp.Response
+	ts    []byte
+	timer *time.Timer
+
+	// What the next build writes.
+	iteration int32
+	upload    *model.Model
+	loss      float32
+
+	// The last model a server served (startFLJob or getModel).
+	model *model.Model
+
+	obs Observation
+}
+
+// New returns a device client; o is validated.
+func New(o Options) (*Client, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	c := &Client{o: o, http: o.HTTP}
+	if c.http == nil {
+		c.http = NewHTTPClient(1)
+	}
+	for _, s := range o.Servers {
+		var u [NumEndpoints]string
+		for e := range NumEndpoints {
+			u[e] = s + o.URLPrefix + "/" + e.String()
+		}
+		c.urls = append(c.urls, u)
+	}
+	seed := o.Seed
+	if seed == 0 {
+		h := fnv.New64a()
+		h.Write([]byte(o.FLID))
+		seed = h.Sum64()
+	}
+	c.rng = rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	c.b = flatbuffers.NewBuilder(1024)
+	c.req.Header.SetMethod(fasthttp.MethodPost)
+	c.req.Header.SetContentType("application/octet-stream")
+	if o.Layout != nil {
+		c.model = model.New(o.Layout)
+	}
+	return c, nil
+}
+
+// Options returns the client's options.
+func (c *Client) Options() Options { return c.o }
+
+// Model is the last model a server served this device (nil before the
+// first). The Client owns it and overwrites it on the next startFLJob or
+// getModel.
+func (c *Client) Model() *model.Model { return c.model }
+
+// StartResult is a decoded startFLJob answer.
+type StartResult struct {
+	Retcode     int32
+	Reason      string
+	Iteration   int32
+	IsSelected  bool
+	NextReqTime time.Time // zero when absent or unparsable
+	HasPlan     bool
+	Plan        flmsg.Plan
+}
+
+// StartFLJob asks to join the current iteration. On SUCCEED the served
+// model is in Model(). Other retcodes are returned as they are, with a nil
+// error; errors are transport failures past the bound, ErrJobFinished, bad
+// answers and the context's.
+func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
+	body, err := c.exchange(ctx, EndpointStartFLJob)
+	if err != nil {
+		return StartResult{}, err
+	}
+	r, err := flmsg.DecodeResponseFLJob(body)
+	if err != nil {
+		return StartResult{}, c.badAnswer(err)
+	}
+	if r.Retcode == flmsg.Succeed {
+		if err := c.adopt(r.FeatureMaps); err != nil {
+			return StartResult{}, c.badAnswer(err)
+		}
+	}
+	c.emit(r.Retcode)
+	return StartResult{
+		Retcode:     r.Retcode,
+		Reason:      r.Reason,
+		Iteration:   r.Iteration,
+		IsSelected:  r.IsSelected,
+		NextReqTime: parseMillis(r.NextReqTime),
+		HasPlan:     r.HasPlan,
+		Plan:        r.Plan,
+	}, nil
+}
+
+// UpdateResult is a decoded updateModel answer.
+type UpdateResult struct {
+	Retcode     int32
+	Reason      string
+	NextReqTime time.Time
+}
+
+// UpdateModel uploads m's weights × DataSize for iteration, as MindSpore
+// clients do (the server divides the sum by the sum of data sizes), with
+// loss as upload_loss (written when non-zero). m is only read.
+func (c *Client) UpdateModel(ctx context.Context, iteration int32, m *model.Model, loss float32) (UpdateResult, error) {
+	if c.upload == nil || c.upload.Layout != m.Layout {
+		c.upload = model.New(m.Layout)
+	}
+	ds := float32(c.o.DataSize)
+	up := c.upload.Data[:len(m.Data)]
+	for i, v := range m.Data {
+		up[i] = v * ds
+	}
+	c.iteration, c.loss = iteration, loss
+	body, err := c.exchange(ctx, EndpointUpdateModel)
+	if err != nil {
+		return UpdateResult{}, err
+	}
+	r, err := flmsg.DecodeResponseUpdateModel(body)
+	if err != nil {
+		return UpdateResult{}, c.badAnswer(err)
+	}
+	c.emit(r.Retcode)
+	return UpdateResult{Retcode: r.Retcode, Reason: r.Reason, NextReqTime: parseMillis(r.NextReqTime)}, nil
+}
+
+// GetResult is a decoded getModel answer.
+type GetResult struct {
+	Retcode int32
+	Reason  string
+	// Iteration is the server's current iteration.
+	Iteration int32
+	// NextReqTime is the answer's timestamp, which carries the
+	// next-request time.
+	NextReqTime time.Time
+}
+
+// GetModel asks once (with transport and refusal retries) for the model
+// of iteration. On SUCCEED the model is in Model().
+func (c *Client) GetModel(ctx context.Context, iteration int32) (GetResult, error) {
+	c.iteration = iteration
+	body, err := c.exchange(ctx, EndpointGetModel)
+	if err != nil {
+		return GetResult{}, err
+	}
+	r, err := flmsg.DecodeResponseGetModel(body)
+	if err != nil {
+		return GetResult{}, c.badAnswer(err)
+	}
+	if r.Retcode == flmsg.Succeed {
+		if err := c.adopt(r.FeatureMaps); err != nil {
+			return GetResult{}, c.badAnswer(err)
+		}
+	}
+	c.emit(r.Retcode)
+	return GetResult{Retcode: r.Retcode, Reason: r.Reason, Iteration: r.Iteration, NextReqTime: parseMillis(r.Timestamp)}, nil
+}
+
+// PollModel calls GetModel until it answers something else than
+// SucNotReady, backing off from PollMinDelay to PollMaxDelay (never past
+// the announced next-request time), for at most MaxPolls requests and
+// MaxPollTime; past either bound it returns an error wrapping ErrGaveUp.
+func (c *Client) PollModel(ctx context.Context, iteration int32) (GetResult, error) {
+	start := time.Now()
+	delay := c.o.PollMinDelay
+	for polls := 1; ; polls++ {
+		r, err := c.GetModel(ctx, iteration)
+		if err != nil || r.Retcode != flmsg.SucNotReady {
+			return r, err
+		}
+		left := c.o.MaxPollTime - time.Since(start)
+		if polls >= c.o.MaxPolls || left <= 0 {
+			return r, fmt.Errorf("cannot get the model of iteration %d: still not ready after %d polls in %s: %w",
+				iteration, polls, time.Since(start).Round(time.Millisecond), ErrGaveUp)
+		}
+		d := c.jitter(delay)
+		if !r.NextReqTime.IsZero() {
+			if u := time.Until(r.NextReqTime); u > 0 && u < d {
+				d = max(u, c.o.PollMinDelay)
+			}
+		}
+		if err := c.sleep(ctx, min(d, left)); err != nil {
+			return r, err
+		}
+		delay = min(2*delay, c.o.PollMaxDelay)
+	}
+}
+
+// exchange sends the request of ep, built afresh for each attempt, and
+// returns the body of an HTTP 200 answer that is not a retryable
+// plain-text refusal. The body is valid until the next exchange. For an
+// answer it returns, c.obs is filled and waits for emit or badAnswer.
+func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, error) {
+	server := c.pick(-1)
+	attempts, refusals := 0, 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		body := c.build(ep)
+		status, err := c.do(ctx, server, ep, body)
+		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body)}
+		if err == nil {
+			c.obs.Received = len(c.resp.Body())
+		}
+		if err == nil && (status == fasthttp.StatusBadGateway || status == fasthttp.StatusServiceUnavailable || status == fasthttp.StatusGatewayTimeout) {
+			err = &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(c.resp.Body())}
+		}
+		if err != nil {
+			c.obs.Outcome, c.obs.Err = OutcomeTransport, err
+			c.observe()
+			attempts++
+			if attempts >= c.o.MaxAttempts {
+				return nil, fmt.Errorf("cannot send %s: %d attempts failed, the last to %s: %w: %w",
+					ep, attempts, c.o.Servers[server], ErrGaveUp, err)
+			}
+			if err := c.sleep(ctx, c.backoff(attempts)); err != nil {
+				return nil, err
+			}
+			server = c.pick(server)
+			continue
+		}
+		if status != fasthttp.StatusOK {
+			herr := &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(c.resp.Body())}
+			c.obs.Outcome, c.obs.Err = OutcomeHTTP, herr
+			c.observe()
+			return nil, herr
+		}
+		text, ok := flmsg.PlainRefusal(c.resp.Body())
+		if !ok {
+			return c.resp.Body(), nil
+		}
+		c.obs.Outcome, c.obs.Refusal = OutcomeRefusal, text
+		c.observe()
+		if text == flmsg.BodyJobDisabled {
+			return nil, fmt.Errorf("%s at %s: %w", ep, c.o.Servers[server], ErrJobFinished)
+		}
+		// Safemode or not ready: the same request again after a while.
+		refusals++
+		if refusals > c.o.MaxRefusals {
+			return nil, fmt.Errorf("cannot send %s: refused %d times, last %q: %w", ep, refusals, text, ErrGaveUp)
+		}
+		if err := c.sleep(ctx, c.jitter(c.o.RefusalDelay)); err != nil {
+			return nil, err
+		}
+		server = c.pick(-1)
+	}
+}
+
+// do sends body to server's ep and waits for the answer, at most
+// RequestTimeout and not past ctx's deadline.
+func (c *Client) do(ctx context.Context, server int, ep Endpoint, body []byte) (int, error) {
+	c.req.SetRequestURI(c.urls[server][ep])
+	c.req.SetBodyRaw(body)
+	c.resp.Reset()
+	start := time.Now()
+	deadline := start.Add(c.o.RequestTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	err := c.http.DoDeadline(&c.req, &c.resp, deadline)
+	c.obs.Latency = time.Since(start)
+	if err != nil {
+		return 0, fmt.Errorf("cannot %s at %s: %w", ep, c.o.Servers[server], err)
+	}
+	return c.resp.StatusCode(), nil
+}
+
+// build writes the request of ep into c.b.
+func (c *Client) build(ep Endpoint) []byte {
+	c.ts = strconv.AppendInt(c.ts[:0], time.Now().UnixMilli(), 10)
+	// The builders copy the string at once, so it may alias c.ts.
+	ts := unsafe.String(unsafe.SliceData(c.ts), len(c.ts))
+	switch ep {
+	case EndpointStartFLJob:
+		return flmsg.BuildRequestFLJob(c.b, &flmsg.FLJobArgs{
+			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, DataSize: c.o.DataSize, Timestamp: ts,
+		})
+	case EndpointUpdateModel:
+		return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
+			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.upload,
+		})
+	case EndpointGetModel:
+		return flmsg.BuildRequestGetModel(c.b, &flmsg.GetModelArgs{
+			FLName: c.o.FLName, Iteration: c.iteration, Timestamp: ts,
+		})
+	}
+	panic("BUG: unknown endpoint " + ep.String())
+}
+
+// adopt copies a served model into c.model, taking its layout from it when
+// Options.Layout is nil.
+func (c *Client) adopt(fms flmsg.FeatureMaps) error {
+	if fms.Len() == 0 {
+		return errors.New("the answer carries no model")
+	}
+	if c.o.Layout == nil && (c.model == nil || !sameLayout(c.model.Layout, fms)) {
+		specs := make([]model.Spec, fms.Len())
+		for i := range specs {
+			fm := fms.At(i)
+			specs[i] = model.Spec{Name: string(fm.Name), Shape: []int{fm.Len()}}
+		}
+		l, err := model.NewLayout(specs)
+		if err != nil {
+			return fmt.Errorf("cannot use the served model: %w", err)
+		}
+		c.model = model.New(l)
+	}
+	n, err := fms.CopyTo(c.model)
+	if err != nil {
+		return fmt.Errorf("cannot use the served model: %w", err)
+	}
+	if n != len(c.model.Layout.Params) {
+		return fmt.Errorf("the served model has %d of the %d parameters", n, len(c.model.Layout.Params))
+	}
+	return nil
+}
+
+func sameLayout(l *model.Layout, fms flmsg.FeatureMaps) bool {
+	if fms.Len() != len(l.Params) {
+		return false
+	}
+	for i := range l.Params {
+		fm := fms.At(i)
+		if string(fm.Name) != l.Params[i].Name || fm.Len() != l.Params[i].Len {
+			return false
+		}
+	}
+	return true
+}
+
+// emit reports the pending observation of a verified answer.
+func (c *Client) emit(retcode int32) {
+	c.obs.Outcome, c.obs.Retcode = OutcomeRetcode, retcode
+	c.observe()
+}
+
+// badAnswer reports the pending observation as corrupt and returns the
+// error to give the caller.
+func (c *Client) badAnswer(err error) error {
+	err = fmt.Errorf("cannot use the %s answer of %s: %w: %w", c.obs.Endpoint, c.o.Servers[c.obs.Server], ErrBadResponse, err)
+	c.obs.Outcome, c.obs.Err = OutcomeCorrupt, err
+	c.observe()
+	return err
+}
+
+func (c *Client) observe() {
+	if c.o.Observe != nil {
+		c.o.Observe(c.obs)
+	}
+}
+
+// pick chooses a server at random, another one than avoid when there is
+// one.
+func (c *Client) pick(avoid int) int {
+	n := len(c.urls)
+	if n == 1 {
+		return 0
+	}
+	if avoid < 0 {
+		return c.rng.IntN(n)
+	}
+	i := c.rng.IntN(n - 1)
+	if i >= avoid {
+		i++
+	}
+	return i
+}
+
+// backoff is the jittered wait before transport attempt attempts+1.
+func (c *Client) backoff(attempts int) time.Duration {
+	d := c.o.RetryMinDelay
+	for i := 1; i < attempts && d < c.o.RetryMaxDelay; i++ {
+		d *= 2
+	}
+	return c.jitter(min(d, c.o.RetryMaxDelay))
+}
+
+// jitter spreads d uniformly over [0.75d, 1.25d).
+func (c *Client) jitter(d time.Duration) time.Duration {
+	return d*3/4 + time.Duration(c.rng.Int64N(int64(d/2)+1))
+}
+
+// sleep waits d or until ctx ends.
+func (c *Client) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	if c.timer == nil {
+		c.timer = time.NewTimer(d)
+	} else {
+		c.timer.Reset(d)
+	}
+	select {
+	case <-c.timer.C:
+		return nil
+	case <-ctx.Done():
+		c.timer.Stop()
+		return ctx.Err()
+	}
+}
+
+// parseMillis reads a decimal epoch-milliseconds string; zero time when it
+// is empty or not a number.
+func parseMillis(s string) time.Time {
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v <= 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v)
+}
+
+func clip(b []byte) string {
+	if len(b) > 256 {
+		b = b[:256]
+	}
+	return string(b)
+}

@@ -57,7 +57,7 @@ func runLaunch(name string, args []string) int {
 			}
 			port := c.Server.FLServerPort + i
 			plans = append(plans, launchPlan{role: "server", nodeID: id, dir: "server_" + id, port: port,
-				ready: net.JoinHostPort(dialHost(c.Server.ServerIP), strconv.Itoa(port))})
+				ready: net.JoinHostPort(dialHost(c.Server.ServerIP), strconv.Itoa(port)), checkpoints: c.Model.CheckpointDir})
 		}
 	}
 	for _, p := range plans {
@@ -77,6 +77,9 @@ type launchPlan struct {
 	dir    string
 	port   int
 	ready  string // address that accepts connections once the process is up
+	// checkpoints is the group's checkpoint_dir; each server writes into
+	// its own folder below it.
+	checkpoints string
 }
 
 // start runs the process detached (its own session, so it outlives the
@@ -94,7 +97,8 @@ func (p launchPlan) start(self string, args []string) (int, error) {
 	full := append([]string{p.role}, args...)
 	full = append(full, "--node_id="+p.nodeID, "--log_dir="+p.dir)
 	if p.role == "server" {
-		full = append(full, "--fl_server_port="+strconv.Itoa(p.port), "--local_server_num=1")
+		full = append(full, "--fl_server_port="+strconv.Itoa(p.port), "--local_server_num=1",
+			"--checkpoint_dir="+filepath.Join(p.checkpoints, p.dir))
 	}
 	cmd := exec.Command(self, full...)
 	cmd.Stdout, cmd.Stderr = out, out

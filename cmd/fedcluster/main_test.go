@@ -45,6 +45,11 @@ func startCluster(t *testing.T, servers int, args ...string) *local.Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Stop)
+	t.Cleanup(func() {
+		c.Stop()
+		for _, r := range c.Reports() {
+			t.Errorf("a cluster process reported:\n%s", r)
+		}
+	})
 	return c
 }

@@ -6,6 +6,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -126,6 +127,15 @@ func (c *Cluster) spawn(key string, args []string) error {
 	cmd.Dir = c.opts.Dir
 	cmd.Env = append(append(os.Environ(), "FEDCLUSTER_RUN_DIR="+filepath.Join(c.opts.Dir, "run")), c.opts.Env...)
 	cmd.Stdout, cmd.Stderr = c.opts.Stdout, c.opts.Stdout
+	if c.opts.Stdout == nil {
+		// Keep what the process prints (panics, race reports) beside its logs.
+		f, err := os.OpenFile(filepath.Join(c.opts.Dir, key+".out"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cmd.Stdout, cmd.Stderr = f, f
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("cannot start %s: %w", key, err)
@@ -265,4 +275,26 @@ func Poll(ctx context.Context, cond func() (bool, error)) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// Dir is the cluster's working folder.
+func (c *Cluster) Dir() string { return c.opts.Dir }
+
+// Reports returns what the processes printed that signals a defect: data
+// race reports and panics, for tests to fail on.
+func (c *Cluster) Reports() []string {
+	files, _ := filepath.Glob(filepath.Join(c.opts.Dir, "*.out"))
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, marker := range []string{"WARNING: DATA RACE", "panic:", "fatal error:"} {
+			if i := bytes.Index(b, []byte(marker)); i >= 0 {
+				out = append(out, filepath.Base(f)+": "+string(b[i:min(len(b), i+2000)]))
+			}
+		}
+	}
+	return out
 }

@@ -38,9 +38,26 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 			writeJSON(ctx, fasthttp.StatusInternalServerError, map[string]any{"code": 1, "error_message": "internal error"})
 		}
 	}()
-	switch string(ctx.Path()) {
+	path := string(ctx.Path())
+	if pre := s.cfg.Server.HTTPURLPrefix; pre != "" && len(path) > len(pre) && path[:len(pre)] == pre {
+		switch path[len(pre):] {
+		case "/startFLJob", "/updateModel", "/getModel":
+			path = path[len(pre):]
+		}
+	} else if pre != "" && (path == "/startFLJob" || path == "/updateModel" || path == "/getModel") {
+		path = "" // device routes live under the prefix only
+	}
+	switch path {
+	case "/startFLJob":
+		s.timed("startFLJob", ctx, s.startFLJob)
+	case "/updateModel":
+		s.timed("updateModel", ctx, s.updateModel)
+	case "/getModel":
+		s.timed("getModel", ctx, s.getModel)
 	case "/status":
 		writeJSON(ctx, fasthttp.StatusOK, s.status())
+	case "/metrics":
+		s.metrics.serve(ctx)
 	default:
 		writeJSON(ctx, fasthttp.StatusNotFound, map[string]any{"code": 1, "error_message": "no such endpoint " + string(ctx.Path())})
 	}

@@ -34,9 +34,11 @@ type Server struct {
 	log    atomic.Pointer[zap.Logger] // carries node_id and rank
 	nodeID string
 
-	tr     *transport.Transport
-	http   *fasthttp.Server
-	httpLn net.Listener
+	tr      *transport.Transport
+	http    *fasthttp.Server
+	httpLn  net.Listener
+	plane   *plane
+	metrics *metrics
 
 	mu         sync.Mutex
 	rank       int
@@ -74,6 +76,11 @@ func (s *Server) Start() error {
 		return fmt.Errorf("cannot listen on fl_server_port %s: %w", httpAddr, err)
 	}
 	s.httpLn = ln
+	if s.plane, err = newPlane(s); err != nil {
+		ln.Close()
+		return err
+	}
+	s.metrics = newMetrics(s)
 	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s})
 	if err != nil {
 		ln.Close()
@@ -125,6 +132,9 @@ func (s *Server) Close() error {
 		errs = append(errs, s.tr.Close())
 	}
 	s.wg.Wait()
+	if s.plane != nil {
+		s.plane.close()
+	}
 	return errors.Join(errs...)
 }
 
@@ -178,10 +188,11 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	body, err := c.Call(ctx, ctl.KindRegister, ctl.Encode(ctl.Register{
-		NodeID:   s.nodeID,
-		PeerAddr: s.tr.Addr(),
-		HTTPAddr: s.HTTPAddr(),
-		PID:      os.Getpid(),
+		NodeID:    s.nodeID,
+		PeerAddr:  s.tr.Addr(),
+		HTTPAddr:  s.HTTPAddr(),
+		PID:       os.Getpid(),
+		Iteration: s.plane.state().iteration,
 	}))
 	if err != nil {
 		return fmt.Errorf("cannot register: %w", err)
@@ -197,8 +208,10 @@ func (s *Server) registerOn(c *transport.Conn) error {
 		s.setLogger()
 	}
 	s.mu.Unlock()
-	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()))
+	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership)
+	s.plane.catchUp(r.Iteration.Iteration)
+	s.plane.setState(r.Iteration)
 	return nil
 }
 
@@ -263,6 +276,36 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		}
 		s.applyMembership(m)
 		return nil, nil
+	case ctl.KindIterState:
+		var st ctl.IterationState
+		if err := ctl.Decode(f.Body, &st); err != nil {
+			return nil, err
+		}
+		s.plane.setState(st)
+		return nil, nil
+	case ctl.KindNextIteration:
+		var ni ctl.NextIteration
+		if err := ctl.Decode(f.Body, &ni); err != nil {
+			return nil, err
+		}
+		s.plane.nextIteration(ni)
+		return nil, nil
+	case ctl.KindAggregate:
+		var a ctl.Aggregate
+		if err := ctl.Decode(f.Body, &a); err != nil {
+			return nil, err
+		}
+		// The all-reduce waits on peers: run it beside this link's frames.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.plane.aggregate(a)
+		}()
+		return nil, nil
+	case ctl.KindPartial, ctl.KindReduced:
+		return nil, s.plane.receive(f.Kind, f.Body)
+	case ctl.KindFetchModel:
+		return s.plane.serveFetch(f.Body)
 	case ctl.KindScaleIn:
 		s.mu.Lock()
 		first := !s.scaledIn
@@ -288,10 +331,24 @@ type Status struct {
 	Iteration    uint64 `json:"iteration"`
 	ModelSHA256  string `json:"model_sha256"`
 	Engine       string `json:"engine"`
+	// ModelIteration is the iteration whose model model_sha256 is: the
+	// latest stored (iteration − 1 while an iteration runs).
+	ModelIteration uint64 `json:"model_iteration"`
+	Instance       string `json:"instance"`
 }
 
 func (s *Server) status() Status {
+	it, _ := s.plane.store.Latest()
+	sum, _ := s.plane.store.Sum(it)
+	st := s.plane.state()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: s.membership.ClusterState, Engine: s.cfg.Aggregation.Engine}
+	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: s.membership.ClusterState, Iteration: st.iteration, ModelSHA256: sum, ModelIteration: it, Engine: s.plane.engine.Name(), Instance: st.instance}
+}
+
+// members returns the servers of the cluster as last pushed.
+func (s *Server) members() []ctl.Member {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]ctl.Member(nil), s.membership.Members...)
 }

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/modelstore"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+)
+
+// testDevice is a minimal device written against the wire package only, so
+// the test does not share code with the SDK it could otherwise hide bugs in.
+type testDevice struct {
+	t    *testing.T
+	c    *local.Cluster
+	id   string
+	size int32
+	rng  *rand.Rand
+	b    *flatbuffers.Builder
+}
+
+func (d *testDevice) post(path string, body []byte) []byte {
+	url := d.c.ServerURL(d.rng.IntN(len(d.c.ServerPorts))) + path
+	resp, err := http.Post(url, "application/octet-stream", bytes.NewReader(body))
+	if err != nil {
+		d.t.Errorf("device %s: POST %s: %v", d.id, path, err)
+		return nil
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		d.t.Errorf("device %s: POST %s: HTTP %d %s", d.id, path, resp.StatusCode, out)
+		return nil
+	}
+	return out
+}
+
+func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
+
+// round runs startFLJob and updateModel for iteration it and returns the
+// model it received and the values it uploaded.
+func (d *testDevice) round(it int32) (got, upload []float32) {
+	body := d.post("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: d.id, DataSize: d.size, Timestamp: now()}))
+	r, err := flmsg.DecodeResponseFLJob(body)
+	if err != nil || r.Retcode != flmsg.Succeed || r.Iteration != it || !r.IsSelected {
+		d.t.Errorf("device %s: startFLJob in iteration %d: %+v %v", d.id, it, r, err)
+		return nil, nil
+	}
+	m := model.New(model.LeNet5Layout())
+	if n, err := r.FeatureMaps.CopyTo(m); err != nil || n != len(m.Layout.Params) {
+		d.t.Errorf("device %s: served model has %d params: %v", d.id, n, err)
+		return nil, nil
+	}
+	got = append([]float32(nil), m.Data...)
+	// "Train": move every weight a little, then upload weight × data_size.
+	for i := range m.Data {
+		m.Data[i] = (m.Data[i] + float32(d.rng.NormFloat64()*0.01)) * float32(d.size)
+	}
+	body = d.post("/updateModel", flmsg.BuildRequestUpdateModel(d.b, &flmsg.UpdateModelArgs{FLName: "LeNet", FLID: d.id, Iteration: it, Timestamp: now(), Model: m}))
+	u, err := flmsg.DecodeResponseUpdateModel(body)
+	if err != nil || u.Retcode != flmsg.Succeed || u.Reason != "success not ready" {
+		d.t.Errorf("device %s: updateModel in iteration %d: %+v %v", d.id, it, u, err)
+		return nil, nil
+	}
+	return got, m.Data
+}
+
+// getModel polls until the model of iteration it is served.
+func (d *testDevice) getModel(it int32) []float32 {
+	for tries := 0; tries < 500; tries++ {
+		body := d.post("/getModel", flmsg.BuildRequestGetModel(d.b, &flmsg.GetModelArgs{FLName: "LeNet", Iteration: it, Timestamp: now()}))
+		r, err := flmsg.DecodeResponseGetModel(body)
+		if err != nil {
+			d.t.Errorf("getModel: %v", err)
+			return nil
+		}
+		if r.Retcode == flmsg.SucNotReady {
+			time.Sleep(10 * time.Millisecond) // the device protocol's own polling
+			continue
+		}
+		if r.Retcode != flmsg.Succeed || r.Reason != fmt.Sprintf("Get model for iteration %d", it) {
+			d.t.Errorf("getModel(%d): %+v", it, r)
+			return nil
+		}
+		m := model.New(model.LeNet5Layout())
+		r.FeatureMaps.CopyTo(m)
+		return m.Data
+	}
+	d.t.Errorf("getModel(%d) never ready", it)
+	return nil
+}
+
+// TestFedAvgAcrossServers: 16 devices that pick a random server for every
+// request train 5 iterations through 4 servers; each iteration's model is
+// the float64 FedAvg of what was uploaded, identical on every server, and
+// checkpointed.
+func TestFedAvgAcrossServers(t *testing.T) {
+	const devices, iterations = 16, 5
+	c := startCluster(t, 4, "--start_fl_job_threshold=16", "--fl_iteration_num=5", "--heartbeat_interval=200ms", "--heartbeat_timeout=10s",
+		"--start_fl_job_time_window=60000", "--update_model_time_window=60000")
+	devs := make([]*testDevice, devices)
+	for i := range devs {
+		devs[i] = &testDevice{t: t, c: c, id: fmt.Sprintf("dev-%d", i), size: int32(10 + 7*i), rng: rand.New(rand.NewPCG(uint64(i), 42)), b: flatbuffers.NewBuilder(0)}
+	}
+	var prev []float32
+	for it := int32(1); it <= iterations; it++ {
+		uploads := make([][]float32, devices)
+		served := make([][]float32, devices)
+		var wg sync.WaitGroup
+		for i, d := range devs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				served[i], uploads[i] = d.round(it)
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+		for i := range served {
+			if prev != nil && !equal(served[i], prev) {
+				t.Fatalf("iteration %d: device %d was served a model other than iteration %d's", it, i, it-1)
+			}
+		}
+		// The float64 FedAvg of the uploads.
+		want := make([]float64, len(uploads[0]))
+		var n float64
+		for i, u := range uploads {
+			for j, v := range u {
+				want[j] += float64(v)
+			}
+			n += float64(devs[i].size)
+		}
+		var errNorm, refNorm float64
+		got := devs[0].getModel(it)
+		for j := range want {
+			want[j] /= n
+			errNorm += (float64(got[j]) - want[j]) * (float64(got[j]) - want[j])
+			refNorm += want[j] * want[j]
+		}
+		if rel := math.Sqrt(errNorm / refNorm); rel > 1e-6 || math.IsNaN(rel) {
+			t.Fatalf("iteration %d: model differs from the float64 FedAvg by %g (relative)", it, rel)
+		}
+		prev = got
+	}
+	// All servers hold the same model and say so.
+	var shas []string
+	for i := range c.ServerPorts {
+		var st struct {
+			Iteration      uint64 `json:"iteration"`
+			ModelIteration uint64 `json:"model_iteration"`
+			ModelSHA256    string `json:"model_sha256"`
+			Engine         string `json:"engine"`
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := local.Poll(ctx, func() (bool, error) {
+			if err := local.GetJSON(ctx, c.ServerURL(i)+"/status", &st); err != nil {
+				return false, err
+			}
+			return st.ModelIteration == iterations, nil
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("server %d status %+v: %v", i, st, err)
+		}
+		shas = append(shas, st.ModelSHA256)
+		if st.Engine == "" {
+			t.Fatalf("server %d reports no engine", i)
+		}
+		// The checkpoint loads back and matches.
+		b, err := os.ReadFile(filepath.Join(c.Dir(), "server_"+strconv.Itoa(i), "checkpoints", "LeNet_iteration_5.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, meta, err := modelstore.Decode(b, model.LeNet5Layout())
+		if err != nil || !equal(m.Data, prev) || meta.SHA256 != st.ModelSHA256 {
+			t.Fatalf("server %d checkpoint: %v (sha %s vs %s)", i, err, meta.SHA256, st.ModelSHA256)
+		}
+	}
+	for _, s := range shas[1:] {
+		if s != shas[0] {
+			t.Fatalf("servers hold different models: %v", shas)
+		}
+	}
+	// The job is finished: startFLJob refused with the plain text, getModel still served.
+	body := devs[0].post("/startFLJob", flmsg.BuildRequestFLJob(devs[0].b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: "late", DataSize: 1, Timestamp: now()}))
+	if string(body) != flmsg.BodyJobDisabled {
+		t.Fatalf("startFLJob after the last iteration: %q", body)
+	}
+	if got := devs[0].getModel(5); !equal(got, prev) {
+		t.Fatal("getModel after the job differs")
+	}
+}
+
+func equal(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,327 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+	"github.com/fedcluster/fedcluster/wire/peer"
+)
+
+// The all-reduce is a direct reduce-scatter + all-gather: with P servers
+// the model is cut into P chunks; server i sends chunk j of its partial
+// sum to server j, sums the P partials of its own chunk, divides by the
+// total data size, and sends the finished chunk to every other server. Two
+// message steps whatever P, each server sending and receiving (P−1)/P of
+// the model twice; and since every chunk is computed once, by its owner,
+// all servers end with bit-identical weights.
+
+type roundKey struct {
+	iteration uint64
+	attempt   uint32
+}
+
+// inbox collects the chunks of one all-reduce attempt; chunks may arrive
+// before this server has been told to aggregate.
+type inbox struct {
+	mu       sync.Mutex
+	arrived  *sync.Cond
+	partials map[uint32][]byte // by sender, for this server's chunk
+	nByFrom  map[uint32]float64
+	reduced  map[uint32][]byte // by chunk
+	total    float64
+	closed   bool
+}
+
+type roundTable struct {
+	mu     sync.Mutex
+	rounds map[roundKey]*inbox
+}
+
+func (t *roundTable) init() { t.rounds = make(map[roundKey]*inbox) }
+
+func (t *roundTable) get(k roundKey) *inbox {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ib := t.rounds[k]
+	if ib == nil {
+		ib = &inbox{partials: map[uint32][]byte{}, nByFrom: map[uint32]float64{}, reduced: map[uint32][]byte{}}
+		ib.arrived = sync.NewCond(&ib.mu)
+		t.rounds[k] = ib
+	}
+	return ib
+}
+
+// drop closes and forgets the inboxes of iterations up to upTo, waking any
+// all-reduce still waiting on them.
+func (t *roundTable) drop(upTo uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, ib := range t.rounds {
+		if k.iteration <= upTo {
+			ib.close()
+			delete(t.rounds, k)
+		}
+	}
+}
+
+// supersede closes the earlier attempts of an iteration.
+func (t *roundTable) supersede(it uint64, attempt uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, ib := range t.rounds {
+		if k.iteration == it && k.attempt < attempt {
+			ib.close()
+			delete(t.rounds, k)
+		}
+	}
+}
+
+func (ib *inbox) close() {
+	ib.mu.Lock()
+	ib.closed = true
+	ib.arrived.Broadcast()
+	ib.mu.Unlock()
+}
+
+// wait blocks until cond holds, the inbox closes or the deadline passes.
+func (ib *inbox) wait(deadline time.Time, cond func() bool) error {
+	timer := time.AfterFunc(time.Until(deadline), func() {
+		ib.mu.Lock()
+		ib.arrived.Broadcast()
+		ib.mu.Unlock()
+	})
+	defer timer.Stop()
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	for !cond() {
+		if ib.closed {
+			return fmt.Errorf("all-reduce attempt superseded")
+		}
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("all-reduce timed out")
+		}
+		ib.arrived.Wait()
+	}
+	return nil
+}
+
+// peerConns caches the links to other servers.
+type peerConns struct {
+	s     *Server
+	mu    sync.Mutex
+	conns map[string]*transport.Conn
+}
+
+func (pc *peerConns) init(s *Server) { pc.s, pc.conns = s, make(map[string]*transport.Conn) }
+
+func (pc *peerConns) get(nodeID, addr string) (*transport.Conn, error) {
+	pc.mu.Lock()
+	c := pc.conns[nodeID]
+	pc.mu.Unlock()
+	if c != nil {
+		select {
+		case <-c.Done():
+		default:
+			if c.Remote() == addr {
+				return c, nil
+			}
+			c.Close()
+		}
+	}
+	c, err := pc.s.tr.Dial(addr, 5*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach peer %s at %s: %w", nodeID, addr, err)
+	}
+	pc.mu.Lock()
+	pc.conns[nodeID] = c
+	pc.mu.Unlock()
+	return c, nil
+}
+
+// aggregate runs one all-reduce attempt and reports to the scheduler.
+func (p *plane) aggregate(a ctl.Aggregate) {
+	log := p.s.logger().With(zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt))
+	start := time.Now()
+	me := -1
+	for i, part := range a.Participants {
+		if part.NodeID == p.s.nodeID {
+			me = i
+		}
+	}
+	if me < 0 {
+		return
+	}
+	attempt := uint32(a.Attempt)
+	p.rounds.supersede(a.Iteration, attempt)
+	pa, err := p.partialFor(a.Iteration)
+	if err != nil {
+		log.Error("cannot aggregate", zap.Error(err))
+		return
+	}
+	n, folded := pa.waitIdle()
+	deadline := time.UnixMilli(a.DeadlineMs)
+	m, total, err := p.allReduce(a, me, attempt, pa, n, deadline)
+	if err != nil {
+		log.Warn("all-reduce failed", zap.Error(err))
+		return
+	}
+	sha := m.SHA256()
+	pa.mu.Lock()
+	pa.result, pa.sha = m, sha
+	pa.mu.Unlock()
+	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
+		zap.Duration("took", time.Since(start)), zap.String("model_sha256", sha))
+	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name()})
+}
+
+func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, deadline time.Time) (*model.Model, float64, error) {
+	P := len(a.Participants)
+	L := p.layout.Size
+	ib := p.rounds.get(roundKey{a.Iteration, attempt})
+	// Reduce-scatter: send every other owner its chunk of our partial sum.
+	for j, part := range a.Participants {
+		if j == me {
+			continue
+		}
+		off, cnt := peer.Split(L, P, j)
+		body := peer.AppendHeader(make([]byte, 0, peer.HeaderSize+8*cnt), peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(j), Offset: uint64(off), Count: uint64(cnt), N: n})
+		body = pa.acc.AppendPartial(body, off, cnt)
+		if err := p.send(part, ctl.KindPartial, body); err != nil {
+			return nil, 0, err
+		}
+	}
+	off, cnt := peer.Split(L, P, me)
+	if err := ib.wait(deadline, func() bool { return len(ib.partials) == P-1 }); err != nil {
+		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
+	}
+	sum, err := p.engine.NewAccumulator(cnt)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer sum.Close()
+	// Sum in sender order so the result does not depend on arrival order.
+	total := n
+	if err := sum.AddPartial(0, pa.acc.AppendPartial(nil, off, cnt)); err != nil {
+		return nil, 0, err
+	}
+	ib.mu.Lock()
+	for from := 0; from < P; from++ {
+		if from == me {
+			continue
+		}
+		if err := sum.AddPartial(0, ib.partials[uint32(from)]); err != nil {
+			ib.mu.Unlock()
+			return nil, 0, err
+		}
+		total += ib.nByFrom[uint32(from)]
+	}
+	ib.mu.Unlock()
+	if total <= 0 {
+		return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
+	}
+	out := model.New(p.layout)
+	mine := out.Data[off : off+cnt]
+	sum.Result(mine, 0, 1/total)
+	// All-gather: send our finished chunk to everyone.
+	chunk := peer.AppendHeader(make([]byte, 0, peer.HeaderSize+4*cnt), peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(me), Offset: uint64(off), Count: uint64(cnt), N: total})
+	chunk = append(chunk, float32Bytes(mine)...)
+	for j, part := range a.Participants {
+		if j != me {
+			if err := p.send(part, ctl.KindReduced, chunk); err != nil {
+				return nil, 0, err
+			}
+		}
+	}
+	if err := ib.wait(deadline, func() bool { return len(ib.reduced) == P-1 }); err != nil {
+		return nil, 0, fmt.Errorf("waiting for reduced chunks: %w", err)
+	}
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	for j := 0; j < P; j++ {
+		if j == me {
+			continue
+		}
+		o, c := peer.Split(L, P, j)
+		copyFloat32(out.Data[o:o+c], ib.reduced[uint32(j)])
+	}
+	if ib.total != 0 && ib.total != total {
+		return nil, 0, fmt.Errorf("peers reduced with data size %v, this server %v", ib.total, total)
+	}
+	return out, total, nil
+}
+
+func (p *plane) send(part ctl.Participant, kind frame.Kind, body []byte) error {
+	c, err := p.peers.get(part.NodeID, part.PeerAddr)
+	if err != nil {
+		return err
+	}
+	return c.Send(kind, body)
+}
+
+// receive files a chunk from a peer into its attempt's inbox.
+func (p *plane) receive(kind frame.Kind, body []byte) error {
+	elem := 8
+	if kind == ctl.KindReduced {
+		elem = 4
+	}
+	h, data, err := peer.Parse(body, elem, uint64(p.layout.Size))
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	stale := h.Iteration < p.iteration
+	p.mu.Unlock()
+	if stale {
+		return nil
+	}
+	ib := p.rounds.get(roundKey{h.Iteration, h.Attempt})
+	ib.mu.Lock()
+	defer ib.mu.Unlock()
+	if kind == ctl.KindPartial {
+		ib.partials[h.From] = data
+		ib.nByFrom[h.From] = h.N
+	} else {
+		ib.reduced[h.Chunk] = data
+		ib.total = h.N
+	}
+	ib.arrived.Broadcast()
+	return nil
+}
+
+func float32Bytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
+}
+
+func copyFloat32(dst []float32, raw []byte) {
+	if len(dst) == 0 {
+		return
+	}
+	copy(float32Bytes(dst), raw)
+}
+
+// report sends a message to the scheduler, if connected.
+func (s *Server) report(kind frame.Kind, v any) {
+	s.mu.Lock()
+	c := s.sched
+	s.mu.Unlock()
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, kind, ctl.Encode(v)); err != nil {
+		s.logger().Warn("scheduler refused report", zap.Error(err))
+	}
+}

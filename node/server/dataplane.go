@@ -1,0 +1,349 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/agg"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/modelstore"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+)
+
+// plane is the server's data plane: the iteration it serves, the stored
+// models, this iteration's partial sum and the all-reduce with its peers.
+type plane struct {
+	s      *Server
+	engine agg.Engine
+	store  *modelstore.Store
+	layout *model.Layout
+	index  map[string]int // parameter name → position in layout
+
+	mu          sync.Mutex
+	changed     *sync.Cond // signalled when the iteration or state moves
+	ready       bool       // joined a ready cluster and knows its iteration
+	iteration   uint64
+	instance    string
+	nextReqTime int64
+	plan        ctl.Plan
+	partials    map[uint64]*partial
+	free        []agg.Accumulator // accumulators of finished iterations, for reuse
+
+	blocksMu sync.Mutex
+	blocks   map[uint64]*flmsg.ModelBlock // serialized stored models, by iteration
+
+	rounds roundTable // all-reduce message inboxes
+	peers  peerConns
+}
+
+func newPlane(s *Server) (*plane, error) {
+	e, err := agg.New(s.cfg.Aggregation.Engine)
+	if err != nil {
+		return nil, err
+	}
+	st, err := modelstore.Open(modelstore.Options{
+		Dir:      s.cfg.Model.CheckpointDir,
+		FLName:   s.cfg.FL.FLName,
+		Keep:     s.cfg.Model.CheckpointKeep,
+		Logger:   s.base,
+		InitFile: s.cfg.Model.InitFile,
+		Seed:     s.cfg.Model.InitSeed,
+	})
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("cannot open model store: %w", err)
+	}
+	p := &plane{
+		s: s, engine: e, store: st, layout: st.Layout(),
+		instance: "running",
+		plan: ctl.Plan{FLIterationNum: s.cfg.FL.FLIterationNum, ClientEpochNum: s.cfg.FL.ClientEpochNum,
+			ClientBatchSize: s.cfg.FL.ClientBatchSize, ClientLearningRate: s.cfg.FL.ClientLearningRate},
+		partials: make(map[uint64]*partial),
+		blocks:   make(map[uint64]*flmsg.ModelBlock),
+	}
+	p.index = make(map[string]int, len(p.layout.Params))
+	for i, q := range p.layout.Params {
+		p.index[q.Name] = i
+	}
+	p.changed = sync.NewCond(&p.mu)
+	p.rounds.init()
+	p.peers.init(s)
+	latest, _ := st.Latest()
+	p.iteration = latest + 1
+	return p, nil
+}
+
+func (p *plane) close() {
+	p.mu.Lock()
+	for _, pa := range p.partials {
+		pa.acc.Close()
+	}
+	for _, a := range p.free {
+		a.Close()
+	}
+	p.partials = map[uint64]*partial{}
+	p.free = nil
+	p.mu.Unlock()
+	p.engine.Close()
+}
+
+// partialFor returns iteration it's partial sum, creating it.
+func (p *plane) partialFor(it uint64) (*partial, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.partialForLocked(it)
+}
+
+func (p *plane) partialForLocked(it uint64) (*partial, error) {
+	if pa := p.partials[it]; pa != nil {
+		return pa, nil
+	}
+	var acc agg.Accumulator
+	if n := len(p.free); n > 0 {
+		acc, p.free = p.free[n-1], p.free[:n-1]
+		acc.Reset()
+	} else {
+		var err error
+		if acc, err = p.engine.NewAccumulator(p.layout.Size); err != nil {
+			return nil, fmt.Errorf("cannot allocate accumulator: %w", err)
+		}
+	}
+	pa := newPartial(it, acc)
+	p.partials[it] = pa
+	return pa, nil
+}
+
+// dropPartialsLocked recycles the partial sums of iterations up to it.
+func (p *plane) dropPartialsLocked(upTo uint64) {
+	for it, pa := range p.partials {
+		if it <= upTo {
+			delete(p.partials, it)
+			p.free = append(p.free, pa.acc)
+		}
+	}
+	for len(p.free) > 1 {
+		n := len(p.free)
+		p.free[n-1].Close()
+		p.free = p.free[:n-1]
+	}
+	p.rounds.drop(upTo)
+}
+
+// setState installs the iteration state the scheduler announced.
+func (p *plane) setState(st ctl.IterationState) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if st.Iteration >= p.iteration || !p.ready {
+		p.iteration = st.Iteration
+		p.instance = st.Instance
+		p.nextReqTime = st.NextReqTime
+	}
+	if st.Plan != nil {
+		p.plan = *st.Plan
+	}
+	p.ready = true
+	p.changed.Broadcast()
+}
+
+// snapshot is the state a request is answered with.
+type snapshot struct {
+	ready       bool
+	iteration   uint64
+	instance    string
+	nextReqTime int64
+	plan        ctl.Plan
+}
+
+func (p *plane) state() snapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return snapshot{p.ready, p.iteration, p.instance, p.nextReqTime, p.plan}
+}
+
+// waitIteration waits (bounded) until the server has switched to it: the
+// scheduler may admit a device for the next iteration while this server is
+// still storing the previous one.
+func (p *plane) waitIteration(it uint64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	timer := time.AfterFunc(d, func() {
+		p.mu.Lock()
+		p.changed.Broadcast()
+		p.mu.Unlock()
+	})
+	defer timer.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.iteration < it && time.Now().Before(deadline) {
+		p.changed.Wait()
+	}
+	return p.iteration >= it
+}
+
+// nextIteration stores the completed iteration's model (the aggregate, or
+// a copy of the latest when the iteration failed) and moves on.
+func (p *plane) nextIteration(ni ctl.NextIteration) {
+	log := p.s.logger()
+	p.mu.Lock()
+	pa := p.partials[ni.Completed]
+	p.mu.Unlock()
+	if latest, _ := p.store.Latest(); latest < ni.Completed {
+		var m *model.Model
+		if ni.Valid {
+			if pa != nil {
+				pa.waitIdle()
+				pa.mu.Lock()
+				if pa.sha == ni.SHA256 {
+					m = pa.result
+				}
+				pa.mu.Unlock()
+			}
+			if m == nil {
+				fetched, err := p.fetchFromPeers(ni.Completed, ni.SHA256)
+				if err != nil {
+					log.Error("cannot get the aggregated model; serving the previous one", zap.Uint64("iteration", ni.Completed), zap.Error(err))
+				}
+				m = fetched
+			}
+		}
+		if m == nil {
+			_, m = p.store.Latest()
+		}
+		if err := p.store.Put(ni.Completed, m); err != nil {
+			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
+		} else if ni.Valid {
+			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
+		} else {
+			log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
+		}
+	}
+	p.mu.Lock()
+	if ni.Iteration >= p.iteration {
+		p.iteration, p.instance, p.nextReqTime = ni.Iteration, ni.Instance, ni.NextReqTime
+	}
+	p.dropPartialsLocked(ni.Completed)
+	p.changed.Broadcast()
+	p.mu.Unlock()
+	p.pruneBlocks()
+}
+
+// block returns the serialized form of stored model it (built once).
+func (p *plane) block(it uint64, m *model.Model) *flmsg.ModelBlock {
+	p.blocksMu.Lock()
+	defer p.blocksMu.Unlock()
+	if b := p.blocks[it]; b != nil {
+		return b
+	}
+	b := &flmsg.ModelBlock{}
+	b.Set(m)
+	p.blocks[it] = b
+	return b
+}
+
+func (p *plane) pruneBlocks() {
+	p.blocksMu.Lock()
+	defer p.blocksMu.Unlock()
+	for it := range p.blocks {
+		if !p.store.Has(it) {
+			delete(p.blocks, it)
+		}
+	}
+}
+
+// fetchFromPeers asks the other servers for stored model it, checking its
+// checksum when want is set.
+func (p *plane) fetchFromPeers(it uint64, want string) (*model.Model, error) {
+	var errs []error
+	for _, mem := range p.s.members() {
+		if mem.NodeID == p.s.nodeID || !mem.Alive {
+			continue
+		}
+		m, err := p.fetchFrom(mem, it, want)
+		if err == nil {
+			return m, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", mem.NodeID, err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no live peer to fetch from")
+	}
+	return nil, errors.Join(errs...)
+}
+
+func (p *plane) fetchFrom(mem ctl.Member, it uint64, want string) (*model.Model, error) {
+	c, err := p.peers.get(mem.NodeID, mem.PeerAddr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	body, err := c.Call(ctx, ctl.KindFetchModel, ctl.Encode(fetchModel{Iteration: it}))
+	if err != nil {
+		return nil, err
+	}
+	m, meta, err := modelstore.Decode(body, p.layout)
+	if err != nil {
+		return nil, err
+	}
+	if meta.Iteration != it && it != 0 {
+		return nil, fmt.Errorf("peer sent iteration %d, want %d", meta.Iteration, it)
+	}
+	if want != "" && meta.SHA256 != want {
+		return nil, fmt.Errorf("peer's model checksum %s, want %s", meta.SHA256, want)
+	}
+	return m, nil
+}
+
+// fetchModel asks a peer for a stored model; Iteration 0 means its latest.
+type fetchModel struct {
+	Iteration uint64 `json:"iteration"`
+	Latest    bool   `json:"latest,omitempty"`
+}
+
+func (p *plane) serveFetch(body []byte) ([]byte, error) {
+	var r fetchModel
+	if err := ctl.Decode(body, &r); err != nil {
+		return nil, err
+	}
+	it := r.Iteration
+	if r.Latest {
+		it, _ = p.store.Latest()
+	}
+	b, ok, err := p.store.Encoded(it)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("iteration %d is not stored here", it)
+	}
+	return b, nil
+}
+
+// catchUp makes a server that restarted or fell behind hold the model the
+// cluster serves: if its newest checkpoint is older than the iteration
+// before the current one, it fetches the latest model from a peer.
+func (p *plane) catchUp(current uint64) {
+	latest, _ := p.store.Latest()
+	if current == 0 || latest+1 >= current {
+		return
+	}
+	want := current - 1
+	m, err := p.fetchFromPeers(want, "")
+	if err != nil {
+		p.s.logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
+		return
+	}
+	if err := p.store.Put(want, m); err != nil {
+		p.s.logger().Error("cannot store fetched model", zap.Error(err))
+		return
+	}
+	p.s.logger().Info("restored the current model from a peer", zap.Uint64("iteration", want))
+}
+
+var _ transport.Handler = (*Server)(nil)

@@ -1,0 +1,293 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// maxDataSize bounds the data_size a device may claim: larger values are
+// not a phone's training set but an attempt to dominate the average.
+const maxDataSize = 100_000_000
+
+// rpcTimeout bounds a round trip to the scheduler on the request path.
+const rpcTimeout = 5 * time.Second
+
+var builders = sync.Pool{New: func() any { return flatbuffers.NewBuilder(1 << 10) }}
+
+func (s *Server) nextReq(ms int64) string { return strconv.FormatInt(ms, 10) }
+
+// plain answers with one of MindSpore's plain-text refusals.
+func plain(ctx *fasthttp.RequestCtx, body string) {
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBodyString(body)
+}
+
+// ask sends an admission or count request to the scheduler. A server that
+// cannot reach the scheduler cannot admit devices: it answers safemode.
+func (s *Server) ask(kind frame.Kind, v any) (ctl.Answer, error) {
+	s.mu.Lock()
+	c := s.sched
+	s.mu.Unlock()
+	if c == nil {
+		return ctl.Answer{}, errors.New("not connected to the scheduler")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rpcTimeout)
+	defer cancel()
+	body, err := c.Call(ctx, kind, ctl.Encode(v))
+	if err != nil {
+		return ctl.Answer{}, err
+	}
+	var a ctl.Answer
+	return a, ctl.Decode(body, &a)
+}
+
+func (s *Server) checkTime(ts []byte) string {
+	return checkTimestamp(ts, time.Now(), time.Duration(s.cfg.FL.ReplayAttackTimeDiff)*time.Millisecond, s.cfg.FL.LegacyTimestamps == "accept")
+}
+
+func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
+	st := s.plane.state()
+	b := builders.Get().(*flatbuffers.Builder)
+	defer builders.Put(b)
+	reply := func(code int32, reason string, it uint64, next int64) {
+		nr := ""
+		if next > 0 {
+			nr = s.nextReq(next)
+		}
+		ctx.SetBody(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: code, Reason: reason, Iteration: int32(it), NextReqTime: nr}))
+	}
+	req, err := flmsg.DecodeRequestFLJob(ctx.PostBody())
+	if err != nil {
+		s.count("startFLJob", "schema")
+		reply(flmsg.RequestError, flmsg.Reason(err), st.iteration, 0)
+		return
+	}
+	if !st.ready {
+		plain(ctx, flmsg.BodyJobNotReady)
+		return
+	}
+	if reason := s.checkTime(req.Timestamp); reason != "" {
+		s.count("startFLJob", "timestamp")
+		reply(flmsg.RequestError, reason, st.iteration, st.nextReqTime)
+		return
+	}
+	if st.instance != "running" {
+		plain(ctx, flmsg.BodyJobDisabled)
+		return
+	}
+	if len(req.FLID) == 0 || len(req.FLID) > 256 {
+		reply(flmsg.RequestError, "fl_id must be 1 to 256 bytes.", st.iteration, st.nextReqTime)
+		return
+	}
+	if req.DataSize > maxDataSize {
+		reply(flmsg.RequestError, fmt.Sprintf("FL job data size %d is larger than the limit %d.", req.DataSize, maxDataSize), st.iteration, st.nextReqTime)
+		return
+	}
+	a, err := s.ask(ctl.KindAdmit, ctl.Admit{FLID: string(req.FLID), DataSize: int(req.DataSize)})
+	if err != nil {
+		s.logger().Warn("cannot admit device", zap.Error(err))
+		plain(ctx, flmsg.BodySafemode)
+		return
+	}
+	switch a.Code {
+	case ctl.AnswerDisabled:
+		plain(ctx, flmsg.BodyJobDisabled)
+		return
+	case ctl.AnswerSafemode:
+		plain(ctx, flmsg.BodySafemode)
+		return
+	case ctl.AnswerOutOfTime:
+		s.count("startFLJob", "out_of_time")
+		reply(flmsg.OutOfTime, a.Reason, a.Iteration, a.NextReqTime)
+		return
+	}
+	// Admitted for a.Iteration: serve the model of the iteration before it.
+	if !s.plane.waitIteration(a.Iteration, 5*time.Second) {
+		plain(ctx, flmsg.BodySafemode)
+		return
+	}
+	it, m := s.plane.store.Latest()
+	st = s.plane.state()
+	s.count("startFLJob", "succeed")
+	ctx.SetBody(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
+		Retcode:     flmsg.Succeed,
+		Reason:      flmsg.ReasonStartFLJobSuccess,
+		Iteration:   int32(a.Iteration),
+		IsSelected:  true,
+		NextReqTime: s.nextReq(a.NextReqTime),
+		Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(st.plan.FLIterationNum),
+			Epochs: int32(st.plan.ClientEpochNum), MiniBatch: int32(st.plan.ClientBatchSize), LR: float32(st.plan.ClientLearningRate)},
+		Block: s.plane.block(it, m),
+	}))
+}
+
+func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
+	st := s.plane.state()
+	b := builders.Get().(*flatbuffers.Builder)
+	defer builders.Put(b)
+	reply := func(code int32, reason string, next int64) {
+		nr := ""
+		if next > 0 {
+			nr = s.nextReq(next)
+		}
+		ctx.SetBody(flmsg.BuildResponseUpdateModel(b, &flmsg.UpdateModelReply{Retcode: code, Reason: reason, NextReqTime: nr}))
+	}
+	req, err := flmsg.DecodeRequestUpdateModel(ctx.PostBody())
+	if err != nil {
+		s.count("updateModel", "schema")
+		reply(flmsg.RequestError, flmsg.Reason(err), 0)
+		return
+	}
+	if !st.ready {
+		plain(ctx, flmsg.BodyJobNotReady)
+		return
+	}
+	if reason := s.checkTime(req.Timestamp); reason != "" {
+		s.count("updateModel", "timestamp")
+		reply(flmsg.RequestError, reason, st.nextReqTime)
+		return
+	}
+	if st.instance != "running" {
+		plain(ctx, flmsg.BodyJobDisabled)
+		return
+	}
+	if reason := s.validateUpdate(req.FeatureMaps); reason != "" {
+		s.count("updateModel", "invalid")
+		reply(flmsg.RequestError, reason, st.nextReqTime)
+		return
+	}
+	it := uint64(max(req.Iteration, 0))
+	if req.Iteration < 0 || (it != st.iteration && it != st.iteration+1) {
+		s.count("updateModel", "out_of_time")
+		reply(flmsg.OutOfTime, fmt.Sprintf("UpdateModel iteration number is invalid:%d, current iteration:%d. Retry later.", req.Iteration, st.iteration), st.nextReqTime)
+		return
+	}
+	pa, err := s.plane.partialFor(it)
+	if err != nil {
+		reply(flmsg.SystemError, err.Error(), st.nextReqTime)
+		return
+	}
+	// In flight from before the count until after the fold: the all-reduce
+	// of this iteration waits for it.
+	pa.begin()
+	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: string(req.FLID), Iteration: it})
+	if err != nil || a.Code != ctl.AnswerSucceed {
+		pa.end(false, 0, 0, 0)
+		switch {
+		case err != nil:
+			s.logger().Warn("cannot count update", zap.Error(err))
+			plain(ctx, flmsg.BodySafemode)
+		case a.Code == ctl.AnswerDisabled:
+			plain(ctx, flmsg.BodyJobDisabled)
+		case a.Code == ctl.AnswerSafemode:
+			plain(ctx, flmsg.BodySafemode)
+		default:
+			s.count("updateModel", "out_of_time")
+			reply(flmsg.OutOfTime, a.Reason, a.NextReqTime)
+		}
+		return
+	}
+	start := time.Now()
+	fms := req.FeatureMaps
+	var scratch []float32
+	for i := 0; i < fms.Len(); i++ {
+		fm := fms.At(i)
+		p, _ := s.plane.layout.Lookup(string(fm.Name))
+		x := fm.Data(scratch)
+		if _, ok := fm.Floats(); !ok {
+			scratch = x
+		}
+		pa.fold(p.Offset, x, 1)
+	}
+	pa.end(true, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start))
+	s.count("updateModel", "succeed")
+	reply(flmsg.Succeed, flmsg.ReasonUpdateModelSuccess, a.NextReqTime)
+}
+
+// validateUpdate checks an upload against the model before anything is
+// counted or folded: every parameter exactly once, right sizes, finite
+// values. It returns the refusal reason or "".
+func (s *Server) validateUpdate(fms flmsg.FeatureMaps) string {
+	l := s.plane.layout
+	if fms.Len() == 0 {
+		return "Feature map is empty."
+	}
+	if fms.Len() != len(l.Params) {
+		return fmt.Sprintf("The update has %d feature maps, the model has %d parameters.", fms.Len(), len(l.Params))
+	}
+	seen := make([]bool, len(l.Params))
+	for i := 0; i < fms.Len(); i++ {
+		fm := fms.At(i)
+		p, ok := l.Lookup(string(fm.Name))
+		if !ok {
+			return fmt.Sprintf("Unknown weight name %q.", truncate(fm.Name, 64))
+		}
+		j := s.plane.index[p.Name]
+		if seen[j] {
+			return fmt.Sprintf("Weight %q appears twice.", truncate(fm.Name, 64))
+		}
+		seen[j] = true
+		if fm.Len() != p.Len {
+			return fmt.Sprintf("Weight %q has %d values, the model's has %d.", p.Name, fm.Len(), p.Len)
+		}
+		if !finite(fm.Raw) {
+			return fmt.Sprintf("Weight %q holds NaN or Inf values.", p.Name)
+		}
+	}
+	return ""
+}
+
+// finite reports whether every little-endian float32 in raw is finite: the
+// exponent bits of NaN and ±Inf are all ones.
+func finite(raw []byte) bool {
+	for i := 0; i+4 <= len(raw); i += 4 {
+		if raw[i+3]&0x7f == 0x7f && raw[i+2]&0x80 == 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
+	st := s.plane.state()
+	b := builders.Get().(*flatbuffers.Builder)
+	defer builders.Put(b)
+	req, err := flmsg.DecodeRequestGetModel(ctx.PostBody())
+	if err != nil {
+		s.count("getModel", "schema")
+		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.RequestError, Reason: flmsg.Reason(err), Iteration: int32(st.iteration)}))
+		return
+	}
+	if reason := s.checkTime(req.Timestamp); reason != "" {
+		s.count("getModel", "timestamp")
+		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.RequestError, Reason: reason, Iteration: int32(st.iteration), Timestamp: s.nextReq(st.nextReqTime)}))
+		return
+	}
+	want := uint64(max(req.Iteration, 0))
+	if req.Iteration >= 0 && want == st.iteration && !s.plane.store.Has(want) {
+		s.count("getModel", "not_ready")
+		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.SucNotReady,
+			Reason:    fmt.Sprintf("The model is not ready yet for iteration %d. Maybe this is because the iteration is still running or being aggregated.", want),
+			Iteration: int32(st.iteration), Timestamp: s.nextReq(st.nextReqTime)}))
+		return
+	}
+	it, m := s.plane.store.Latest()
+	if got, ok := s.plane.store.Get(want); ok && req.Iteration >= 0 {
+		it, m = want, got
+	}
+	s.count("getModel", "succeed")
+	ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
+		Iteration: int32(st.iteration), Block: s.plane.block(it, m), Timestamp: s.nextReq(st.nextReqTime)}))
+}

@@ -1,0 +1,98 @@
+package server
+
+import (
+	"sync"
+	"time"
+
+	"github.com/fedcluster/fedcluster/node/agg"
+	"github.com/fedcluster/fedcluster/node/model"
+)
+
+// stripe is how many elements one fold lock covers: devices folding
+// different parts of the model proceed in parallel, and a fold into one
+// stripe never waits for more than one other device's stripe.
+const stripe = 64 << 10
+
+// partial is one iteration's local partial sum: Σ w·n per weight (devices
+// upload weight × data_size) and Σ n. Updates are folded into it as they
+// are decoded, so memory is one accumulator whatever the device count.
+type partial struct {
+	iteration uint64
+	acc       agg.Accumulator
+	locks     []sync.Mutex // one per stripe
+
+	mu       sync.Mutex
+	idle     *sync.Cond // signalled when inflight drops to 0
+	inflight int        // updates between count request and fold
+	n        float64    // Σ data_size of folded updates
+	folded   int
+	bytes    int64
+	foldTime time.Duration
+
+	// Aggregation result, kept until NextIteration says it is valid.
+	result *model.Model
+	sha    string
+}
+
+func newPartial(iteration uint64, acc agg.Accumulator) *partial {
+	p := &partial{iteration: iteration, acc: acc, locks: make([]sync.Mutex, (acc.Len()+stripe-1)/stripe)}
+	p.idle = sync.NewCond(&p.mu)
+	return p
+}
+
+// begin marks an update in flight: the aggregation of this iteration waits
+// for it, so an update counted by the scheduler is always folded first.
+func (p *partial) begin() {
+	p.mu.Lock()
+	p.inflight++
+	p.mu.Unlock()
+}
+
+// end closes begin; folded says whether the update went into the sum.
+func (p *partial) end(folded bool, n float64, bytes int64, d time.Duration) {
+	p.mu.Lock()
+	if folded {
+		p.n += n
+		p.folded++
+		p.bytes += bytes
+		p.foldTime += d
+	}
+	p.inflight--
+	if p.inflight == 0 {
+		p.idle.Broadcast()
+	}
+	p.mu.Unlock()
+}
+
+// waitIdle waits until no update is in flight and returns the totals.
+func (p *partial) waitIdle() (n float64, folded int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.inflight > 0 {
+		p.idle.Wait()
+	}
+	return p.n, p.folded
+}
+
+// foldMBps is the update bytes folded per second of fold time.
+func (p *partial) foldMBps() float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.foldTime <= 0 {
+		return 0
+	}
+	return float64(p.bytes) / p.foldTime.Seconds() / 1e6
+}
+
+// fold adds x (weight w) at element off, stripe by stripe.
+func (p *partial) fold(off int, x []float32, w float32) {
+	for len(x) > 0 {
+		s := off / stripe
+		n := min(len(x), (s+1)*stripe-off)
+		p.locks[s].Lock()
+		p.acc.Fold(off, x[:n], w)
+		p.locks[s].Unlock()
+		off += n
+		x = x[n:]
+	}
+}

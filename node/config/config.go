@@ -328,11 +328,6 @@ func (s Server) LocalCount(serverNum int) int {
 	return s.LocalServerNum
 }
 
-// UpdateModelThreshold is ceil(start_fl_job_threshold × update_model_ratio).
-func (f FL) UpdateModelThreshold() int {
-	return int(math.Ceil(float64(f.StartFLJobThreshold) * f.UpdateModelRatio))
-}
-
 func validHost(h string) bool {
 	if len(h) > 253 {
 		return false

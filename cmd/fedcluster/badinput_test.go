@@ -1,0 +1,148 @@
+package main
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"strings"
+	"testing"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+)
+
+// TestBadInputIsHarmless sends every kind of hostile request and checks
+// each gets its protocol answer, nothing crashes, and a well-behaved device
+// afterwards completes the iteration with exactly its own update.
+func TestBadInputIsHarmless(t *testing.T) {
+	c := startCluster(t, 1, "--start_fl_job_threshold=2", "--fl_iteration_num=1", "--max_body_size=1MiB")
+	b := flatbuffers.NewBuilder(0)
+	d := &testDevice{t: t, c: c, id: "good", size: 3, rng: rand.New(rand.NewPCG(1, 2)), b: flatbuffers.NewBuilder(0)}
+
+	startJob := func(id string, size int32, ts string) flmsg.ResponseFLJob {
+		t.Helper()
+		r, err := flmsg.DecodeResponseFLJob(d.post("/startFLJob", flmsg.BuildRequestFLJob(b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: id, DataSize: size, Timestamp: ts})))
+		if err != nil {
+			t.Fatalf("startFLJob(%s): %v", id, err)
+		}
+		return r
+	}
+	update := func(id string, it int32, m *model.Model, tensors []flmsg.Tensor) flmsg.ResponseUpdateModel {
+		t.Helper()
+		r, err := flmsg.DecodeResponseUpdateModel(d.post("/updateModel", flmsg.BuildRequestUpdateModel(b, &flmsg.UpdateModelArgs{FLName: "LeNet", FLID: id, Iteration: it, Timestamp: now(), Model: m, Tensors: tensors})))
+		if err != nil {
+			t.Fatalf("updateModel(%s): %v", id, err)
+		}
+		return r
+	}
+	expect := func(what string, code int32, reason string, gotCode int32, gotReason string) {
+		t.Helper()
+		if gotCode != code || !strings.Contains(gotReason, reason) {
+			t.Fatalf("%s: got %d %q, want %d containing %q", what, gotCode, gotReason, code, reason)
+		}
+	}
+
+	// Malformed bodies on every endpoint.
+	for _, ep := range []struct{ path, table string }{{"/startFLJob", "RequestFLJob"}, {"/updateModel", "RequestUpdateModel"}, {"/getModel", "RequestGetModel"}} {
+		for _, body := range [][]byte{nil, {1, 2, 3}, bytes.Repeat([]byte{0xff}, 64)} {
+			out := d.post(ep.path, body)
+			var code int32
+			var reason string
+			switch ep.path {
+			case "/startFLJob":
+				r, err := flmsg.DecodeResponseFLJob(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				code, reason = r.Retcode, r.Reason
+			case "/updateModel":
+				r, err := flmsg.DecodeResponseUpdateModel(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				code, reason = r.Retcode, r.Reason
+			default:
+				r, err := flmsg.DecodeResponseGetModel(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				code, reason = r.Retcode, r.Reason
+			}
+			expect(ep.path+" garbage", flmsg.RequestError, "The schema of "+ep.table+" is invalid.", code, reason)
+		}
+	}
+	// Admission refusals.
+	r := startJob("skewed", 1, "1000")
+	expect("skewed timestamp", flmsg.RequestError, "replay_attack_time_diff", r.Retcode, r.Reason)
+	r = startJob("legacy", 1, "2020/11/16/19/18")
+	expect("r1.5 timestamp", flmsg.RequestError, "not epoch milliseconds", r.Retcode, r.Reason)
+	r = startJob("empty", 0, now())
+	expect("data_size 0", flmsg.OutOfTime, "FL job data size is not enough.", r.Retcode, r.Reason)
+	r = startJob("huge", math.MaxInt32, now())
+	expect("data_size huge", flmsg.RequestError, "larger than the limit", r.Retcode, r.Reason)
+
+	// An update from a device that never started the job.
+	m := model.InitLeNet5(9)
+	u := update("stranger", 1, m, nil)
+	expect("foreign fl_id", flmsg.OutOfTime, "devices_meta for stranger is not set", u.Retcode, u.Reason)
+
+	// Admit the good device, then send it bad updates: none may count.
+	r = startJob("good", 3, now())
+	expect("good startFLJob", flmsg.Succeed, "success", r.Retcode, r.Reason)
+	r = startJob("good", 3, now())
+	expect("duplicate startFLJob", flmsg.OutOfTime, "Updating device metadata failed", r.Retcode, r.Reason)
+	served := model.New(model.LeNet5Layout())
+	r2, _ := flmsg.DecodeResponseFLJob(d.post("/startFLJob", flmsg.BuildRequestFLJob(b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: "other", DataSize: 1, Timestamp: now()})))
+	r2.FeatureMaps.CopyTo(served)
+
+	bad := func(mut func([]flmsg.Tensor) []flmsg.Tensor, reason string) {
+		t.Helper()
+		var ts []flmsg.Tensor
+		for _, p := range m.Layout.Params {
+			ts = append(ts, flmsg.Tensor{Name: p.Name, Data: append([]float32(nil), m.Data[p.Offset:p.Offset+p.Len]...)})
+		}
+		u := update("good", 1, nil, mut(ts))
+		expect("bad update "+reason, flmsg.RequestError, reason, u.Retcode, u.Reason)
+	}
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { ts[0].Name = "conv9.weight"; return ts }, "Unknown weight name")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { ts[2].Data = ts[2].Data[:10]; return ts }, "has 10 values")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { ts[3].Data[5] = float32(math.NaN()); return ts }, "NaN or Inf")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { ts[4].Data[0] = float32(math.Inf(-1)); return ts }, "NaN or Inf")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { return ts[:3] }, "feature maps")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { ts[1] = ts[0]; return ts }, "appears twice")
+	bad(func(ts []flmsg.Tensor) []flmsg.Tensor { return nil }, "Feature map is empty.")
+	u = update("good", 7, m, nil)
+	expect("wrong iteration", flmsg.OutOfTime, "iteration number is invalid", u.Retcode, u.Reason)
+
+	// An oversized body gets 413 and the server lives on.
+	resp, err := http.Post(c.ServerURL(0)+"/updateModel", "application/octet-stream", bytes.NewReader(make([]byte, 2<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("oversized body: HTTP %d, want 413", resp.StatusCode)
+	}
+
+	// The two admitted devices upload; the model is exactly their average.
+	for i := range m.Data {
+		m.Data[i] *= 3
+	}
+	u = update("good", 1, m, nil)
+	expect("good update", flmsg.Succeed, "success not ready", u.Retcode, u.Reason)
+	u = update("good", 1, m, nil)
+	expect("duplicate update", flmsg.OutOfTime, "", u.Retcode, u.Reason)
+	other := served.Clone()
+	u = update("other", 1, other, nil)
+	expect("second update", flmsg.Succeed, "success not ready", u.Retcode, u.Reason)
+	got := d.getModel(1)
+	for i := range got {
+		want := (float64(m.Data[i]) + float64(other.Data[i])) / 4
+		if math.Abs(float64(got[i])-want) > 1e-6*math.Max(1, math.Abs(want)) {
+			t.Fatalf("element %d: %v, want %v: a refused update leaked into the model", i, got[i], want)
+		}
+	}
+}

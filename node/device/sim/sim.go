@@ -1,0 +1,434 @@
+// Package sim runs many simulated devices against a fedcluster (or
+// MindSpore) cluster until its job finishes: the engine of the `fedcluster
+// devices` command, the demo and the load benchmarks.
+//
+// Each device is a device.Client in its own goroutine, all sharing one
+// fasthttp client. In ModeTrain a device trains LeNet-5 on its own MNIST
+// shard (IID or non-IID, seeded) with the FLPlan's epochs, mini-batch and
+// learning rate, and reports its shard size as data_size; at most
+// GOMAXPROCS devices train at once. In ModeLoad a device uploads random
+// weights of the served model's shapes (one shared random vector, copied)
+// with a fixed data_size and never trains, so the servers are the
+// bottleneck.
+//
+// When a device is first to get the global model of an iteration from
+// getModel, the host clones it and one evaluator goroutine computes its
+// loss and accuracy on the MNIST test set (ModeTrain; once per iteration,
+// not per device). Progress goes out as Events; Run returns a Summary with
+// the per-iteration table, the requests per endpoint and outcome, latency
+// percentiles and throughput.
+//
+// Run owns every goroutine it starts and returns only after all of them
+// have stopped: when every device has stopped (the job finished, or a
+// device gave up after MaxDeviceErrors errors in a row) or when ctx ends.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/device"
+	"github.com/fedcluster/fedcluster/node/device/lenet"
+	"github.com/fedcluster/fedcluster/node/device/mnist"
+	"github.com/fedcluster/fedcluster/node/model"
+)
+
+// Mode is what simulated devices do between startFLJob and updateModel.
+type Mode uint8
+
+const (
+	// ModeLoad uploads random weights of the served shapes, no training.
+	ModeLoad Mode = iota
+	// ModeTrain trains LeNet-5 on an MNIST shard.
+	ModeTrain
+)
+
+func (m Mode) String() string {
+	if m == ModeTrain {
+		return "train"
+	}
+	return "load"
+}
+
+// Config configures a run.
+type Config struct {
+	// Devices is the number of simulated devices (at least 1).
+	Devices int
+	// Servers are the servers' base URLs (device.ParseServers).
+	Servers []string
+	// URLPrefix is the servers' http_url_prefix.
+	URLPrefix string
+	// Mode is ModeLoad or ModeTrain.
+	Mode Mode
+	// IID splits MNIST uniformly at random; false splits it by label
+	// (two label chunks per device). ModeTrain only.
+	IID bool
+	// Seed seeds the shards, the devices' randomness and the load
+	// weights.
+	Seed uint64
+	// ShardSize caps each device's training images (0: its whole shard,
+	// 60000/Devices). ModeTrain only.
+	ShardSize int
+	// EvalSize caps the test images evaluated per iteration (0: all
+	// 10000). Evaluate turns evaluation off when false.
+	EvalSize int
+	Evaluate bool
+	// DataSize is every device's data_size in ModeLoad (ModeTrain sends
+	// its shard size).
+	DataSize int32
+	// FLIDPrefix names the devices FLIDPrefix + index.
+	FLIDPrefix string
+	// Device holds the device options every device starts from
+	// (timeouts, retry bounds); FLID, DataSize, Servers, URLPrefix, HTTP,
+	// Observe, Seed and Layout are set per device.
+	Device device.Options
+	// MaxDeviceErrors stops a device after this many failed iterations in
+	// a row (errors other than the job finishing); it waits
+	// ErrorBackoff × (errors in a row) between them.
+	MaxDeviceErrors int
+	ErrorBackoff    time.Duration
+	// OnEvent, when set, receives progress events, one at a time, from
+	// the run's goroutines. It must return quickly.
+	OnEvent func(Event)
+	// Logger gets a line per iteration and per stopped device; nil logs
+	// nothing.
+	Logger *zap.Logger
+}
+
+// DefaultConfig returns a config for n training devices on servers.
+func DefaultConfig(n int, servers []string) Config {
+	return Config{
+		Devices:         n,
+		Servers:         servers,
+		Mode:            ModeTrain,
+		IID:             true,
+		Seed:            1,
+		Evaluate:        true,
+		DataSize:        32,
+		FLIDPrefix:      "fl_device_",
+		Device:          device.DefaultOptions(),
+		MaxDeviceErrors: 5,
+		ErrorBackoff:    200 * time.Millisecond,
+	}
+}
+
+// Validate reports the first unusable field by name.
+func (c *Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("invalid sim config %s: %s", field, fmt.Sprintf(format, args...))
+	}
+	switch {
+	case c.Devices < 1:
+		return bad("Devices", "must be at least 1, got %d", c.Devices)
+	case len(c.Servers) == 0:
+		return bad("Servers", "no server given")
+	case c.Mode != ModeLoad && c.Mode != ModeTrain:
+		return bad("Mode", "unknown mode %d", c.Mode)
+	case c.Mode == ModeLoad && c.DataSize < 1:
+		return bad("DataSize", "must be at least 1, got %d", c.DataSize)
+	case c.ShardSize < 0:
+		return bad("ShardSize", "must not be negative")
+	case c.EvalSize < 0:
+		return bad("EvalSize", "must not be negative")
+	case c.MaxDeviceErrors < 1:
+		return bad("MaxDeviceErrors", "must be at least 1")
+	case c.ErrorBackoff <= 0:
+		return bad("ErrorBackoff", "must be positive")
+	}
+	return nil
+}
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+const (
+	// EventAdmitted: a device was admitted to Iteration (startFLJob).
+	EventAdmitted EventKind = iota
+	// EventUploaded: a device's update was accepted (updateModel).
+	EventUploaded
+	// EventDeviceDone: a device got the global model of Iteration.
+	EventDeviceDone
+	// EventEvaluated: the global model of Iteration was evaluated; Loss
+	// and Accuracy are set.
+	EventEvaluated
+	// EventDeviceStopped: a device stopped; Err says why (ErrJobFinished
+	// when the job finished).
+	EventDeviceStopped
+)
+
+var eventNames = [...]string{"admitted", "uploaded", "device-done", "evaluated", "device-stopped"}
+
+func (k EventKind) String() string {
+	if int(k) < len(eventNames) {
+		return eventNames[k]
+	}
+	return "unknown"
+}
+
+// Event is a progress report. The counts are those of Iteration at the
+// time of the event.
+type Event struct {
+	Kind      EventKind
+	Device    int
+	Iteration int32
+	// Round is the round the newest iteration is in: "startFLJob",
+	// "updateModel" or "getModel" (devices done with it).
+	Round string
+	// Admitted, Uploaded and Done count the devices of Iteration that
+	// passed each round.
+	Admitted, Uploaded, Done int
+	// Active is the number of devices still running.
+	Active int
+	// Loss and Accuracy (EventEvaluated) are of the global model of
+	// Iteration on the test set.
+	Loss, Accuracy float64
+	Err            error
+	Elapsed        time.Duration
+}
+
+// iterStat is what the run knows about one iteration.
+type iterStat struct {
+	admitted, uploaded, done int
+	firstAdmit, firstDone    time.Time
+	evaluated                bool
+	loss, accuracy           float64
+}
+
+// run is the state of one Run.
+type run struct {
+	cfg   Config
+	start time.Time
+	cnt   counters
+
+	trainSem chan struct{}
+	noise    loadNoise
+
+	mu       sync.Mutex
+	iters    map[int32]*iterStat
+	newest   int32
+	active   int
+	finished int
+	devErrs  []error
+	devIters int64
+	evalQ    []evalJob
+	evalWake chan struct{}
+	evalNext int32 // iterations below it were queued for evaluation
+}
+
+type evalJob struct {
+	iteration int32
+	m         *model.Model
+}
+
+// Run runs cfg.Devices devices until every one has stopped or ctx ends,
+// and returns the summary. The error is nil when the job finished (at
+// least one device was told so), ctx's error when it ended first, and an
+// error naming the first device error when every device stopped on
+// errors. The summary is returned in every case.
+func Run(ctx context.Context, cfg Config) (*Summary, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	r := &run{
+		cfg:      cfg,
+		start:    time.Now(),
+		trainSem: make(chan struct{}, runtime.GOMAXPROCS(0)),
+		iters:    map[int32]*iterStat{},
+		active:   cfg.Devices,
+		evalWake: make(chan struct{}, 1),
+		evalNext: -1 << 31,
+	}
+	r.noise.seed = cfg.Seed
+
+	// Build the devices before starting any goroutine, so a bad option
+	// fails the whole run.
+	devs := make([]*simDevice, cfg.Devices)
+	httpc := device.NewHTTPClient(cfg.Devices)
+	var test *mnist.Subset
+	if cfg.Mode == ModeTrain && cfg.Evaluate {
+		test = mnist.Test().All().Take(cfg.EvalSize)
+	}
+	for i := range devs {
+		d, err := r.newDevice(i, httpc)
+		if err != nil {
+			return nil, err
+		}
+		devs[i] = d
+	}
+
+	var evalWG, devWG sync.WaitGroup
+	evalCtx, stopEval := context.WithCancel(ctx)
+	defer stopEval()
+	if test != nil {
+		evalWG.Add(1)
+		go func() {
+			defer evalWG.Done()
+			r.evaluator(evalCtx, test)
+		}()
+	}
+	devWG.Add(len(devs))
+	for _, d := range devs {
+		go func() {
+			defer devWG.Done()
+			d.loop(ctx)
+		}()
+	}
+	devWG.Wait()
+	// Let the evaluator finish the queued iterations unless ctx ended.
+	r.mu.Lock()
+	r.evalQ = append(r.evalQ, evalJob{iteration: -1}) // end marker
+	r.mu.Unlock()
+	r.wakeEvaluator()
+	evalWG.Wait()
+	httpc.CloseIdleConnections()
+
+	s := r.summary()
+	switch {
+	case ctx.Err() != nil:
+		return s, ctx.Err()
+	case r.finished > 0:
+		return s, nil
+	case len(r.devErrs) > 0:
+		return s, fmt.Errorf("all %d devices stopped on errors, the first: %w", cfg.Devices, r.devErrs[0])
+	}
+	return s, errors.New("BUG: devices stopped without a reason")
+}
+
+// simDevice is one device of a run.
+type simDevice struct {
+	r     *run
+	i     int
+	c     *device.Client
+	iter  int32 // the iteration it was last admitted to
+	rng   *rand.Rand
+	shard *mnist.Subset
+	tr    *lenet.Trainer
+}
+
+func (r *run) newDevice(i int, httpc *fasthttp.Client) (*simDevice, error) {
+	cfg := &r.cfg
+	d := &simDevice{r: r, i: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))}
+	o := cfg.Device
+	o.FLID = fmt.Sprintf("%s%d", cfg.FLIDPrefix, i)
+	o.Servers = cfg.Servers
+	o.URLPrefix = cfg.URLPrefix
+	o.Seed = cfg.Seed*1_000_003 + uint64(i) + 1
+	o.DataSize = cfg.DataSize
+	o.Layout = nil
+	if cfg.Mode == ModeTrain {
+		shard, err := mnist.Shard(cfg.Devices, i, cfg.Seed, cfg.IID)
+		if err != nil {
+			return nil, fmt.Errorf("cannot shard MNIST for device %d: %w", i, err)
+		}
+		d.shard = shard.Take(cfg.ShardSize)
+		d.tr = lenet.NewTrainer()
+		o.DataSize = int32(d.shard.Len())
+		o.Layout = model.LeNet5Layout()
+	}
+	o.Observe = func(ob device.Observation) { r.observe(d, ob) }
+	o.HTTP = httpc
+	c, err := device.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create device %d: %w", i, err)
+	}
+	d.c = c
+	return d, nil
+}
+
+// loop runs iterations until the job finishes, ctx ends or too many
+// errors in a row.
+func (d *simDevice) loop(ctx context.Context) {
+	r := d.r
+	errs := 0
+	for {
+		res, err := d.c.RunIteration(ctx, d)
+		if err == nil {
+			errs = 0
+			r.deviceDone(d, res)
+			continue
+		}
+		if errors.Is(err, device.ErrJobFinished) || ctx.Err() != nil {
+			r.deviceStopped(d, err)
+			return
+		}
+		errs++
+		if errs >= r.cfg.MaxDeviceErrors {
+			r.deviceStopped(d, fmt.Errorf("device %d stopped after %d failed iterations in a row: %w", d.i, errs, err))
+			return
+		}
+		if r.cfg.Logger != nil {
+			r.cfg.Logger.Warn("device iteration failed", zap.Int("device", d.i), zap.Error(err))
+		}
+		t := time.NewTimer(time.Duration(errs) * r.cfg.ErrorBackoff)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			r.deviceStopped(d, ctx.Err())
+			return
+		}
+	}
+}
+
+// Train is the device's Trainer.
+func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error) {
+	d.iter = job.Iteration
+	d.r.admitted(d, job.Iteration)
+	if d.r.cfg.Mode == ModeLoad {
+		d.r.noise.fill(job.Model.Data)
+		return 0, nil
+	}
+	select {
+	case d.r.trainSem <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	defer func() { <-d.r.trainSem }()
+	epochs, batch, lr := 1, 32, float32(0.01)
+	if job.HasPlan {
+		epochs, batch, lr = int(job.Plan.Epochs), int(job.Plan.MiniBatch), job.Plan.LR
+	}
+	if epochs < 1 || batch < 1 || !(lr > 0) {
+		return 0, fmt.Errorf("unusable FLPlan: epochs %d, mini-batch %d, lr %g", epochs, batch, lr)
+	}
+	loss, err := d.tr.Train(job.Model, d.shard, epochs, batch, lr, d.rng)
+	return float32(loss), err
+}
+
+// loadNoise is one random weight vector shared by every load device.
+type loadNoise struct {
+	mu   sync.RWMutex
+	seed uint64
+	v    []float32
+}
+
+// fill copies the shared random weights into dst, growing them first
+// when dst is longer.
+func (n *loadNoise) fill(dst []float32) {
+	n.mu.RLock()
+	if len(n.v) >= len(dst) {
+		copy(dst, n.v)
+		n.mu.RUnlock()
+		return
+	}
+	n.mu.RUnlock()
+	n.mu.Lock()
+	if len(n.v) < len(dst) {
+		rng := rand.New(rand.NewPCG(n.seed, 0x10ad))
+		v := make([]float32, len(dst))
+		for i := range v {
+			v[i] = float32(rng.NormFloat64() * 0.05)
+		}
+		n.v = v
+	}
+	copy(dst, n.v)
+	n.mu.Unlock()
+}

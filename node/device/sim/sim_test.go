@@ -1,0 +1,348 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/device"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
+)
+
+// flServer is a minimal federated-learning cluster: every server of it
+// shares one state. Each iteration admits threshold devices, folds their
+// updates (weights × data size) and publishes the average; after
+// iterations iterations startFLJob answers "job finished". Every
+// safemodeEvery-th request (0: none) is refused with safemode.
+type flServer struct {
+	t             *testing.T
+	mu            sync.Mutex
+	threshold     int
+	iterations    int32
+	safemodeEvery int
+
+	requests  int
+	iter      int32
+	admitted  map[string]int32
+	updated   map[string]bool
+	sum       []float64
+	dsum      float64
+	models    map[int32]*model.Model
+	cur       *model.Model
+	finished  bool
+	urls      []string
+	servers   []*httptest.Server
+	hitServer []int
+}
+
+func newFLServer(t *testing.T, servers, threshold int, iterations int32, initial *model.Model) *flServer {
+	fs := &flServer{
+		t: t, threshold: threshold, iterations: iterations, iter: 1,
+		admitted: map[string]int32{}, updated: map[string]bool{}, models: map[int32]*model.Model{},
+		cur: initial, sum: make([]float64, len(initial.Data)), hitServer: make([]int, servers),
+	}
+	for i := range servers {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fs.serve(i, w, r) }))
+		fs.servers = append(fs.servers, s)
+		fs.urls = append(fs.urls, s.URL)
+	}
+	t.Cleanup(func() {
+		for _, s := range fs.servers {
+			s.CloseClientConnections()
+			s.Close()
+		}
+	})
+	return fs
+}
+
+func (fs *flServer) next(d time.Duration) string {
+	return strconv.FormatInt(time.Now().Add(d).UnixMilli(), 10)
+}
+
+func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		return
+	}
+	b := flatbuffers.NewBuilder(0)
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.requests++
+	fs.hitServer[server]++
+	if fs.safemodeEvery > 0 && fs.requests%fs.safemodeEvery == 0 {
+		w.Write([]byte(flmsg.BodySafemode))
+		return
+	}
+	switch r.URL.Path {
+	case "/startFLJob":
+		q, err := flmsg.DecodeRequestFLJob(body)
+		if err != nil {
+			fs.t.Errorf("bad startFLJob: %s", err)
+			return
+		}
+		if fs.finished {
+			w.Write([]byte(flmsg.BodyJobDisabled))
+			return
+		}
+		id := string(q.FLID)
+		if _, dup := fs.admitted[id]; dup || len(fs.admitted) >= fs.threshold {
+			w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: flmsg.OutOfTime, Reason: "threshold", NextReqTime: fs.next(5 * time.Millisecond)}))
+			return
+		}
+		fs.admitted[id] = q.DataSize
+		w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
+			Retcode: flmsg.Succeed, Reason: flmsg.ReasonStartFLJobSuccess, Iteration: fs.iter, IsSelected: true,
+			NextReqTime: fs.next(time.Second), Model: fs.cur,
+			Plan: &flmsg.Plan{ServerMode: "FEDERATED_LEARNING", FLName: "lenet", Iterations: fs.iterations, Epochs: 1, MiniBatch: 16, LR: 0.05},
+		}))
+	case "/updateModel":
+		q, err := flmsg.DecodeRequestUpdateModel(body)
+		if err != nil {
+			fs.t.Errorf("bad updateModel: %s", err)
+			return
+		}
+		id := string(q.FLID)
+		ds, ok := fs.admitted[id]
+		if !ok || fs.updated[id] || q.Iteration != fs.iter {
+			w.Write(flmsg.BuildResponseUpdateModel(b, &flmsg.UpdateModelReply{Retcode: flmsg.OutOfTime, Reason: "late", NextReqTime: fs.next(5 * time.Millisecond)}))
+			return
+		}
+		up := model.New(fs.cur.Layout)
+		if n, err := q.FeatureMaps.CopyTo(up); err != nil || n != len(up.Layout.Params) {
+			fs.t.Errorf("bad update: %d tensors, %v", n, err)
+		}
+		for i, v := range up.Data {
+			fs.sum[i] += float64(v)
+		}
+		fs.dsum += float64(ds)
+		fs.updated[id] = true
+		if len(fs.updated) == fs.threshold {
+			m := model.New(fs.cur.Layout)
+			for i := range m.Data {
+				m.Data[i] = float32(fs.sum[i] / fs.dsum)
+				fs.sum[i] = 0
+			}
+			fs.dsum = 0
+			fs.models[fs.iter] = m
+			fs.cur = m
+			fs.iter++
+			clear(fs.admitted)
+			clear(fs.updated)
+			fs.finished = fs.iter > fs.iterations
+		}
+		w.Write(flmsg.BuildResponseUpdateModel(b, &flmsg.UpdateModelReply{Retcode: flmsg.Succeed, Reason: flmsg.ReasonUpdateModelSuccess, NextReqTime: fs.next(time.Second)}))
+	case "/getModel":
+		q, err := flmsg.DecodeRequestGetModel(body)
+		if err != nil {
+			fs.t.Errorf("bad getModel: %s", err)
+			return
+		}
+		m, ok := fs.models[q.Iteration]
+		if !ok {
+			if q.Iteration == fs.iter {
+				w.Write(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.SucNotReady, Reason: "not ready", Iteration: fs.iter, Timestamp: fs.next(time.Second)}))
+				return
+			}
+			m = fs.cur
+		}
+		w.Write(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model", Iteration: fs.iter, Model: m, Timestamp: fs.next(time.Second)}))
+	default:
+		fs.t.Errorf("unexpected path %s", r.URL.Path)
+	}
+}
+
+func fastDevice() device.Options {
+	o := device.DefaultOptions()
+	o.RequestTimeout = 5 * time.Second
+	o.RetryMinDelay, o.RetryMaxDelay = time.Millisecond, 10*time.Millisecond
+	o.RefusalDelay = 2 * time.Millisecond
+	o.PollMinDelay, o.PollMaxDelay = time.Millisecond, 5*time.Millisecond
+	o.OutOfTimeMinWait, o.OutOfTimeMaxWait = time.Millisecond, 50*time.Millisecond
+	return o
+}
+
+func TestRunLoad(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{10, 20}}, {Name: "b", Shape: []int{10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices, iterations = 6, 4
+	fs := newFLServer(t, 2, devices, iterations, model.New(l))
+	fs.safemodeEvery = 7
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	var evMu sync.Mutex
+	kinds := map[EventKind]int{}
+	cfg.OnEvent = func(ev Event) {
+		evMu.Lock()
+		kinds[ev.Kind]++
+		evMu.Unlock()
+		if ev.Round == "" || ev.Active < 0 || ev.Active > devices {
+			t.Errorf("event %+v", ev)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(s.Iterations) != iterations {
+		t.Fatalf("%d iterations in the summary, want %d: %+v", len(s.Iterations), iterations, s.Iterations)
+	}
+	for i, it := range s.Iterations {
+		if it.Iteration != int32(i+1) || it.Done != devices || it.Uploaded != devices || it.Admitted != devices || it.Evaluated {
+			t.Errorf("row %d: %+v", i, it)
+		}
+	}
+	if s.DeviceIterations != devices*iterations || s.Updates != devices*iterations || s.Finished != devices || len(s.DeviceErrors) != 0 {
+		t.Errorf("summary %+v", s)
+	}
+	st := s.Endpoints[device.EndpointStartFLJob]
+	if st.Classes[ClassJobFinished] != devices || st.Classes[ClassSucceed] != devices*iterations || st.P50 <= 0 || st.P99 < st.P50 {
+		t.Errorf("startFLJob stats %+v", st)
+	}
+	var safemode int64
+	for _, e := range s.Endpoints {
+		safemode += e.Classes[ClassSafemode]
+		if e.Classes[ClassTransport]+e.Classes[ClassCorrupt]+e.Classes[ClassHTTP] != 0 {
+			t.Errorf("failures at %s: %+v", e.Endpoint, e)
+		}
+	}
+	if safemode == 0 {
+		t.Errorf("no safemode refusal was counted")
+	}
+	// 210 floats × 4 bytes × data size... at least the floats per update.
+	if s.UploadBytes < devices*iterations*210*4 || s.UpdatesPerSec() <= 0 || s.UploadMBPerSec() <= 0 {
+		t.Errorf("upload %d bytes, %.1f updates/s", s.UploadBytes, s.UpdatesPerSec())
+	}
+	// The average of equal random weights is those weights (×32/32).
+	if fs.cur.Data[0] == 0 {
+		t.Errorf("the global model did not move")
+	}
+	if fs.hitServer[0] == 0 || fs.hitServer[1] == 0 {
+		t.Errorf("requests per server %v: not spread", fs.hitServer)
+	}
+	evMu.Lock()
+	if kinds[EventAdmitted] < devices*iterations || kinds[EventDeviceDone] != devices*iterations || kinds[EventDeviceStopped] != devices {
+		t.Errorf("events %v", kinds)
+	}
+	evMu.Unlock()
+	var out strings.Builder
+	if err := s.WriteText(&out); err != nil || !strings.Contains(out.String(), "updates/s") {
+		t.Errorf("WriteText: %v\n%s", err, out.String())
+	}
+	t.Log("\n" + out.String())
+}
+
+func TestRunTrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains LeNet")
+	}
+	const devices, iterations = 2, 2
+	fs := newFLServer(t, 1, devices, iterations, model.InitLeNet5(1))
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Device = fastDevice()
+	cfg.ShardSize = 64
+	cfg.EvalSize = 200
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(s.Iterations) != iterations {
+		t.Fatalf("iterations %+v", s.Iterations)
+	}
+	for _, it := range s.Iterations {
+		if !it.Evaluated || it.Accuracy < 0 || it.Accuracy > 1 || !(it.Loss > 0) {
+			t.Errorf("row %+v", it)
+		}
+	}
+	if f, ok := s.Final(); !ok || f.Iteration != iterations {
+		t.Errorf("final %+v", f)
+	}
+}
+
+func TestRunContextEnds(t *testing.T) {
+	l, _ := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{4}}})
+	// A threshold no run reaches: devices wait in getModel.
+	fs := newFLServer(t, 1, 100, 3, model.New(l))
+	cfg := DefaultConfig(4, fs.urls)
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := Run(ctx, cfg)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run: %v, want the context's error", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("Run returned %s after start", took)
+	}
+}
+
+func TestRunDeviceErrors(t *testing.T) {
+	// A server that always answers RequestError: each device stops after
+	// MaxDeviceErrors iterations, Run reports it.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(flmsg.BuildResponseFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobReply{Retcode: flmsg.RequestError, Reason: "no"}))
+	}))
+	defer srv.Close()
+	cfg := DefaultConfig(3, []string{srv.URL})
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	cfg.MaxDeviceErrors = 2
+	cfg.ErrorBackoff = time.Millisecond
+	s, err := Run(context.Background(), cfg)
+	var rerr *device.RetcodeError
+	if !errors.As(err, &rerr) || rerr.Retcode != flmsg.RequestError {
+		t.Fatalf("Run: %v, want the RequestError", err)
+	}
+	if len(s.DeviceErrors) != 3 || s.Endpoints[device.EndpointStartFLJob].Classes[ClassRequestError] != 6 {
+		t.Fatalf("summary %+v", s)
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	f := func(values []time.Duration, q float64, want time.Duration) {
+		t.Helper()
+		var h histogram
+		for _, v := range values {
+			h.add(v)
+		}
+		got := h.quantile(q)
+		if diff := got - want; diff < -want/25 || diff > want/25 {
+			t.Errorf("quantile(%g) = %s, want %s ± 4%%", q, got, want)
+		}
+	}
+	us := time.Microsecond
+	var ramp []time.Duration
+	for i := 1; i <= 1000; i++ {
+		ramp = append(ramp, time.Duration(i)*100*us)
+	}
+	f(nil, 0.5, 0)
+	f([]time.Duration{10 * us}, 0.5, 10*us)
+	f([]time.Duration{10 * us}, 0.99, 10*us)
+	f(ramp, 0.5, 50*time.Millisecond)
+	f(ramp, 0.99, 99*time.Millisecond)
+	f([]time.Duration{time.Second, time.Second, time.Second, 3 * time.Second}, 0.5, time.Second)
+	f([]time.Duration{time.Second, time.Second, time.Second, 3 * time.Second}, 0.99, 3*time.Second)
+	var h histogram
+	h.add(2 * time.Hour)
+	if h.quantile(0.5) <= time.Hour/2 {
+		t.Errorf("a 2 h latency reads %s", h.quantile(0.5))
+	}
+}

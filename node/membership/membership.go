@@ -183,22 +183,31 @@ func (m *Machine) ScaleOut(k int) error {
 	return nil
 }
 
-// ScaleIn removes the servers with ids; the remaining ranks are packed so
-// they stay dense (0..n-1) in their old order.
-func (m *Machine) ScaleIn(ids []string) error {
+// CheckScaleIn validates a scale-in request without applying it.
+func (m *Machine) CheckScaleIn(ids []string) (map[string]bool, error) {
 	if len(ids) == 0 {
-		return fmt.Errorf("The node ids should not be empty.")
+		return nil, fmt.Errorf("The node ids should not be empty.")
 	}
 	remove := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		n, ok := m.nodes[id]
 		if !ok || n.ScaledIn {
-			return fmt.Errorf("The node id:%s is illegal.", id)
+			return nil, fmt.Errorf("The node id:%s is illegal.", id)
 		}
 		remove[id] = true
 	}
 	if m.serverNum-len(remove) < 1 {
-		return fmt.Errorf("cannot scale in every server: at least one must remain")
+		return nil, fmt.Errorf("cannot scale in every server: at least one must remain")
+	}
+	return remove, nil
+}
+
+// ScaleIn removes the servers with ids; the remaining ranks are packed so
+// they stay dense (0..n-1) in their old order.
+func (m *Machine) ScaleIn(ids []string) error {
+	remove, err := m.CheckScaleIn(ids)
+	if err != nil {
+		return err
 	}
 	var keep []*Node
 	for _, n := range m.nodes {
@@ -287,15 +296,16 @@ func (m *Machine) changed() {
 
 // Snapshot is the persisted membership (scheduler recovery).
 type Snapshot struct {
-	ServerNum int    `json:"server_num"`
-	Version   uint64 `json:"version"`
-	WasReady  bool   `json:"was_ready"`
-	Nodes     []Node `json:"nodes"`
+	ServerNum      int    `json:"server_num"`
+	Version        uint64 `json:"version"`
+	WasReady       bool   `json:"was_ready"`
+	ScaleOutTarget int    `json:"scale_out_target,omitempty"`
+	Nodes          []Node `json:"nodes"`
 }
 
 // Snapshot returns the state to persist.
 func (m *Machine) Snapshot() Snapshot {
-	return Snapshot{ServerNum: m.serverNum, Version: m.version, WasReady: m.wasReady, Nodes: m.All()}
+	return Snapshot{ServerNum: m.serverNum, Version: m.version, WasReady: m.wasReady, ScaleOutTarget: m.scaleOutTarget, Nodes: m.All()}
 }
 
 // Restore rebuilds a machine from a snapshot. Every server starts as alive
@@ -303,7 +313,7 @@ func (m *Machine) Snapshot() Snapshot {
 // back within the timeout is declared dead as usual.
 func Restore(s Snapshot, timeout time.Duration, now time.Time) *Machine {
 	m := New(s.ServerNum, timeout)
-	m.wasReady = s.WasReady
+	m.wasReady, m.scaleOutTarget = s.WasReady, s.ScaleOutTarget
 	for _, n := range s.Nodes {
 		n := n
 		n.Alive, n.Connected, n.LastSeen = !n.ScaledIn, false, now

@@ -61,7 +61,7 @@ func (s *Scheduler) syncMembersLocked() {
 	now := s.now()
 	live := map[string]bool{}
 	for _, n := range s.members.Members() {
-		if n.Alive {
+		if n.Alive && s.conns[n.ID] != nil {
 			live[n.ID] = true
 		}
 	}
@@ -87,6 +87,7 @@ func (s *Scheduler) syncMembersLocked() {
 
 // runActionsLocked carries out what the iteration machine asked for, in order.
 func (s *Scheduler) runActionsLocked() {
+	force := false
 	for _, a := range s.iter.Ready() {
 		switch a := a.(type) {
 		case iteration.RoundEvent:
@@ -97,12 +98,15 @@ func (s *Scheduler) runActionsLocked() {
 			st := s.iter.Status()
 			body := ctl.Encode(ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime})
 			s.sendAllLocked(ctl.KindNextIteration, body)
+			s.applyScaleInLocked()
+			force = true
 			if a.Valid {
 				s.log.Info("iteration completed", zap.Uint64("iteration", a.Completed), zap.String("model_sha256", a.Sha256), zap.String("instance", a.Instance.String()))
 			} else {
 				s.log.Warn("iteration failed", zap.Uint64("iteration", a.Completed), zap.String("reason", a.Reason))
 			}
 		case iteration.ParamsChanged, iteration.InstanceChanged:
+			force = true
 			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
 			if ic, ok := a.(iteration.InstanceChanged); ok {
 				s.log.Info("instance state", zap.String("state", ic.State.String()), zap.String("reason", ic.Reason))
@@ -111,7 +115,8 @@ func (s *Scheduler) runActionsLocked() {
 			s.writeRecordLocked(a)
 		}
 	}
-	s.persistLocked()
+	s.dirty = true
+	s.saveLocked(force)
 }
 
 func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {
@@ -196,6 +201,10 @@ func (s *Scheduler) serveIteration(nodeID string, kind frame.Kind, body []byte) 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	if s.leaving[nodeID] && (kind == ctl.KindAdmit || kind == ctl.KindCountUpdate) {
+		// A server being scaled in sends its devices elsewhere.
+		return ctl.Encode(ctl.Answer{Code: ctl.AnswerSafemode, Iteration: s.iter.Iteration()}), nil
+	}
 	switch kind {
 	case ctl.KindAdmit:
 		var r ctl.Admit
@@ -238,6 +247,55 @@ func (s *Scheduler) tickIterationLocked(now time.Time) {
 	s.runActionsLocked()
 }
 
-// persistLocked is where the control state is saved for recovery; see
-// recovery.go.
-func (s *Scheduler) persistLocked() {}
+// scaleInLocked removes servers now when no device is in the iteration,
+// else at its end.
+func (s *Scheduler) scaleInLocked(ids []string) error {
+	if _, err := s.members.CheckScaleIn(ids); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		s.leaving[id] = true
+	}
+	s.dirty = true
+	if st := s.iter.Status(); st.Phase == iteration.PhaseWaiting {
+		s.applyScaleInLocked()
+	}
+	return nil
+}
+
+// applyScaleInLocked takes the leaving servers out of the cluster: ranks are
+// repacked, the iteration stops counting on them, and they are told.
+func (s *Scheduler) applyScaleInLocked() {
+	if len(s.leaving) == 0 {
+		return
+	}
+	ids := make([]string, 0, len(s.leaving))
+	for id := range s.leaving {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	clear(s.leaving)
+	if err := s.members.ScaleIn(ids); err != nil {
+		s.log.Error("cannot scale in", zap.Strings("node_ids", ids), zap.Error(err))
+		return
+	}
+	s.log.Info("servers scaled in", zap.Strings("node_ids", ids), zap.Int("server_num", s.members.ServerNum()))
+	for _, id := range ids {
+		if c := s.conns[id]; c != nil {
+			_ = c.Send(ctl.KindScaleIn, nil)
+		}
+	}
+	s.dirty = true
+}
+
+// clusterStateLocked is the state /state reports: a pending scale-in and a
+// disabled instance show through the membership's state.
+func (s *Scheduler) clusterStateLocked() string {
+	switch {
+	case len(s.leaving) > 0:
+		return "CLUSTER_SCALE_IN"
+	case s.iter.Status().Instance == iteration.InstanceDisabled:
+		return "CLUSTER_DISABLE_FLS"
+	}
+	return s.members.State()
+}

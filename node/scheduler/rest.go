@@ -10,6 +10,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
+	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
@@ -37,6 +38,12 @@ func (s *Scheduler) routes() map[string]route {
 		"/scaleout": {post, s.handleScaleOut},
 		"/scalein":  {post, s.handleScaleIn},
 		"/members":  {get, s.handleMembers},
+
+		"/newInstance":   {post, s.handleNewInstance},
+		"/queryInstance": {both, s.handleQueryInstance},
+		"/enableFLS":     {post, s.handleEnable},
+		"/disableFLS":    {post, s.handleDisable},
+		"/records":       {get, s.handleRecords},
 	}
 }
 
@@ -135,7 +142,9 @@ func asType(err error, target **json.UnmarshalTypeError) bool {
 func (s *Scheduler) handleState(*fasthttp.RequestCtx) (any, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return rest.State{Code: rest.CodeOK, Message: "Get cluster state successful.", ClusterState: s.members.State()}, nil
+	st := s.iter.Status()
+	return rest.State{Code: rest.CodeOK, Message: "Get cluster state successful.", ClusterState: s.clusterStateLocked(),
+		Iteration: st.Iteration, Instance: st.Instance.String(), Phase: st.Phase.String(), ServerNum: s.members.ServerNum()}, nil
 }
 
 func (s *Scheduler) handleNodes(*fasthttp.RequestCtx) (any, error) {
@@ -173,7 +182,7 @@ func (s *Scheduler) handleScaleOut(ctx *fasthttp.RequestCtx) (any, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.members.State(); st != "CLUSTER_READY" {
+	if st := s.clusterStateLocked(); st != "CLUSTER_READY" {
 		return nil, errBad("The cluster is not ready.")
 	}
 	if err := s.members.ScaleOut(*req.ServerNum); err != nil {
@@ -191,18 +200,72 @@ func (s *Scheduler) handleScaleIn(ctx *fasthttp.RequestCtx) (any, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.members.State(); st != "CLUSTER_READY" {
+	if st := s.clusterStateLocked(); st != "CLUSTER_READY" {
 		return nil, errBad("The cluster is not ready.")
 	}
-	if err := s.members.ScaleIn(req.NodeIDs); err != nil {
+	s.log.Info("scale-in requested", zap.Strings("node_ids", req.NodeIDs))
+	if err := s.scaleInLocked(req.NodeIDs); err != nil {
 		return nil, errBad("%v", err)
-	}
-	s.log.Info("scale-in requested", zap.Strings("node_ids", req.NodeIDs), zap.Int("server_num", s.members.ServerNum()))
-	for _, id := range req.NodeIDs {
-		if c := s.conns[id]; c != nil {
-			_ = c.Send(ctl.KindScaleIn, nil)
-		}
 	}
 	s.broadcastLocked()
 	return rest.Message{Code: rest.CodeOK, Message: "Cluster begin to scale in."}, nil
+}
+
+func (s *Scheduler) handleNewInstance(ctx *fasthttp.RequestCtx) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.iter.Query() // keys absent from the body keep their values
+	if pending, ok := s.iter.Pending(); ok {
+		p = pending
+	}
+	if err := decodeBody(ctx, &p); err != nil {
+		return nil, err
+	}
+	if err := s.iter.NewInstance(s.now(), p); err != nil {
+		return nil, errBad("Start new instance failed: %v", err)
+	}
+	s.log.Info("new instance", zap.Any("params", p))
+	s.runActionsLocked()
+	return rest.Instance{Code: rest.CodeOK, Message: "Start new instance successful.", Result: true}, nil
+}
+
+func (s *Scheduler) handleQueryInstance(*fasthttp.RequestCtx) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return rest.Instance{Code: rest.CodeOK, Message: "Query Instance successful.", Result: s.iter.Query()}, nil
+}
+
+func (s *Scheduler) handleEnable(*fasthttp.RequestCtx) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.iter.Status().Instance != iteration.InstanceDisabled {
+		return nil, errBad("The cluster state is not CLUSTER_DISABLE_FLS, does not need to enable fls.")
+	}
+	if err := s.iter.Enable(s.now()); err != nil {
+		return nil, errBad("start enabling FL-Server failed: %v", err)
+	}
+	s.runActionsLocked()
+	return rest.Instance{Code: rest.CodeOK, Message: "start enabling FL-Server successful.", Result: true}, nil
+}
+
+func (s *Scheduler) handleDisable(*fasthttp.RequestCtx) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.iter.Status().Instance == iteration.InstanceDisabled {
+		return nil, errBad("The cluster state is already in CLUSTER_DISABLE_FLS.")
+	}
+	if err := s.iter.Disable(s.now()); err != nil {
+		return nil, errBad("start disabling FL-Server failed: %v", err)
+	}
+	s.runActionsLocked()
+	return rest.Instance{Code: rest.CodeOK, Message: "start disabling FL-Server successful.", Result: true}, nil
+}
+
+// handleRecords returns the recent per-iteration records (?n=, default 100).
+func (s *Scheduler) handleRecords(ctx *fasthttp.RequestCtx) (any, error) {
+	n := ctx.QueryArgs().GetUintOrZero("n")
+	if n <= 0 {
+		n = 100
+	}
+	return s.records.Last(n), nil
 }

@@ -49,6 +49,11 @@ type Scheduler struct {
 	engines  map[uint64]string  // engine reported per iteration, for its record
 	foldMBps map[uint64]float64 // fold throughput reported per iteration
 	dirty    bool               // control state changed since the last persist
+	savedAt  time.Time          // last persist
+	// leaving are servers scaled in while an iteration runs: they stop
+	// admitting devices and leave at the iteration's end, so the updates
+	// they folded still reach the aggregate.
+	leaving map[string]bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -66,6 +71,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		joined:   make(map[string]bool),
 		engines:  make(map[uint64]string),
 		foldMBps: make(map[uint64]float64),
+		leaving:  make(map[string]bool),
 		stop:     make(chan struct{}),
 	}
 	it, err := iteration.NewMachine(iterationConfig(cfg), s.now())
@@ -73,6 +79,9 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		return nil, fmt.Errorf("invalid iteration parameters: %w", err)
 	}
 	s.iter = it
+	if err := s.restore(); err != nil {
+		return nil, err
+	}
 	var ropts record.Options
 	if cfg.Metrics.Enabled() {
 		ropts.Path = cfg.Metrics.StorageFilePath
@@ -144,7 +153,7 @@ func (s *Scheduler) Close() error {
 	}
 	s.wg.Wait()
 	s.mu.Lock()
-	s.persistLocked()
+	s.saveLocked(true)
 	s.mu.Unlock()
 	errs = append(errs, s.records.Close())
 	return errors.Join(errs...)
@@ -167,6 +176,7 @@ func (s *Scheduler) tickLoop() {
 			s.members.Tick(now)
 			s.broadcastLocked()
 			s.tickIterationLocked(now)
+			s.saveLocked(false)
 			s.mu.Unlock()
 		}
 	}
@@ -181,9 +191,10 @@ func (s *Scheduler) broadcastLocked() {
 	}
 	prev := s.sent
 	s.sent = v
-	s.dirty = true
 	s.syncMembersLocked()
 	s.runActionsLocked()
+	s.dirty = true
+	s.saveLocked(true)
 	view := s.members.View()
 	body := ctl.Encode(view)
 	for id, c := range s.conns {
@@ -281,6 +292,14 @@ func (s *Scheduler) Closed(c *transport.Conn, err error) {
 		delete(s.conns, id)
 		s.members.Disconnected(id)
 		s.log.Info("server disconnected", zap.String("node", id), zap.Error(err))
+		// Its partial sums may be gone with it: the iteration stops
+		// counting on it now rather than after the heartbeat timeout.
+		s.syncMembersLocked()
+		s.runActionsLocked()
+		if n, ok := s.members.Node(id); ok && n.ScaledIn {
+			s.members.Forget(id)
+		}
+		s.broadcastLocked()
 	}
 }
 

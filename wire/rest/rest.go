@@ -41,6 +41,11 @@ type State struct {
 	Code         int    `json:"code"`
 	Message      string `json:"message"`
 	ClusterState string `json:"cluster_state"`
+	// fedcluster's additions: the iteration the cluster is in.
+	Iteration uint64 `json:"iteration"`
+	Instance  string `json:"instance_state"`
+	Phase     string `json:"phase"`
+	ServerNum int    `json:"server_num"`
 }
 
 // ScaleOut is the body of POST /scaleout; both counts are increments.

@@ -39,10 +39,12 @@ type Client struct {
 	ts    []byte
 	timer *time.Timer
 
-	// What the next build writes.
+	// What the next build writes: sending is the weights × DataSize.
 	iteration int32
-	upload    *model.Model
+	sending   *model.Model
 	loss      float32
+	// upload holds UpdateModel's scaled copy.
+	upload *model.Model
 
 	// The last model a server served (startFLJob or getModel).
 	model *model.Model
@@ -150,7 +152,23 @@ func (c *Client) UpdateModel(ctx context.Context, iteration int32, m *model.Mode
 	for i, v := range m.Data {
 		up[i] = v * ds
 	}
-	c.iteration, c.loss = iteration, loss
+	return c.sendUpdate(ctx, iteration, c.upload, loss)
+}
+
+// updateServed uploads the served model after training, scaling it in
+// place instead of into a copy: RunIteration replaces it with the next
+// served model anyway, so a device holds one model, not two.
+func (c *Client) updateServed(ctx context.Context, iteration int32, loss float32) (UpdateResult, error) {
+	ds := float32(c.o.DataSize)
+	for i := range c.model.Data {
+		c.model.Data[i] *= ds
+	}
+	return c.sendUpdate(ctx, iteration, c.model, loss)
+}
+
+func (c *Client) sendUpdate(ctx context.Context, iteration int32, scaled *model.Model, loss float32) (UpdateResult, error) {
+	c.iteration, c.loss, c.sending = iteration, loss, scaled
+	defer func() { c.sending = nil }()
 	body, err := c.exchange(ctx, EndpointUpdateModel)
 	if err != nil {
 		return UpdateResult{}, err
@@ -317,7 +335,7 @@ func (c *Client) build(ep Endpoint) []byte {
 		})
 	case EndpointUpdateModel:
 		return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
-			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.upload,
+			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.sending,
 		})
 	case EndpointGetModel:
 		return flmsg.BuildRequestGetModel(c.b, &flmsg.GetModelArgs{

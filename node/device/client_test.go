@@ -3,12 +3,19 @@ package device
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttputil"
+
+	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
@@ -403,11 +410,94 @@ func TestBuildAllocs(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := testModel(1)
-	c.upload = m
+	c.sending = m
 	c.build(EndpointUpdateModel) // grows the builder once
 	for ep := range NumEndpoints {
 		if n := testing.AllocsPerRun(100, func() { c.build(ep) }); n != 0 {
 			t.Errorf("building %s allocates %.0f times", ep, n)
 		}
+	}
+}
+
+func TestRequestMemoryNotProportionalToModel(t *testing.T) {
+	// A fasthttp server on an in-memory listener answers every round with
+	// prebuilt LeNet-5 bodies; a device runs iterations against it and
+	// must allocate far less per iteration than the model's size.
+	if raceEnabled {
+		t.Skip("the race detector empties sync.Pools at random")
+	}
+	m := model.InitLeNet5(1)
+	plan := testPlan
+	bodies := map[string][]byte{
+		"/startFLJob": append([]byte(nil), flmsg.BuildResponseFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobReply{
+			Retcode: flmsg.Succeed, Reason: "success", Iteration: 1, IsSelected: true, NextReqTime: "1", Plan: &plan, Model: m})...),
+		"/updateModel": append([]byte(nil), flmsg.BuildResponseUpdateModel(flatbuffers.NewBuilder(0), &flmsg.UpdateModelReply{
+			Retcode: flmsg.Succeed, Reason: flmsg.ReasonUpdateModelSuccess, NextReqTime: "1"})...),
+		"/getModel": append([]byte(nil), flmsg.BuildResponseGetModel(flatbuffers.NewBuilder(0), &flmsg.GetModelReply{
+			Retcode: flmsg.Succeed, Reason: "Get model for iteration 1", Iteration: 2, Model: m, Timestamp: "1"})...),
+	}
+	ln := fasthttputil.NewInmemoryListener()
+	srv := &fasthttp.Server{MaxRequestBodySize: 1 << 24, Handler: func(ctx *fasthttp.RequestCtx) {
+		ctx.SetBody(bodies[string(ctx.Path())])
+	}}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Shutdown(); ln.Close() })
+
+	hc := NewHTTPClient(1)
+	hc.Dial = func(string) (net.Conn, error) { return ln.Dial() }
+	o := fastOptions([]string{"http://fake:1"})
+	o.HTTP = hc
+	o.Layout = model.LeNet5Layout()
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noop := TrainerFunc(func(context.Context, *Job) (float32, error) { return 0, nil })
+	run := func() {
+		if _, err := c.RunIteration(context.Background(), noop); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run() // sizes the buffers
+	var before, after runtime.MemStats
+	const n = 50
+	runtime.ReadMemStats(&before)
+	for range n {
+		run()
+	}
+	runtime.ReadMemStats(&after)
+	perIter := (after.TotalAlloc - before.TotalAlloc) / n
+	modelBytes := uint64(4 * len(m.Data))
+	t.Logf("%d bytes allocated per iteration (client and server) for a %d-byte model", perIter, modelBytes)
+	if perIter > modelBytes/4 {
+		t.Errorf("%d bytes allocated per iteration, the model is %d bytes", perIter, modelBytes)
+	}
+}
+
+func TestSingleRounds(t *testing.T) {
+	fc := newFakeCluster(t, 1, startOK(5), updateOK(), getNotReady(5), getOK(6))
+	c, err := New(fastOptions(fc.urls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	st, err := c.StartFLJob(ctx)
+	if err != nil || st.Retcode != flmsg.Succeed || st.Iteration != 5 || !st.HasPlan || st.NextReqTime.Before(time.Now()) {
+		t.Fatalf("StartFLJob: %+v, %v", st, err)
+	}
+	m := testModel(2)
+	up, err := c.UpdateModel(ctx, 5, m, 0)
+	if err != nil || up.Retcode != flmsg.Succeed || up.Reason != flmsg.ReasonUpdateModelSuccess {
+		t.Fatalf("UpdateModel: %+v, %v", up, err)
+	}
+	if m.Data[0] != 2 {
+		t.Fatalf("UpdateModel changed its argument: %v", m.Data)
+	}
+	gm, err := c.PollModel(ctx, 5)
+	if err != nil || gm.Retcode != flmsg.Succeed || gm.Iteration != 6 || c.Model().Data[0] != 106 {
+		t.Fatalf("PollModel: %+v, %v", gm, err)
+	}
+	if r := fc.requests()[1]; r.first != 2*4 {
+		t.Fatalf("uploaded %g, want weight × data size = 8", r.first)
 	}
 }

@@ -18,8 +18,10 @@ type Job struct {
 	Plan    flmsg.Plan
 	HasPlan bool
 	// Model is the served global model. The trainer trains it in place;
-	// its weights after Train are uploaded. The Client owns it: do not
-	// keep it past Train.
+	// its weights after Train are uploaded (scaled in place by DataSize,
+	// so after a RunIteration that fails past updateModel, Client.Model
+	// holds no usable model until the next one is served). The Client
+	// owns it: do not keep it past Train.
 	Model *model.Model
 }
 
@@ -97,7 +99,7 @@ func (c *Client) RunIteration(ctx context.Context, t Trainer) (IterationResult, 
 		}
 		res.Loss = loss
 
-		up, err := c.UpdateModel(ctx, st.Iteration, c.model, loss)
+		up, err := c.updateServed(ctx, st.Iteration, loss)
 		if err != nil {
 			return done(err)
 		}

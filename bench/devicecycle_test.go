@@ -1,0 +1,334 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fedcluster/fedcluster/node/device"
+	"github.com/fedcluster/fedcluster/node/device/sim"
+	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/node/model"
+)
+
+// heavyEnv enables the device-cycle cases a 2-core machine needs minutes
+// for: the 10M-parameter model and 1,024 devices.
+const heavyEnv = "FEDCLUSTER_BENCH_HEAVY"
+
+type cycleModel struct {
+	name   string
+	floats int // 0: the servers' built-in LeNet-5
+}
+
+// BenchmarkDeviceCycle runs a real cluster (a scheduler and 1 or 4 servers
+// as processes of the fedcluster binary) and M simulated devices in load
+// mode (node/device/sim) doing startFLJob → updateModel → getModel over
+// HTTP on loopback, with start_fl_job_threshold = M and
+// update_model_ratio = 1: one op is one federated iteration in which all M
+// devices complete a device-iteration. The job runs b.N + 1 iterations; the
+// first warms up (connections, first model download) and is not timed.
+//
+// Reported: device-iterations/s and updates/s and upload MB/s over the timed
+// iterations, p50/p99 latency per endpoint (every exchange, SucNotReady
+// polls of getModel included), iteration-switch time as the devices see it
+// (last updateModel answered → first startFLJob of the next iteration
+// admitted) and as the scheduler records it (iterationSwitchMs: last
+// updateModel counted → NextIteration pushed), the servers' peak RSS
+// (VmHWM) and its ratio to the model's float32 size, and the failed
+// requests (anything but SUCCEED, SucNotReady, OutOfTime and the
+// plain-text not-ready/safemode refusals).
+//
+// The 10M-parameter model and 1,024 devices run only with
+// FEDCLUSTER_BENCH_HEAVY=1.
+func BenchmarkDeviceCycle(b *testing.B) {
+	heavy := os.Getenv(heavyEnv) == "1"
+	for _, m := range []cycleModel{{"lenet", 0}, {"10M", 10_000_000}} {
+		b.Run(m.name, func(b *testing.B) {
+			for _, servers := range []int{1, 4} {
+				b.Run(fmt.Sprintf("%dsrv", servers), func(b *testing.B) {
+					for _, devices := range []int{8, 32, 256, 1024} {
+						b.Run(fmt.Sprintf("%ddev", devices), func(b *testing.B) {
+							if (m.floats > 1_000_000 || devices > 256) && !heavy {
+								b.Skipf("heavy case: set %s=1", heavyEnv)
+							}
+							runDeviceCycle(b, m, servers, devices)
+						})
+					}
+				})
+			}
+		})
+	}
+}
+
+// cycleEvents follows the devices' progress to time the steady state and
+// the iteration switches.
+type cycleEvents struct {
+	b *testing.B
+
+	mu            sync.Mutex
+	timing        bool
+	timedFrom     time.Duration // first admission of iteration 2
+	firstAdmit    map[int32]time.Duration
+	lastUpload    map[int32]time.Duration
+	lastDone      time.Duration
+	timedUpdates  int
+	timedDevIters int
+}
+
+func (e *cycleEvents) on(ev sim.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	switch ev.Kind {
+	case sim.EventAdmitted:
+		if _, ok := e.firstAdmit[ev.Iteration]; !ok {
+			e.firstAdmit[ev.Iteration] = ev.Elapsed
+		}
+		if ev.Iteration >= 2 && !e.timing {
+			// Run is blocked in sim.Run on the benchmark goroutine and
+			// returns only after this goroutine ends.
+			e.timing, e.timedFrom = true, ev.Elapsed
+			e.b.StartTimer()
+		}
+	case sim.EventUploaded:
+		e.lastUpload[ev.Iteration] = max(e.lastUpload[ev.Iteration], ev.Elapsed)
+		if ev.Iteration >= 2 {
+			e.timedUpdates++
+		}
+	case sim.EventDeviceDone:
+		e.lastDone = max(e.lastDone, ev.Elapsed)
+		if ev.Iteration >= 2 {
+			e.timedDevIters++
+		}
+	}
+}
+
+// switches returns, per iteration k with a successor, first admission of
+// k+1 minus the last accepted upload of k.
+func (e *cycleEvents) switches() []time.Duration {
+	var out []time.Duration
+	for k, up := range e.lastUpload {
+		if next, ok := e.firstAdmit[k+1]; ok {
+			out = append(out, max(next-up, 0))
+		}
+	}
+	return out
+}
+
+func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
+	b.StopTimer()
+	bin := fedclusterBinary(b)
+	dir := b.TempDir()
+	floats := m.floats
+	if floats == 0 {
+		floats = model.LeNet5Layout().Size
+	}
+	metricsPath := filepath.Join(dir, "metrics.json")
+	cfgPath := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfgPath, []byte(`{"metrics":{"storage_type":1,"storage_file_path":`+strconv.Quote(metricsPath)+`}}`), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	iterations := b.N + 1
+	args := []string{
+		"--config_file_path=" + cfgPath,
+		"--start_fl_job_threshold=" + strconv.Itoa(devices),
+		"--update_model_ratio=1",
+		"--fl_iteration_num=" + strconv.Itoa(iterations),
+		"--start_fl_job_time_window=600000",
+		"--update_model_time_window=600000",
+		"--global_iteration_time_window=3600000",
+		"--heartbeat_interval=1s",
+		"--heartbeat_timeout=60s",
+		"--checkpoint_keep=2",
+	}
+	if m.floats != 0 {
+		args = append(args, "--init_file="+modelFile(b, m.floats))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	c, err := local.Start(ctx, local.Options{Binary: bin, Dir: dir, Servers: servers, Args: args})
+	cancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		c.Stop()
+		for _, r := range c.Reports() {
+			b.Errorf("a cluster process reported:\n%s", r)
+		}
+	}()
+	urls := make([]string, servers)
+	for i := range urls {
+		urls[i] = c.ServerURL(i)
+	}
+	cfg := sim.DefaultConfig(devices, urls)
+	cfg.Mode = sim.ModeLoad
+	cfg.Evaluate = false
+	cfg.DataSize = 32
+	// Measure the cluster, not the devices' courtesy waits: poll getModel
+	// from 1 ms (doubling to 50 ms) instead of MindSpore's 500 ms, and
+	// retry a not-ready refusal after 5 ms.
+	cfg.Device.PollMinDelay = time.Millisecond
+	cfg.Device.PollMaxDelay = 50 * time.Millisecond
+	cfg.Device.RefusalDelay = 5 * time.Millisecond
+	cfg.Device.OutOfTimeMinWait = time.Millisecond
+	cfg.Device.RequestTimeout = 2 * time.Minute
+	ev := &cycleEvents{b: b, firstAdmit: map[int32]time.Duration{}, lastUpload: map[int32]time.Duration{}}
+	cfg.OnEvent = ev.on
+	runCtx, cancelRun := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancelRun()
+	sum, err := sim.Run(runCtx, cfg)
+	b.StopTimer()
+	if err != nil {
+		b.Fatalf("devices: %v", err)
+	}
+	if len(sum.DeviceErrors) > 0 {
+		b.Errorf("%d devices stopped on errors, the first: %v", len(sum.DeviceErrors), sum.DeviceErrors[0])
+	}
+
+	// Peak RSS of the servers, read before Stop.
+	var rssMax float64
+	for i := 0; i < servers; i++ {
+		kb, err := vmHWM(c.PID(strconv.Itoa(i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		rssMax = max(rssMax, float64(kb)/1024)
+	}
+
+	ev.mu.Lock()
+	timed := ev.lastDone - ev.timedFrom
+	devIters, updates := ev.timedDevIters, ev.timedUpdates
+	switches := ev.switches()
+	ev.mu.Unlock()
+	if devIters != devices*b.N {
+		b.Errorf("%d device-iterations in the timed iterations, want %d × %d", devIters, devices, b.N)
+	}
+	modelMB := float64(4*floats) / (1 << 20)
+	if timed > 0 {
+		sec := timed.Seconds()
+		b.ReportMetric(float64(devIters)/sec, "devIter/s")
+		b.ReportMetric(float64(updates)/sec, "updates/s")
+		if sum.Updates > 0 {
+			perUpdate := float64(sum.UploadBytes) / float64(sum.Updates)
+			b.ReportMetric(float64(updates)*perUpdate/sec/1e6, "upMB/s")
+		}
+	}
+	for _, e := range []device.Endpoint{device.EndpointStartFLJob, device.EndpointUpdateModel, device.EndpointGetModel} {
+		st := sum.Endpoints[e]
+		name := endpointShort(e)
+		b.ReportMetric(ms(st.P50), name+"-p50-ms")
+		b.ReportMetric(ms(st.P99), name+"-p99-ms")
+	}
+	b.ReportMetric(ms(quantile(switches, 0.5)), "switch-dev-p50-ms")
+	if sched, err := schedulerSwitches(metricsPath); err != nil {
+		b.Logf("no scheduler records: %v", err)
+	} else {
+		b.ReportMetric(quantile(sched, 0.5).Seconds()*1000, "switch-sched-p50-ms")
+	}
+	b.ReportMetric(rssMax, "srvRSS-MB")
+	b.ReportMetric(rssMax/modelMB, "RSS/model")
+	b.ReportMetric(float64(failedRequests(sum)), "failed")
+	b.Logf("%d servers, %d devices, %d floats: %d iterations (1 warm-up), %s timed; requests: %s",
+		servers, devices, floats, iterations, timed.Round(time.Millisecond), classCounts(sum))
+}
+
+func endpointShort(e device.Endpoint) string {
+	switch e {
+	case device.EndpointStartFLJob:
+		return "start"
+	case device.EndpointUpdateModel:
+		return "update"
+	case device.EndpointGetModel:
+		return "get"
+	}
+	return "other"
+}
+
+// failedRequests counts the exchanges that ended in anything but the
+// protocol's normal answers.
+func failedRequests(s *sim.Summary) int64 {
+	var n int64
+	for _, st := range s.Endpoints {
+		for cl, k := range st.Classes {
+			switch sim.Class(cl) {
+			case sim.ClassSucceed, sim.ClassSucNotReady, sim.ClassOutOfTime, sim.ClassNotReadyText, sim.ClassSafemode, sim.ClassJobFinished:
+			default:
+				n += k
+			}
+		}
+	}
+	return n
+}
+
+func classCounts(s *sim.Summary) string {
+	var buf bytes.Buffer
+	for _, st := range s.Endpoints {
+		if st.Requests == 0 {
+			continue
+		}
+		fmt.Fprintf(&buf, "%s %d [", endpointShort(st.Endpoint), st.Requests)
+		for cl, k := range st.Classes {
+			if k > 0 {
+				fmt.Fprintf(&buf, " %s=%d", sim.Class(cl), k)
+			}
+		}
+		buf.WriteString(" ] ")
+	}
+	return buf.String()
+}
+
+// vmHWM reads a process's peak resident set size in KiB.
+func vmHWM(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("cannot read peak RSS: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if v, ok := bytes.CutPrefix([]byte(line), []byte("VmHWM:")); ok {
+			fields := bytes.Fields(v)
+			if len(fields) >= 1 {
+				return strconv.ParseInt(string(fields[0]), 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// schedulerSwitches reads iterationSwitchMs of every successful iteration
+// from the scheduler's metrics.json.
+func schedulerSwitches(path string) ([]time.Duration, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []time.Duration
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var r struct {
+			Result   string  `json:"iterationResult"`
+			SwitchMs float64 `json:"iterationSwitchMs"`
+		}
+		if err := json.Unmarshal(line, &r); err != nil {
+			return nil, fmt.Errorf("cannot decode %s: %w", path, err)
+		}
+		if r.Result == "success" {
+			out = append(out, time.Duration(r.SwitchMs*float64(time.Millisecond)))
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no successful iteration in %s", path)
+	}
+	return out, nil
+}

@@ -3,6 +3,7 @@ package native
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 )
 
 type op uint8
@@ -27,7 +28,7 @@ type job struct {
 	dst    []float32
 	manyX  [][]float32 // opMany: all the updates
 	manyW  []float32
-	done   *sync.WaitGroup
+	done   *split
 }
 
 // ParallelMin is the element count from which a call is split across cores.
@@ -43,8 +44,18 @@ var (
 	workersOnce sync.Once
 	jobs        chan job
 	nworkers    int
-	wgPool      = sync.Pool{New: func() any { return new(sync.WaitGroup) }}
+	splitPool   = sync.Pool{New: func() any { return new(split) }}
 )
+
+// split is the shared state of one parallel call: chunks are claimed from
+// next, so a goroutine whose core is busy with other work (a shared CI
+// machine, another caller) simply claims fewer chunks instead of making
+// the whole call wait for its fixed half.
+type split struct {
+	wg    sync.WaitGroup
+	next  atomic.Int64
+	chunk int
+}
 
 func startWorkers() {
 	nworkers = runtime.GOMAXPROCS(0) - 1
@@ -52,8 +63,8 @@ func startWorkers() {
 	for range nworkers {
 		go func() {
 			for j := range jobs {
-				j.serial()
-				j.done.Done()
+				j.claim()
+				j.done.wg.Done()
 			}
 		}()
 	}
@@ -63,6 +74,10 @@ func startWorkers() {
 func run(o op, l Level, acc []float64, xs [MaxK][]float32, ws [MaxK]float64, k int, raw []byte, dst []float32) {
 	runJob(job{op: o, l: l, k: k, hi: len(acc), acc: acc, xs: xs, ws: ws, raw: raw, dst: dst})
 }
+
+// chunksPerCore balances load: enough chunks that a slow core costs
+// little, few enough that claiming them costs nothing.
+const chunksPerCore = 8
 
 func runJob(j job) {
 	n := len(j.acc)
@@ -75,27 +90,39 @@ func runJob(j job) {
 		j.serial()
 		return
 	}
-	parts := nworkers + 1
-	size := (n/parts + chunkAlign - 1) &^ (chunkAlign - 1)
-	wg := wgPool.Get().(*sync.WaitGroup)
-	j.done = wg
-	lo := 0
-	for lo+size < n {
-		c := j
-		c.lo, c.hi = lo, lo+size
-		wg.Add(1)
-		select {
-		case jobs <- c:
-		default: // every worker busy (another caller): do it here
-			c.serial()
-			wg.Done()
-		}
-		lo += size
+	align := chunkAlign
+	if j.op == opMany {
+		align = manyTile
 	}
-	j.lo = lo
-	j.serial()
-	wg.Wait()
-	wgPool.Put(wg)
+	sp := splitPool.Get().(*split)
+	sp.chunk = max(align, (n/(chunksPerCore*(nworkers+1))+align-1)/align*align)
+	sp.next.Store(0)
+	j.done = sp
+	for range nworkers {
+		sp.wg.Add(1)
+		select {
+		case jobs <- j:
+		default: // every worker busy (another caller): claim alone
+			sp.wg.Done()
+		}
+	}
+	j.claim()
+	sp.wg.Wait()
+	j.done = nil
+	splitPool.Put(sp)
+}
+
+// claim runs chunks of [0, len(acc)) until none is left.
+func (j job) claim() {
+	sp, n := j.done, int64(len(j.acc))
+	for {
+		lo := sp.next.Add(int64(sp.chunk)) - int64(sp.chunk)
+		if lo >= n {
+			return
+		}
+		j.lo, j.hi = int(lo), int(min(lo+int64(sp.chunk), n))
+		j.serial()
+	}
 }
 
 // serial runs the chunk on this goroutine: the level's assembly on the

@@ -207,7 +207,7 @@ func TestLaunchAndStop(t *testing.T) {
 		t.Fatalf("stop output:\n%s", out)
 	}
 	for _, pid := range pids {
-		if running(pid) {
+		if alive(pid) {
 			t.Fatalf("process %d still runs after stop", pid)
 		}
 	}

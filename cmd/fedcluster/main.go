@@ -19,7 +19,8 @@ var commands = map[string]command{
 	"server":    {"run one server (device HTTP, aggregation, model store)", runServer},
 	"launch":    {"start the scheduler or N local servers in the background, as the seed's run_sched/run_server scripts", runLaunch},
 	"stop":      {"stop every process of the cluster on this host (--scheduler_port)", runStop},
-	"demo":      {"start a local cluster, show it working and stop it", runDemo},
+	"devices":   {"run simulated devices (training LeNet on MNIST, or load) until the job finishes", runDevices},
+	"demo":      {"a local cluster training LeNet on MNIST with 8 simulated devices", runDemo},
 }
 
 func usage() {

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"net"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 type net_listener struct{}
@@ -13,9 +15,9 @@ func (net_listener) listen(port int) (net.Listener, error) {
 	return net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 }
 
-// running reports whether pid is a live process; a zombie left for a
+// alive reports whether pid is a live process; a zombie left for a
 // container's init to reap has stopped running.
-func running(pid int) bool {
+func alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false
@@ -23,4 +25,22 @@ func running(pid int) bool {
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
+// syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -178,7 +179,16 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	cfg.Device.PollMaxDelay = 50 * time.Millisecond
 	cfg.Device.RefusalDelay = 5 * time.Millisecond
 	cfg.Device.OutOfTimeMinWait = time.Millisecond
+	// An OutOfTime answer sends a device back to startFLJob after
+	// next_req_time, which the scheduler puts at the end of the round
+	// window (here minutes away); wait at most 20 ms instead, so that a
+	// stray OutOfTime (they are counted in the log line) costs the
+	// iteration milliseconds, not the device's MindSpore-like minute.
+	cfg.Device.OutOfTimeMaxWait = 20 * time.Millisecond
 	cfg.Device.RequestTimeout = 2 * time.Minute
+	var ru0 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	devCPU0 := time.Duration(ru0.Utime.Nano() + ru0.Stime.Nano())
 	ev := &cycleEvents{b: b, firstAdmit: map[int32]time.Duration{}, lastUpload: map[int32]time.Duration{}}
 	cfg.OnEvent = ev.on
 	runCtx, cancelRun := context.WithTimeout(context.Background(), 30*time.Minute)
@@ -192,15 +202,26 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 		b.Errorf("%d devices stopped on errors, the first: %v", len(sum.DeviceErrors), sum.DeviceErrors[0])
 	}
 
-	// Peak RSS of the servers, read before Stop.
+	// Peak RSS and CPU time of the servers, read before Stop.
 	var rssMax float64
+	var srvCPU time.Duration
 	for i := 0; i < servers; i++ {
-		kb, err := vmHWM(c.PID(strconv.Itoa(i)))
+		pid := c.PID(strconv.Itoa(i))
+		kb, err := vmHWM(pid)
 		if err != nil {
 			b.Fatal(err)
 		}
 		rssMax = max(rssMax, float64(kb)/1024)
+		cpu, err := procCPU(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		srvCPU += cpu
 	}
+	schedCPU, _ := procCPU(c.PID("scheduler"))
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	devCPU := time.Duration(ru.Utime.Nano()+ru.Stime.Nano()) - devCPU0
 
 	ev.mu.Lock()
 	timed := ev.lastDone - ev.timedFrom
@@ -235,6 +256,13 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	b.ReportMetric(rssMax, "srvRSS-MB")
 	b.ReportMetric(rssMax/modelMB, "RSS/model")
 	b.ReportMetric(float64(failedRequests(sum)), "failed")
+	// CPU per device-iteration over the whole run (warm-up included): where
+	// the 2 cores went, servers against the devices' own process.
+	if n := sum.DeviceIterations; n > 0 {
+		b.ReportMetric(float64(srvCPU.Microseconds())/float64(n), "srvCPU-us/devIter")
+		b.ReportMetric(float64(schedCPU.Microseconds())/float64(n), "schedCPU-us/devIter")
+		b.ReportMetric(float64(devCPU.Microseconds())/float64(n), "devCPU-us/devIter")
+	}
 	b.Logf("%d servers, %d devices, %d floats: %d iterations (1 warm-up), %s timed; requests: %s",
 		servers, devices, floats, iterations, timed.Round(time.Millisecond), classCounts(sum))
 }
@@ -302,6 +330,31 @@ func vmHWM(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmHWM in /proc/%d/status", pid)
+}
+
+// procCPU reads a process's user + system CPU time from /proc/<pid>/stat.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("cannot read CPU time: %w", err)
+	}
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: state is field 3, utime 14, stime 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("cannot parse /proc/%d/stat", pid)
+	}
+	f := bytes.Fields(b[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("cannot parse /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(string(f[11]), 10, 64)
+	st, err2 := strconv.ParseInt(string(f[12]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("cannot parse /proc/%d/stat", pid)
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / hz, nil
 }
 
 // schedulerSwitches reads iterationSwitchMs of every successful iteration

@@ -40,7 +40,8 @@ func testModel() *model.Model {
 // TestGradient checks backward against central finite differences of the
 // float64 network's mean loss over a batch of 3 MNIST images:
 //   - every entry of conv1.weight, fc3.weight and of all three biases;
-//   - 150 random entries of each of conv2.weight, fc1.weight, fc2.weight;
+//   - 150 random entries (30 under -race) of each of conv2.weight,
+//     fc1.weight and fc2.weight;
 //   - for each tensor, the directional derivative along a random direction
 //     over all of its entries (so every parameter takes part in a check).
 //
@@ -71,6 +72,10 @@ func TestGradient(t *testing.T) {
 		}
 		worst = max(worst, d)
 	}
+	sampled := 150
+	if raceEnabled {
+		sampled = 30
+	}
 	full := map[string]bool{"conv1.weight": true, "fc3.weight": true, "fc1.bias": true, "fc2.bias": true, "fc3.bias": true}
 	nonzero := 0
 	for _, p := range m.Layout.Params {
@@ -80,7 +85,7 @@ func TestGradient(t *testing.T) {
 				idx = append(idx, i)
 			}
 		} else {
-			idx = r.Perm(p.Len)[:150]
+			idx = r.Perm(p.Len)[:sampled]
 		}
 		for _, i := range idx {
 			j := p.Offset + i
@@ -110,7 +115,7 @@ func TestGradient(t *testing.T) {
 		}
 		check(p.Name+" (direction)", (lossAt(wp)-lossAt(wm))/(2*eps), dot)
 	}
-	if nonzero < 1000 {
+	if nonzero < 700 {
 		t.Fatalf("only %d checked gradients are non-zero", nonzero)
 	}
 	t.Logf("worst |numeric−analytic| = %.3g over the checked entries", worst)

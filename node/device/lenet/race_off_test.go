@@ -1,0 +1,5 @@
+//go:build !race
+
+package lenet
+
+const raceEnabled = false

@@ -49,6 +49,12 @@ type Client struct {
 	// The last model a server served (startFLJob or getModel).
 	model *model.Model
 
+	// avoidUntil[i] is when server i, which failed in transport or answered
+	// safemode, may be picked again while others are available: a load
+	// balancer's health check, so a dead or cut-off server costs one
+	// request, not one in every len(Servers).
+	avoidUntil []time.Time
+
 	obs Observation
 }
 
@@ -271,6 +277,7 @@ func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, error) {
 				return nil, fmt.Errorf("cannot send %s: %d attempts failed, the last to %s: %w: %w",
 					ep, attempts, c.o.Servers[server], ErrGaveUp, err)
 			}
+			c.suspend(server)
 			if err := c.sleep(ctx, c.backoff(attempts)); err != nil {
 				return nil, err
 			}
@@ -296,6 +303,9 @@ func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, error) {
 		refusals++
 		if refusals > c.o.MaxRefusals {
 			return nil, fmt.Errorf("cannot send %s: refused %d times, last %q: %w", ep, refusals, text, ErrGaveUp)
+		}
+		if text == flmsg.BodySafemode {
+			c.suspend(server) // cut off from the scheduler, or scaled in
 		}
 		if err := c.sleep(ctx, c.jitter(c.o.RefusalDelay)); err != nil {
 			return nil, err
@@ -407,12 +417,41 @@ func (c *Client) observe() {
 	}
 }
 
+// suspendFor is how long a failing server is passed over.
+const suspendFor = 2 * time.Second
+
+// suspend passes server over for a while.
+func (c *Client) suspend(server int) {
+	if c.avoidUntil == nil {
+		c.avoidUntil = make([]time.Time, len(c.urls))
+	}
+	c.avoidUntil[server] = time.Now().Add(suspendFor)
+}
+
 // pick chooses a server at random, another one than avoid when there is
-// one.
+// one, preferring servers that have not failed recently.
 func (c *Client) pick(avoid int) int {
 	n := len(c.urls)
 	if n == 1 {
 		return 0
+	}
+	now := time.Now()
+	healthy := 0
+	for i := 0; i < n; i++ {
+		if i != avoid && (c.avoidUntil == nil || !now.Before(c.avoidUntil[i])) {
+			healthy++
+		}
+	}
+	if healthy > 0 {
+		k := c.rng.IntN(healthy)
+		for i := 0; i < n; i++ {
+			if i != avoid && (c.avoidUntil == nil || !now.Before(c.avoidUntil[i])) {
+				if k == 0 {
+					return i
+				}
+				k--
+			}
+		}
 	}
 	if avoid < 0 {
 		return c.rng.IntN(n)

@@ -37,6 +37,10 @@ type Options struct {
 	Env []string
 	// Stdout, when set, receives every process's output instead of log files.
 	Stdout io.Writer
+	// ServerArgs, when set, gives server i extra flags (they win over Args).
+	ServerArgs func(i int) []string
+	// OnPorts, when set, learns the chosen ports before any process starts.
+	OnPorts func(scheduler, manage int, servers []int)
 }
 
 // Cluster is a running local cluster.
@@ -84,11 +88,18 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{opts: opts, SchedulerPort: ports[0], ManagePort: ports[1], ServerPorts: ports[2:], procs: make(map[string]*proc)}
+	if opts.OnPorts != nil {
+		opts.OnPorts(c.SchedulerPort, c.ManagePort, c.ServerPorts)
+	}
 	if err := c.StartScheduler(); err != nil {
 		return nil, err
 	}
 	for i := range c.ServerPorts {
-		if err := c.StartServer(strconv.Itoa(i), c.ServerPorts[i]); err != nil {
+		var extra []string
+		if opts.ServerArgs != nil {
+			extra = opts.ServerArgs(i)
+		}
+		if err := c.StartServer(strconv.Itoa(i), c.ServerPorts[i], extra...); err != nil {
 			c.Stop()
 			return nil, err
 		}

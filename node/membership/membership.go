@@ -128,8 +128,11 @@ func (m *Machine) freeRank() (int, bool) {
 // server must register again, e.g. after a scheduler restart).
 func (m *Machine) Heartbeat(now time.Time, id string) bool {
 	n, ok := m.nodes[id]
-	if !ok || n.ScaledIn {
+	if !ok {
 		return false
+	}
+	if n.ScaledIn {
+		return true // it waits for SIGTERM, connected but out of the cluster
 	}
 	n.LastSeen = now
 	if !n.Alive {

@@ -87,8 +87,21 @@ func (s *Scheduler) syncMembersLocked() {
 
 // runActionsLocked carries out what the iteration machine asked for, in order.
 func (s *Scheduler) runActionsLocked() {
+	actions := s.iter.Ready()
 	force := false
-	for _, a := range s.iter.Ready() {
+	for _, a := range actions {
+		switch a.(type) {
+		case iteration.NextIteration, iteration.ParamsChanged, iteration.InstanceChanged:
+			force = true
+		}
+	}
+	if force {
+		// Save before telling the servers, so that a scheduler that dies
+		// right after never restores a state older than theirs.
+		s.dirty = true
+		s.saveLocked(true)
+	}
+	for _, a := range actions {
 		switch a := a.(type) {
 		case iteration.RoundEvent:
 			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
@@ -99,14 +112,12 @@ func (s *Scheduler) runActionsLocked() {
 			body := ctl.Encode(ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime})
 			s.sendAllLocked(ctl.KindNextIteration, body)
 			s.applyScaleInLocked()
-			force = true
 			if a.Valid {
 				s.log.Info("iteration completed", zap.Uint64("iteration", a.Completed), zap.String("model_sha256", a.Sha256), zap.String("instance", a.Instance.String()))
 			} else {
 				s.log.Warn("iteration failed", zap.Uint64("iteration", a.Completed), zap.String("reason", a.Reason))
 			}
 		case iteration.ParamsChanged, iteration.InstanceChanged:
-			force = true
 			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
 			if ic, ok := a.(iteration.InstanceChanged); ok {
 				s.log.Info("instance state", zap.String("state", ic.State.String()), zap.String("reason", ic.Reason))

@@ -144,7 +144,8 @@ func (s *Scheduler) handleState(*fasthttp.RequestCtx) (any, error) {
 	defer s.mu.Unlock()
 	st := s.iter.Status()
 	return rest.State{Code: rest.CodeOK, Message: "Get cluster state successful.", ClusterState: s.clusterStateLocked(),
-		Iteration: st.Iteration, Instance: st.Instance.String(), Phase: st.Phase.String(), ServerNum: s.members.ServerNum()}, nil
+		Iteration: st.Iteration, Instance: st.Instance.String(), Phase: st.Phase.String(), ServerNum: s.members.ServerNum(),
+		Admitted: st.Admitted, Updated: st.Updated}, nil
 }
 
 func (s *Scheduler) handleNodes(*fasthttp.RequestCtx) (any, error) {

@@ -168,6 +168,9 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		return
 	}
 	n, folded := pa.waitIdle()
+	if d := p.s.faultAllReduceDelay; d > 0 {
+		time.Sleep(d) // fault injection for crash-during-all-reduce tests
+	}
 	deadline := time.UnixMilli(a.DeadlineMs)
 	m, total, err := p.allReduce(a, me, attempt, pa, n, deadline)
 	if err != nil {

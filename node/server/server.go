@@ -50,6 +50,11 @@ type Server struct {
 	// ScaledIn is closed when the scheduler scales this server in.
 	scaledInCh chan struct{}
 
+	// faultAllReduceDelay (env FEDCLUSTER_FAULT_ALLREDUCE_DELAY, a Go
+	// duration) holds every all-reduce before it starts, so that tests can
+	// crash a server in the middle of one. Unset in production.
+	faultAllReduceDelay time.Duration
+
 	stop chan struct{}
 	wg   sync.WaitGroup
 }
@@ -57,6 +62,7 @@ type Server struct {
 // New prepares a server; Start opens its ports and joins the cluster.
 func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
 	s := &Server{cfg: cfg, base: log.Named("server"), nodeID: nodeID, rank: -1, stop: make(chan struct{}), scaledInCh: make(chan struct{})}
+	s.faultAllReduceDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_DELAY"))
 	s.setLogger()
 	return s
 }

@@ -46,6 +46,8 @@ type State struct {
 	Instance  string `json:"instance_state"`
 	Phase     string `json:"phase"`
 	ServerNum int    `json:"server_num"`
+	Admitted  int    `json:"admitted"`
+	Updated   int    `json:"updated"`
 }
 
 // ScaleOut is the body of POST /scaleout; both counts are increments.

@@ -110,4 +110,3 @@ func runDemo(name string, args []string) int {
 	fmt.Printf("final test accuracy: %.4f\n", f.Accuracy)
 	return 0
 }
-

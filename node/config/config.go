@@ -74,6 +74,10 @@ type Server struct {
 	// ExitOnScaleIn makes a scaled-in server exit instead of waiting for
 	// SIGTERM as MindSpore's do.
 	ExitOnScaleIn bool `toml:"exit_on_scale_in"`
+	// GetModelWait is how long getModel holds a request for the current
+	// iteration's model before answering SucNotReady (0: answer at once,
+	// as MindSpore does).
+	GetModelWait Duration `toml:"get_model_wait"`
 }
 
 // FL holds MindSpore's federated-learning hyper-parameters, same names,
@@ -168,6 +172,7 @@ func Default() Config {
 			ServerIP:       "127.0.0.1",
 			LocalServerNum: -1,
 			MaxBodySize:    Bytes(100 << 20),
+			GetModelWait:   Duration(time.Second),
 		},
 		FL: FL{
 			FLName:                    "LeNet",
@@ -264,6 +269,9 @@ func (c *Config) Validate() error {
 	}
 	if s.HTTPURLPrefix != "" && (!strings.HasPrefix(s.HTTPURLPrefix, "/") || strings.HasSuffix(s.HTTPURLPrefix, "/")) {
 		bad("server.http_url_prefix", "must start with / and not end with /, got %q", s.HTTPURLPrefix)
+	}
+	if s.GetModelWait < 0 || s.GetModelWait > Duration(time.Minute) {
+		bad("server.get_model_wait", "must be in 0s..1m, got %s", s.GetModelWait)
 	}
 	if s.MaxBodySize < 1<<10 || s.MaxBodySize > 2<<30 {
 		bad("server.max_body_size", "must be in 1KiB..2GiB, got %s", s.MaxBodySize)

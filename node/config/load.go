@@ -168,6 +168,7 @@ func Bind(fs *flag.FlagSet, c *Config, role Role) {
 	fs.StringVar(&s.HTTPURLPrefix, "http_url_prefix", s.HTTPURLPrefix, "prefix of every device URL")
 	fs.Var(&s.MaxBodySize, "max_body_size", "largest device request body (e.g. 100MiB)")
 	fs.BoolVar(&s.ExitOnScaleIn, "exit_on_scale_in", s.ExitOnScaleIn, "exit once scaled in instead of waiting for SIGTERM")
+	fs.Var(&s.GetModelWait, "get_model_wait", "how long getModel holds a poll for the model being aggregated (0: answer SucNotReady at once)")
 	fs.StringVar(&f.FLName, "fl_name", f.FLName, "job name sent in FLPlan")
 	fs.StringVar(&f.ServerMode, "server_mode", f.ServerMode, "FEDERATED_LEARNING")
 	fs.IntVar(&f.StartFLJobThreshold, "start_fl_job_threshold", f.StartFLJobThreshold, "devices admitted per iteration")

@@ -448,3 +448,51 @@ func (s *Store) Encoded(iter uint64) ([]byte, bool, error) {
 	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
 	return b, true, err
 }
+
+// Truncate forgets the models of iterations from and later, in memory and
+// on disk: a cluster whose control state restarted at an earlier iteration
+// (a new job in a folder with an old job's checkpoints) must not serve or
+// keep models of a timeline it abandoned. Iteration 0 is never removed.
+// It returns the iterations removed.
+func (s *Store) Truncate(from uint64) ([]uint64, error) {
+	if from == 0 {
+		from = 1
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	var gone []uint64
+	for it := range s.models {
+		if it >= from {
+			gone = append(gone, it)
+			delete(s.models, it)
+			delete(s.sums, it)
+		}
+	}
+	s.latest = 0
+	for it := range s.models {
+		s.latest = max(s.latest, it)
+	}
+	s.mu.Unlock()
+	sort.Slice(gone, func(i, j int) bool { return gone[i] < gone[j] })
+	if s.opts.Dir == "" {
+		return gone, nil
+	}
+	names, err := s.fs.ReadDir(s.opts.Dir)
+	if err != nil {
+		return gone, fmt.Errorf("cannot list checkpoint dir: %w", err)
+	}
+	var errs []error
+	for _, name := range names {
+		it, ckpt, _ := s.parseName(name)
+		if ckpt && it >= from {
+			if err := s.fs.Remove(filepath.Join(s.opts.Dir, name)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	return gone, errors.Join(errs...)
+}

@@ -435,3 +435,36 @@ func TestDecodeChecksum(t *testing.T) {
 		t.Fatal("bad iteration accepted")
 	}
 }
+
+func TestTruncate(t *testing.T) {
+	fs := NewMemFS()
+	s, err := Open(Options{Dir: "/ck", FLName: "LeNet", FS: fs, Keep: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, m0 := s.Latest()
+	for it := uint64(1); it <= 4; it++ {
+		if err := s.Put(it, m0.Clone()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gone, err := s.Truncate(3)
+	if err != nil || len(gone) != 2 || gone[0] != 3 || gone[1] != 4 {
+		t.Fatalf("Truncate(3) = %v, %v", gone, err)
+	}
+	if it, _ := s.Latest(); it != 2 || s.Has(3) || !s.Has(0) {
+		t.Fatalf("after truncate latest %d has3 %v", it, s.Has(3))
+	}
+	// The removed iterations can be put again, and a reopened store does
+	// not bring them back.
+	if err := s.Put(3, m0.Clone()); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(Options{Dir: "/ck", FLName: "LeNet", FS: fs, Keep: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it, _ := r.Latest(); it != 3 || r.Has(4) {
+		t.Fatalf("reopened latest %d has4 %v", it, r.Has(4))
+	}
+}

@@ -136,11 +136,13 @@ func (p *plane) dropPartialsLocked(upTo uint64) {
 	p.rounds.drop(upTo)
 }
 
-// setState installs the iteration state the scheduler announced.
-func (p *plane) setState(st ctl.IterationState) {
+// setState installs the iteration state the scheduler announced. Pushes
+// only move the iteration forward; a registration reply (authoritative)
+// sets it whatever it was, as the scheduler's word is the truth.
+func (p *plane) setState(st ctl.IterationState, authoritative bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if st.Iteration >= p.iteration || !p.ready {
+	if st.Iteration >= p.iteration || !p.ready || authoritative {
 		p.iteration = st.Iteration
 		p.instance = st.Instance
 		p.nextReqTime = st.NextReqTime
@@ -184,6 +186,29 @@ func (p *plane) waitIteration(it uint64, d time.Duration) bool {
 		p.changed.Wait()
 	}
 	return p.iteration >= it
+}
+
+// waitStored waits (bounded) until model it is stored: getModel holds a
+// device's poll until the aggregate is ready instead of answering
+// SucNotReady at once, so the device learns the new model within the
+// switch time rather than its next poll.
+func (p *plane) waitStored(it uint64, d time.Duration) bool {
+	if p.store.Has(it) || d <= 0 {
+		return p.store.Has(it)
+	}
+	deadline := time.Now().Add(d)
+	timer := time.AfterFunc(d, func() {
+		p.mu.Lock()
+		p.changed.Broadcast()
+		p.mu.Unlock()
+	})
+	defer timer.Stop()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for !p.store.Has(it) && time.Now().Before(deadline) && p.iteration <= it {
+		p.changed.Wait()
+	}
+	return p.store.Has(it)
 }
 
 // nextIteration stores the completed iteration's model (the aggregate, or
@@ -323,6 +348,21 @@ func (p *plane) serveFetch(body []byte) ([]byte, error) {
 		return nil, fmt.Errorf("iteration %d is not stored here", it)
 	}
 	return b, nil
+}
+
+// align drops stored models of iterations the cluster has not reached: the
+// scheduler's iteration is the truth, and checkpoints past it belong to a
+// run that was abandoned (a new job started over an old job's folder).
+func (p *plane) align(current uint64) {
+	if latest, _ := p.store.Latest(); current == 0 || latest < current {
+		return
+	}
+	gone, err := p.store.Truncate(current)
+	p.s.logger().Warn("removed checkpoints of iterations the cluster has not reached: they belong to an earlier run",
+		zap.Uint64("cluster_iteration", current), zap.Uint64s("removed", gone), zap.Error(err))
+	p.blocksMu.Lock()
+	clear(p.blocks)
+	p.blocksMu.Unlock()
 }
 
 // catchUp makes a server that restarted or fell behind hold the model the

@@ -276,7 +276,10 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	want := uint64(max(req.Iteration, 0))
-	if req.Iteration >= 0 && want == st.iteration && !s.plane.store.Has(want) {
+	// The current iteration's model (or a later one's, asked of a server
+	// still switching) is awaited for a while, then SucNotReady.
+	if req.Iteration >= 0 && want >= st.iteration && !s.plane.waitStored(want, time.Duration(s.cfg.Server.GetModelWait)) {
+		st = s.plane.state()
 		s.count("getModel", "not_ready")
 		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.SucNotReady,
 			Reason:    fmt.Sprintf("The model is not ready yet for iteration %d. Maybe this is because the iteration is still running or being aggregated.", want),

@@ -216,8 +216,9 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	s.mu.Unlock()
 	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership)
+	s.plane.align(r.Iteration.Iteration)
 	s.plane.catchUp(r.Iteration.Iteration)
-	s.plane.setState(r.Iteration)
+	s.plane.setState(r.Iteration, true)
 	return nil
 }
 
@@ -287,7 +288,7 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		if err := ctl.Decode(f.Body, &st); err != nil {
 			return nil, err
 		}
-		s.plane.setState(st)
+		s.plane.setState(st, false)
 		return nil, nil
 	case ctl.KindNextIteration:
 		var ni ctl.NextIteration

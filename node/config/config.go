@@ -62,8 +62,12 @@ type Server struct {
 	// FLServerPort is the device HTTP port; the launcher gives the i-th local
 	// server FLServerPort+i.
 	FLServerPort int `toml:"fl_server_port"`
-	// ServerIP is the address devices and peers use to reach this server.
+	// ServerIP is the address devices and peers use to reach this server:
+	// what it advertises to the scheduler, and binds unless BindIP is set.
 	ServerIP string `toml:"server_ip"`
+	// BindIP, when set, is the address the server's listeners bind
+	// (0.0.0.0 in a container), while ServerIP stays the advertised one.
+	BindIP string `toml:"bind_ip"`
 	// LocalServerNum is how many servers `launch` starts on this host;
 	// -1 means ServerNum.
 	LocalServerNum int `toml:"local_server_num"`
@@ -261,6 +265,12 @@ func (c *Config) Validate() error {
 	s := &c.Server
 	port("server.fl_server_port", s.FLServerPort)
 	ip("server.server_ip", s.ServerIP)
+	if ip := net.ParseIP(s.ServerIP); ip != nil && ip.IsUnspecified() {
+		bad("server.server_ip", "must be an address peers can dial, not %s; bind all interfaces with bind_ip", s.ServerIP)
+	}
+	if s.BindIP != "" {
+		ip("server.bind_ip", s.BindIP)
+	}
 	if s.LocalServerNum != -1 && (s.LocalServerNum < 1 || s.LocalServerNum > cl.ServerNum) {
 		bad("server.local_server_num", "must be -1 (= server_num) or in 1..server_num (%d), got %d", cl.ServerNum, s.LocalServerNum)
 	}

@@ -164,6 +164,7 @@ func Bind(fs *flag.FlagSet, c *Config, role Role) {
 	fs.Var(&cl.MaxFrameSize, "max_frame_size", "largest cluster TCP frame (e.g. 256MiB)")
 	fs.IntVar(&s.FLServerPort, "fl_server_port", s.FLServerPort, "device HTTP port (the i-th local server uses +i)")
 	fs.StringVar(&s.ServerIP, "server_ip", s.ServerIP, "address devices and peers use to reach this server")
+	fs.StringVar(&s.BindIP, "bind_ip", s.BindIP, "address the server binds, when not server_ip (e.g. 0.0.0.0 in a container)")
 	fs.IntVar(&s.LocalServerNum, "local_server_num", s.LocalServerNum, "servers launched on this host (-1: server_num)")
 	fs.StringVar(&s.HTTPURLPrefix, "http_url_prefix", s.HTTPURLPrefix, "prefix of every device URL")
 	fs.Var(&s.MaxBodySize, "max_body_size", "largest device request body (e.g. 100MiB)")

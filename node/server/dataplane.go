@@ -14,7 +14,6 @@ import (
 	"github.com/fedcluster/fedcluster/node/modelstore"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
-	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
 // plane is the server's data plane: the iteration it serves, the stored
@@ -35,9 +34,6 @@ type plane struct {
 	plan        ctl.Plan
 	partials    map[uint64]*partial
 	free        []agg.Accumulator // accumulators of finished iterations, for reuse
-
-	blocksMu sync.Mutex
-	blocks   map[uint64]*flmsg.ModelBlock // serialized stored models, by iteration
 
 	rounds roundTable // all-reduce message inboxes
 	peers  peerConns
@@ -66,7 +62,6 @@ func newPlane(s *Server) (*plane, error) {
 		plan: ctl.Plan{FLIterationNum: s.cfg.FL.FLIterationNum, ClientEpochNum: s.cfg.FL.ClientEpochNum,
 			ClientBatchSize: s.cfg.FL.ClientBatchSize, ClientLearningRate: s.cfg.FL.ClientLearningRate},
 		partials: make(map[uint64]*partial),
-		blocks:   make(map[uint64]*flmsg.ModelBlock),
 	}
 	p.index = make(map[string]int, len(p.layout.Params))
 	for i, q := range p.layout.Params {
@@ -255,30 +250,6 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.dropPartialsLocked(ni.Completed)
 	p.changed.Broadcast()
 	p.mu.Unlock()
-	p.pruneBlocks()
-}
-
-// block returns the serialized form of stored model it (built once).
-func (p *plane) block(it uint64, m *model.Model) *flmsg.ModelBlock {
-	p.blocksMu.Lock()
-	defer p.blocksMu.Unlock()
-	if b := p.blocks[it]; b != nil {
-		return b
-	}
-	b := &flmsg.ModelBlock{}
-	b.Set(m)
-	p.blocks[it] = b
-	return b
-}
-
-func (p *plane) pruneBlocks() {
-	p.blocksMu.Lock()
-	defer p.blocksMu.Unlock()
-	for it := range p.blocks {
-		if !p.store.Has(it) {
-			delete(p.blocks, it)
-		}
-	}
 }
 
 // fetchFromPeers asks the other servers for stored model it, checking its
@@ -360,9 +331,6 @@ func (p *plane) align(current uint64) {
 	gone, err := p.store.Truncate(current)
 	p.s.logger().Warn("removed checkpoints of iterations the cluster has not reached: they belong to an earlier run",
 		zap.Uint64("cluster_iteration", current), zap.Uint64s("removed", gone), zap.Error(err))
-	p.blocksMu.Lock()
-	clear(p.blocks)
-	p.blocksMu.Unlock()
 }
 
 // catchUp makes a server that restarted or fell behind hold the model the

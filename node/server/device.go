@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -68,7 +69,13 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		}
 		ctx.SetBody(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: code, Reason: reason, Iteration: int32(it), NextReqTime: nr}))
 	}
-	req, err := flmsg.DecodeRequestFLJob(ctx.PostBody())
+	body, buf, err := readSmall(ctx)
+	defer releaseSmall(buf)
+	if err != nil {
+		s.bodyError(ctx, err)
+		return
+	}
+	req, err := flmsg.DecodeRequestFLJob(body)
 	if err != nil {
 		s.count("startFLJob", "schema")
 		reply(flmsg.RequestError, flmsg.Reason(err), st.iteration, 0)
@@ -121,16 +128,30 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	it, m := s.plane.store.Latest()
 	st = s.plane.state()
 	s.count("startFLJob", "succeed")
-	ctx.SetBody(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
-		Retcode:     flmsg.Succeed,
-		Reason:      flmsg.ReasonStartFLJobSuccess,
-		Iteration:   int32(a.Iteration),
-		IsSelected:  true,
-		NextReqTime: s.nextReq(a.NextReqTime),
-		Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(st.plan.FLIterationNum),
-			Epochs: int32(st.plan.ClientEpochNum), MiniBatch: int32(st.plan.ClientBatchSize), LR: float32(st.plan.ClientLearningRate)},
-		Block: s.plane.block(it, m),
+	pl := st.plan
+	key := respKey{kind: 1, iteration: a.Iteration, modelIter: it, nextReqTime: a.NextReqTime,
+		plan: [4]float64{float64(pl.FLIterationNum), float64(pl.ClientEpochNum), float64(pl.ClientBatchSize), pl.ClientLearningRate}}
+	ctx.Response.SetBodyRaw(s.startCache.get(key, func(b *flatbuffers.Builder) []byte {
+		return flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
+			Retcode:     flmsg.Succeed,
+			Reason:      flmsg.ReasonStartFLJobSuccess,
+			Iteration:   int32(a.Iteration),
+			IsSelected:  true,
+			NextReqTime: s.nextReq(a.NextReqTime),
+			Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(pl.FLIterationNum),
+				Epochs: int32(pl.ClientEpochNum), MiniBatch: int32(pl.ClientBatchSize), LR: float32(pl.ClientLearningRate)},
+			Model: m,
+		})
 	}))
+}
+
+// bodyError answers a body that could not be read.
+func (s *Server) bodyError(ctx *fasthttp.RequestCtx, err error) {
+	if errors.Is(err, errBodyTooLarge) {
+		writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": err.Error()})
+		return
+	}
+	writeJSON(ctx, fasthttp.StatusBadRequest, map[string]any{"code": 1, "error_message": err.Error()})
 }
 
 func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
@@ -144,7 +165,13 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		}
 		ctx.SetBody(flmsg.BuildResponseUpdateModel(b, &flmsg.UpdateModelReply{Retcode: code, Reason: reason, NextReqTime: nr}))
 	}
-	req, err := flmsg.DecodeRequestUpdateModel(ctx.PostBody())
+	body, release, err := s.uploads.read(ctx, int(s.cfg.Server.MaxBodySize))
+	if err != nil {
+		s.bodyError(ctx, err)
+		return
+	}
+	defer release()
+	req, err := flmsg.DecodeRequestUpdateModel(body)
 	if err != nil {
 		s.count("updateModel", "schema")
 		reply(flmsg.RequestError, flmsg.Reason(err), 0)
@@ -250,10 +277,17 @@ func (s *Server) validateUpdate(fms flmsg.FeatureMaps) string {
 }
 
 // finite reports whether every little-endian float32 in raw is finite: the
-// exponent bits of NaN and ±Inf are all ones.
+// exponent bits of NaN and ±Inf are all ones. Two floats per step.
 func finite(raw []byte) bool {
-	for i := 0; i+4 <= len(raw); i += 4 {
-		if raw[i+3]&0x7f == 0x7f && raw[i+2]&0x80 == 0x80 {
+	i := 0
+	for ; i+8 <= len(raw); i += 8 {
+		v := binary.LittleEndian.Uint64(raw[i:])
+		if v&0x7f800000 == 0x7f800000 || v&(0x7f800000<<32) == 0x7f800000<<32 {
+			return false
+		}
+	}
+	for ; i+4 <= len(raw); i += 4 {
+		if binary.LittleEndian.Uint32(raw[i:])&0x7f800000 == 0x7f800000 {
 			return false
 		}
 	}
@@ -264,7 +298,13 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 	st := s.plane.state()
 	b := builders.Get().(*flatbuffers.Builder)
 	defer builders.Put(b)
-	req, err := flmsg.DecodeRequestGetModel(ctx.PostBody())
+	body, buf, err := readSmall(ctx)
+	defer releaseSmall(buf)
+	if err != nil {
+		s.bodyError(ctx, err)
+		return
+	}
+	req, err := flmsg.DecodeRequestGetModel(body)
 	if err != nil {
 		s.count("getModel", "schema")
 		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.RequestError, Reason: flmsg.Reason(err), Iteration: int32(st.iteration)}))
@@ -291,6 +331,9 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 		it, m = want, got
 	}
 	s.count("getModel", "succeed")
-	ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
-		Iteration: int32(st.iteration), Block: s.plane.block(it, m), Timestamp: s.nextReq(st.nextReqTime)}))
+	key := respKey{kind: 2, iteration: st.iteration, modelIter: it, nextReqTime: st.nextReqTime}
+	ctx.Response.SetBodyRaw(s.getCache.get(key, func(b *flatbuffers.Builder) []byte {
+		return flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
+			Iteration: int32(st.iteration), Model: m, Timestamp: s.nextReq(st.nextReqTime)})
+	}))
 }

@@ -13,6 +13,7 @@ func (s *Server) newHTTP() *fasthttp.Server {
 	return &fasthttp.Server{
 		Name:               "fedcluster",
 		MaxRequestBodySize: int(s.cfg.Server.MaxBodySize),
+		StreamRequestBody:  true,
 		ReadTimeout:        60 * time.Second,
 		WriteTimeout:       60 * time.Second,
 		IdleTimeout:        120 * time.Second,

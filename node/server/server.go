@@ -39,6 +39,10 @@ type Server struct {
 	httpLn  net.Listener
 	plane   *plane
 	metrics *metrics
+	uploads *uploads
+	// startCache and getModelCache hold the responses every device gets.
+	startCache respCache
+	getCache   respCache
 
 	mu         sync.Mutex
 	rank       int
@@ -76,7 +80,11 @@ func (s *Server) logger() *zap.Logger { return s.log.Load() }
 // Start binds the device HTTP port and the peer port, then joins the
 // cluster in the background (retrying until the scheduler answers).
 func (s *Server) Start() error {
-	httpAddr := net.JoinHostPort(s.cfg.Server.ServerIP, strconv.Itoa(s.cfg.Server.FLServerPort))
+	bind := s.cfg.Server.BindIP
+	if bind == "" {
+		bind = s.cfg.Server.ServerIP
+	}
+	httpAddr := net.JoinHostPort(bind, strconv.Itoa(s.cfg.Server.FLServerPort))
 	ln, err := net.Listen("tcp", httpAddr)
 	if err != nil {
 		return fmt.Errorf("cannot listen on fl_server_port %s: %w", httpAddr, err)
@@ -87,13 +95,14 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.metrics = newMetrics(s)
+	s.uploads = newUploads()
 	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s})
 	if err != nil {
 		ln.Close()
 		return err
 	}
 	s.tr = tr
-	if err := tr.Listen(net.JoinHostPort(s.cfg.Server.ServerIP, "0"), false); err != nil {
+	if err := tr.Listen(net.JoinHostPort(bind, "0"), false); err != nil {
 		ln.Close()
 		tr.Close()
 		return err
@@ -114,8 +123,20 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// HTTPAddr is the device HTTP address.
-func (s *Server) HTTPAddr() string { return s.httpLn.Addr().String() }
+// HTTPAddr is the device HTTP address as devices reach it.
+func (s *Server) HTTPAddr() string { return s.advertise(s.httpLn.Addr().String()) }
+
+// PeerAddr is the cluster TCP address as peers reach it.
+func (s *Server) PeerAddr() string { return s.advertise(s.tr.Addr()) }
+
+// advertise puts server_ip in front of a bound address's port.
+func (s *Server) advertise(bound string) string {
+	_, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	return net.JoinHostPort(s.cfg.Server.ServerIP, port)
+}
 
 // ScaledIn is closed once the scheduler has scaled this server in.
 func (s *Server) ScaledIn() <-chan struct{} { return s.scaledInCh }
@@ -195,7 +216,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	defer cancel()
 	body, err := c.Call(ctx, ctl.KindRegister, ctl.Encode(ctl.Register{
 		NodeID:    s.nodeID,
-		PeerAddr:  s.tr.Addr(),
+		PeerAddr:  s.PeerAddr(),
 		HTTPAddr:  s.HTTPAddr(),
 		PID:       os.Getpid(),
 		Iteration: s.plane.state().iteration,

@@ -1,0 +1,141 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/valyala/fasthttp"
+)
+
+// Request bodies are streamed (fasthttp's StreamRequestBody) and read into
+// buffers the server owns, so memory does not grow with the number of
+// devices uploading at once: at most uploadSlots updates are held in
+// memory, each in a reused buffer; further uploads wait in their TCP
+// connections. Small requests (startFLJob, getModel) use small pooled
+// buffers.
+
+// smallBodyLimit bounds startFLJob and getModel bodies.
+const smallBodyLimit = 64 << 10
+
+var errBodyTooLarge = errors.New("request body exceeds max_body_size")
+
+// uploads lends the buffers updateModel bodies are read into.
+type uploads struct {
+	slots chan []byte
+}
+
+func newUploads() *uploads {
+	n := runtime.GOMAXPROCS(0) + 1
+	u := &uploads{slots: make(chan []byte, n)}
+	for i := 0; i < n; i++ {
+		u.slots <- nil
+	}
+	return u
+}
+
+// read waits for a slot, reads the whole body into it and returns it with
+// the function that gives the slot back.
+func (u *uploads) read(ctx *fasthttp.RequestCtx, max int) ([]byte, func(), error) {
+	buf := <-u.slots
+	body, err := readBody(ctx, buf[:0], max)
+	release := func() { u.slots <- body[:0] }
+	if err != nil {
+		u.slots <- buf[:0]
+		return nil, nil, err
+	}
+	return body, release, nil
+}
+
+var smallBodies = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// readSmall reads a small body into a pooled buffer; put it back with
+// releaseSmall.
+func readSmall(ctx *fasthttp.RequestCtx) ([]byte, *[]byte, error) {
+	p := smallBodies.Get().(*[]byte)
+	body, err := readBody(ctx, (*p)[:0], smallBodyLimit)
+	*p = body[:0]
+	return body, p, err
+}
+
+func releaseSmall(p *[]byte) {
+	if cap(*p) <= smallBodyLimit {
+		smallBodies.Put(p)
+	}
+}
+
+// readBody appends the request body to dst, refusing more than max bytes.
+func readBody(ctx *fasthttp.RequestCtx, dst []byte, max int) ([]byte, error) {
+	r := ctx.RequestBodyStream()
+	if r == nil { // not streamed (e.g. an in-memory test server)
+		b := ctx.PostBody()
+		if len(b) > max {
+			return dst, errBodyTooLarge
+		}
+		return append(dst, b...), nil
+	}
+	if n := ctx.Request.Header.ContentLength(); n > 0 {
+		if n > max {
+			return dst, errBodyTooLarge
+		}
+		if cap(dst) < n {
+			dst = make([]byte, 0, n)
+		}
+		dst = dst[:n]
+		if _, err := io.ReadFull(r, dst); err != nil {
+			return dst[:0], fmt.Errorf("cannot read request body: %w", err)
+		}
+		return dst, nil
+	}
+	// Chunked or unknown length: read until EOF, bounded.
+	for {
+		if len(dst) == cap(dst) {
+			dst = append(dst, 0)[:len(dst)]
+		}
+		n, err := r.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		if len(dst) > max {
+			return dst[:0], errBodyTooLarge
+		}
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst[:0], fmt.Errorf("cannot read request body: %w", err)
+		}
+	}
+}
+
+// respKey identifies a response that is the same for every device asking
+// while the key holds.
+type respKey struct {
+	kind        uint8 // 1 startFLJob, 2 getModel
+	iteration   uint64
+	modelIter   uint64
+	nextReqTime int64
+	plan        [4]float64
+}
+
+// respCache keeps the last built response of one kind: between two changes
+// of its key (an iteration switch, a round's first count) every device gets
+// the same bytes, served without copying (SetBodyRaw).
+type respCache struct {
+	mu   sync.Mutex
+	key  respKey
+	body []byte
+}
+
+func (c *respCache) get(key respKey, build func(b *flatbuffers.Builder) []byte) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.body == nil || c.key != key {
+		b := builders.Get().(*flatbuffers.Builder)
+		c.body = append([]byte(nil), build(b)...)
+		builders.Put(b)
+		c.key = key
+	}
+	return c.body
+}

@@ -5,7 +5,8 @@ BIN       := bin/fedcluster
 CUDA_DIR  ?= $(CURDIR)/.cache/cuda
 PKGS      := ./...
 
-.PHONY: all build build-cuda test test-race test-purego vet vet-cuda check-generated demo bench soak gpu-check fuzz clean
+.PHONY: all build build-cuda test test-race test-purego vet vet-cuda check-generated wire-gen demo bench bench-heavy soak gpu-check fuzz \
+	docker docker-gpu test-deploy test-compose k8s-validate clean
 
 all: build
 
@@ -42,25 +43,55 @@ check-generated:
 	./scripts/gen-wire.sh
 	git diff --exit-code -- native wire
 
+## wire-gen: regenerate wire/fbs from wire/schema with flatc 2.0.8 (Debian's flatbuffers-compiler)
+wire-gen:
+	./scripts/gen-wire.sh
+
 ## demo: a real local cluster training LeNet on MNIST with simulated devices
 demo: build
 	./$(BIN) demo
 
 ## bench: kernel and system benchmarks (long; see bench/RESULTS.md)
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./native/ ./bench/
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 -timeout 60m ./native/ ./wire/flmsg/ ./node/iteration/ ./bench/
 
-## soak: long multi-process fault scenarios
+## bench-heavy: adds the 10M-parameter model and 1,024-device cases
+bench-heavy: build
+	FEDCLUSTER_BENCH_HEAVY=1 $(GO) test -run '^$$' -bench 'DeviceCycle' -benchtime 2x -timeout 60m ./bench/
+
+## soak: the fault scenarios (scaling, kill -9, partitions) over 200 iterations each
 soak: build
-	FEDCLUSTER_SOAK=1 $(GO) test -count=1 -timeout 60m -run Soak ./cmd/fedcluster/
+	FEDCLUSTER_FAULT_ITERATIONS=200 $(GO) test -count=1 -v -timeout 60m -run 'TestScaleOutAndIn|TestKill|TestPartitioned' ./cmd/fedcluster/
 
 ## gpu-check: build the CUDA test binary and the script to run on a GPU machine
 gpu-check:
 	./scripts/gpu-check.sh build
 
-## fuzz: run every fuzz target briefly
+## fuzz: run every fuzz target briefly (FUZZTIME=20s each)
+FUZZTIME ?= 20s
+FUZZPKGS := ./wire/frame/ ./wire/peer/ ./wire/flmsg/ ./wire/safetensors/ ./native/
 fuzz:
-	@for t in $$($(GO) test -list 'Fuzz.*' ./wire/frame/ | grep ^Fuzz); do $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime 20s ./wire/frame/; done
+	@set -e; for p in $(FUZZPKGS); do for t in $$($(GO) test -list 'Fuzz.*' $$p | grep ^Fuzz); do \
+	  echo "== $$p $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p; done; done
+
+## docker: the FROM-scratch CPU image fedcluster:cpu
+docker:
+	./deploy/docker-build.sh
+
+## docker-gpu: the CUDA image fedcluster:gpu (fetches cuda.h into .cache/cuda if needed)
+docker-gpu:
+	./deploy/docker-build-gpu.sh
+
+## test-deploy: the seed's launcher scripts against a real local cluster
+test-deploy: build
+	./deploy/test-scripts.sh
+
+## test-compose: scheduler + 3 servers in containers, kill and restart one
+test-compose:
+	./deploy/test-compose.sh
+
+k8s-validate:
+	./deploy/k8s/validate.sh
 
 clean:
-	rm -rf bin .devcarry
+	rm -rf bin .devcarry .cache/docker-gpu

@@ -25,10 +25,15 @@ import (
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
-const (
-	faultDevices    = 32
-	faultIterations = 20
-)
+const faultDevices = 32
+
+// faultIterations is 20, or FEDCLUSTER_FAULT_ITERATIONS for soak runs.
+var faultIterations = func() uint64 {
+	if n, err := strconv.ParseUint(os.Getenv("FEDCLUSTER_FAULT_ITERATIONS"), 10, 32); err == nil && n > 0 {
+		return n
+	}
+	return 20
+}()
 
 // faultRun is a load run of 32 devices for 20 iterations against a real
 // cluster, with the checks every fault scenario ends with.
@@ -49,7 +54,7 @@ func startFaultRun(t *testing.T, servers, spare int, opts ...func(*local.Options
 		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644)
 	o := local.Options{Binary: binary, Dir: dir, Servers: servers, Args: []string{
 		"--config_file_path=" + cfg,
-		"--start_fl_job_threshold=16", "--fl_iteration_num=" + strconv.Itoa(faultIterations),
+		"--start_fl_job_threshold=16", "--fl_iteration_num=" + strconv.FormatUint(faultIterations, 10),
 		"--start_fl_job_time_window=3000", "--update_model_time_window=3000",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s", "--checkpoint_keep=100",
 	}}
@@ -75,7 +80,7 @@ func startFaultRun(t *testing.T, servers, spare int, opts ...func(*local.Options
 	scfg := sim.DefaultConfig(faultDevices, urls)
 	scfg.Mode = sim.ModeLoad
 	scfg.Evaluate = false
-	runCtx, stopSim := context.WithTimeout(context.Background(), 3*time.Minute)
+	runCtx, stopSim := context.WithTimeout(context.Background(), 3*time.Minute+time.Duration(faultIterations)*time.Second)
 	go func() {
 		defer close(r.done)
 		r.summary, r.simErr = sim.Run(runCtx, scfg)
@@ -151,7 +156,7 @@ func (r *faultRun) finish(live []string) {
 	t.Helper()
 	select {
 	case <-r.done:
-	case <-time.After(3 * time.Minute):
+	case <-time.After(3*time.Minute + time.Duration(faultIterations)*time.Second):
 		t.Fatalf("devices did not finish; state %+v", r.state())
 	}
 	if r.simErr != nil {

@@ -207,7 +207,11 @@ func (p *plane) waitStored(it uint64, d time.Duration) bool {
 }
 
 // nextIteration stores the completed iteration's model (the aggregate, or
-// a copy of the latest when the iteration failed) and moves on.
+// a copy of the latest when the iteration failed) and moves on. A valid
+// iteration's model is only ever the one the cluster agreed on: a server
+// without it (it joined after the all-reduce began) fetches it from a peer,
+// and if none can give it leaves the iteration unstored rather than store
+// another model under its number.
 func (p *plane) nextIteration(ni ctl.NextIteration) {
 	log := p.s.logger()
 	p.mu.Lock()
@@ -225,21 +229,21 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 				pa.mu.Unlock()
 			}
 			if m == nil {
-				fetched, err := p.fetchFromPeers(ni.Completed, ni.SHA256)
-				if err != nil {
-					log.Error("cannot get the aggregated model; serving the previous one", zap.Uint64("iteration", ni.Completed), zap.Error(err))
+				var err error
+				if m, err = p.fetchAggregate(ni.Completed, ni.SHA256); err != nil {
+					log.Error("cannot get the aggregated model from any peer; this iteration stays unstored here", zap.Uint64("iteration", ni.Completed), zap.Error(err))
 				}
-				m = fetched
 			}
-		}
-		if m == nil {
+		} else {
 			_, m = p.store.Latest()
 		}
-		if err := p.store.Put(ni.Completed, m); err != nil {
-			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
-		} else if ni.Valid {
+		switch {
+		case m == nil:
+		case p.store.Put(ni.Completed, m) != nil:
+			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed))
+		case ni.Valid:
 			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
-		} else {
+		default:
 			log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
 		}
 	}
@@ -250,6 +254,25 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.dropPartialsLocked(ni.Completed)
 	p.changed.Broadcast()
 	p.mu.Unlock()
+}
+
+// fetchAggregate gets iteration it's agreed model from a peer, retrying
+// for a short while: the peers receive the same NextIteration at the same
+// moment and may still be storing it.
+func (p *plane) fetchAggregate(it uint64, sha string) (*model.Model, error) {
+	var err error
+	for delay := 5 * time.Millisecond; delay < 2*time.Second; delay *= 2 {
+		var m *model.Model
+		if m, err = p.fetchFromPeers(it, sha); err == nil {
+			return m, nil
+		}
+		select {
+		case <-p.s.stop:
+			return nil, err
+		case <-time.After(delay):
+		}
+	}
+	return nil, err
 }
 
 // fetchFromPeers asks the other servers for stored model it, checking its
@@ -315,10 +338,23 @@ func (p *plane) serveFetch(body []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !ok {
-		return nil, fmt.Errorf("iteration %d is not stored here", it)
+	if ok {
+		return b, nil
 	}
-	return b, nil
+	// An aggregate this server computed but has not stored yet: peers
+	// store it before they serve it.
+	p.mu.Lock()
+	pa := p.partials[it]
+	p.mu.Unlock()
+	if pa != nil {
+		pa.mu.Lock()
+		m, sha := pa.result, pa.sha
+		pa.mu.Unlock()
+		if m != nil {
+			return modelstore.Encode(m, modelstore.Meta{FLName: p.s.cfg.FL.FLName, Iteration: it, SHA256: sha})
+		}
+	}
+	return nil, fmt.Errorf("iteration %d is not stored here", it)
 }
 
 // align drops stored models of iterations the cluster has not reached: the

@@ -1,0 +1,114 @@
+package server
+
+import (
+	"encoding/binary"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/agg"
+)
+
+func TestCheckTimestamp(t *testing.T) {
+	now := time.UnixMilli(1_700_000_000_000)
+	f := func(ts string, legacy bool, want string) {
+		t.Helper()
+		got := checkTimestamp([]byte(ts), now, time.Minute, legacy)
+		if (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Fatalf("checkTimestamp(%q, %v) = %q, want %q", ts, legacy, got, want)
+		}
+	}
+	f(strconv.FormatInt(now.UnixMilli(), 10), false, "")
+	f(strconv.FormatInt(now.Add(-59*time.Second).UnixMilli(), 10), false, "")
+	f(strconv.FormatInt(now.Add(61*time.Second).UnixMilli(), 10), false, "replay_attack_time_diff")
+	f(strconv.FormatInt(now.Add(-61*time.Second).UnixMilli(), 10), false, "differs from the server's clock by 61000 ms")
+	f("2020/11/16/19/18", false, "not epoch milliseconds")
+	f("2020/11/16/19/18", true, "")
+	f("", false, "no timestamp")
+	f("99999999999999999999999", false, "not epoch milliseconds")
+}
+
+func TestFinite(t *testing.T) {
+	f := func(vals []float32, want bool) {
+		t.Helper()
+		raw := make([]byte, 4*len(vals))
+		for i, v := range vals {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
+		if got := finite(raw); got != want {
+			t.Fatalf("finite(%v) = %v", vals, got)
+		}
+	}
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	f(nil, true)
+	f([]float32{0, -0, 1, -1e38, math.MaxFloat32, math.SmallestNonzeroFloat32}, true)
+	for pos := 0; pos < 5; pos++ { // odd and even positions, and the scalar tail
+		for _, bad := range []float32{nan, inf, -inf} {
+			v := []float32{1, 2, 3, 4, 5}
+			v[pos] = bad
+			f(v, false)
+		}
+	}
+}
+
+// TestPartialConcurrentFolds: many goroutines fold into one partial sum at
+// once; the result is exact and waitIdle waits for all of them.
+func TestPartialConcurrentFolds(t *testing.T) {
+	e, err := agg.New("purego")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*stripe + 17
+	acc, err := e.NewAccumulator(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPartial(1, acc)
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(i%7) + 0.5
+	}
+	const devices = 16
+	var wg sync.WaitGroup
+	for d := 0; d < devices; d++ {
+		p.begin()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.fold(0, x, 1)
+			p.end(true, 2, int64(4*n), time.Millisecond)
+		}()
+	}
+	total, folded := p.waitIdle()
+	if total != 2*devices || folded != devices {
+		t.Fatalf("waitIdle = %v, %d", total, folded)
+	}
+	wg.Wait()
+	got := make([]float32, n)
+	acc.Result(got, 0, 1.0/devices)
+	for i := range got {
+		if got[i] != x[i] {
+			t.Fatalf("element %d = %v, want %v", i, got[i], x[i])
+		}
+	}
+}
+
+func TestRespCacheBuildsOncePerKey(t *testing.T) {
+	var c respCache
+	builds := 0
+	build := func(b *flatbuffers.Builder) []byte { builds++; return []byte{byte(builds)} }
+	a := c.get(respKey{kind: 1, iteration: 1}, build)
+	b := c.get(respKey{kind: 1, iteration: 1}, build)
+	if builds != 1 || &a[0] != &b[0] {
+		t.Fatalf("same key built %d times", builds)
+	}
+	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, build)
+	if builds != 2 {
+		t.Fatalf("a changed key was not rebuilt")
+	}
+}

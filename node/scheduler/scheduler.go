@@ -42,6 +42,8 @@ type Scheduler struct {
 	// lastState and announced drive the state-change log lines.
 	lastState string
 	announced bool
+	// pushPending is set while a membership push is scheduled.
+	pushPending bool
 
 	iter     *iteration.Machine
 	joined   map[string]bool // servers the iteration machine counts as members
@@ -196,11 +198,11 @@ func (s *Scheduler) broadcastLocked() {
 	s.dirty = true
 	s.saveLocked(true)
 	view := s.members.View()
-	body := ctl.Encode(view)
-	for id, c := range s.conns {
-		if err := c.Send(ctl.KindMembership, body); err != nil {
-			s.log.Warn("cannot push membership", zap.String("to", id), zap.Error(err))
-		}
+	if !s.pushPending {
+		// Coalesce the pushes of a burst of changes (100 servers registering
+		// at once would otherwise cost 100×100 pushes).
+		s.pushPending = true
+		time.AfterFunc(pushDelay, s.pushMembership)
 	}
 	if prev == 0 || view.ClusterState != s.lastState {
 		s.log.Info("cluster state", zap.String("cluster_state", view.ClusterState), zap.Int("servers", len(view.Members)), zap.Uint64("version", v))
@@ -210,6 +212,27 @@ func (s *Scheduler) broadcastLocked() {
 		}
 	}
 	s.lastState = view.ClusterState
+}
+
+// pushDelay is how long membership changes gather before one push.
+const pushDelay = time.Millisecond
+
+// pushMembership sends the current membership to every connected server.
+func (s *Scheduler) pushMembership() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushPending = false
+	select {
+	case <-s.stop:
+		return
+	default:
+	}
+	body := ctl.Encode(s.members.View())
+	for id, c := range s.conns {
+		if err := c.Send(ctl.KindMembership, body); err != nil {
+			s.log.Warn("cannot push membership", zap.String("to", id), zap.Error(err))
+		}
+	}
 }
 
 // Serve handles the frames servers send.

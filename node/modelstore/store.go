@@ -311,6 +311,12 @@ func (s *Store) writeCheckpoint(iter uint64, m *model.Model, sum string) (err er
 // are dropped. iter must be greater than the latest stored iteration. The
 // store takes ownership of m: the caller must not modify it afterwards.
 func (s *Store) Put(iter uint64, m *model.Model) error {
+	return s.PutSum(iter, m, "")
+}
+
+// PutSum is Put for a caller that already knows m's SHA256 (sum); an empty
+// sum is computed.
+func (s *Store) PutSum(iter uint64, m *model.Model, sum string) error {
 	if m == nil || m.Layout == nil || len(m.Data) != m.Layout.Size {
 		return fmt.Errorf("cannot put iteration %d: model weights do not match its layout", iter)
 	}
@@ -325,7 +331,9 @@ func (s *Store) Put(iter uint64, m *model.Model) error {
 	if iter <= latest {
 		return fmt.Errorf("cannot put iteration %d (latest %d): %w", iter, latest, ErrOutOfOrder)
 	}
-	sum := m.SHA256()
+	if sum == "" {
+		sum = m.SHA256()
+	}
 	if s.opts.Dir != "" {
 		if err := s.writeCheckpoint(iter, m, sum); err != nil {
 			return fmt.Errorf("cannot put iteration %d: %w", iter, err)

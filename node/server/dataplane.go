@@ -219,7 +219,9 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.mu.Unlock()
 	if latest, _ := p.store.Latest(); latest < ni.Completed {
 		var m *model.Model
+		var sum string
 		if ni.Valid {
+			sum = ni.SHA256
 			if pa != nil {
 				pa.waitIdle()
 				pa.mu.Lock()
@@ -239,7 +241,7 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 		}
 		switch {
 		case m == nil:
-		case p.store.Put(ni.Completed, m) != nil:
+		case p.store.PutSum(ni.Completed, m, sum) != nil:
 			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed))
 		case ni.Valid:
 			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))

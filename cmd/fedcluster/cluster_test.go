@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -222,4 +223,26 @@ func consecutiveFree(base, n int) bool {
 		l.Close()
 	}
 	return true
+}
+
+// TestObservability: the scheduler serves Prometheus metrics and its
+// dashboard, every server its own metrics.
+func TestObservability(t *testing.T) {
+	c := startCluster(t, 1)
+	f := func(url, want string) {
+		t.Helper()
+		resp, err := http.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Fatalf("GET %s: %d, body lacks %q:\n%.500s", url, resp.StatusCode, want, b)
+		}
+	}
+	f(c.ManageURL()+"/metrics", `fedcluster_cluster_ready{node_id="20"} 1`)
+	f(c.ManageURL()+"/", "<title>fedcluster</title>")
+	f(c.ManageURL()+"/records", "[")
+	f(c.ServerURL(0)+"/metrics", "fedcluster_iteration{node_id=\"0\"} 1")
 }

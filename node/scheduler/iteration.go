@@ -198,6 +198,8 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected
 	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected
 	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated)
+	s.iterationsTotal.WithLabelValues(res).Inc()
+	s.updatesLost.Add(float64(r.Lost))
 	delete(s.engines, r.Iteration)
 	delete(s.foldMBps, r.Iteration)
 	if err := s.records.Append(&rec); err != nil {

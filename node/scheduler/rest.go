@@ -3,6 +3,7 @@ package scheduler
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -28,6 +29,9 @@ func (e badRequest) Error() string { return e.msg }
 
 func errBad(format string, args ...any) error { return badRequest{fmt.Sprintf(format, args...)} }
 
+// errRaw tells the router a handler answered by itself (HTML, metrics).
+var errRaw = errors.New("answered")
+
 func (s *Scheduler) routes() map[string]route {
 	get := []string{fasthttp.MethodGet}
 	post := []string{fasthttp.MethodPost}
@@ -44,6 +48,8 @@ func (s *Scheduler) routes() map[string]route {
 		"/enableFLS":     {post, s.handleEnable},
 		"/disableFLS":    {post, s.handleDisable},
 		"/records":       {get, s.handleRecords},
+		"/metrics":       {get, s.handleMetrics},
+		"/":              {get, s.handleDashboard},
 	}
 }
 
@@ -78,6 +84,9 @@ func (s *Scheduler) newREST() *fasthttp.Server {
 				return
 			}
 			v, err := r.handle(ctx)
+			if err == errRaw {
+				return // the handler wrote its own answer
+			}
 			if err != nil {
 				writeJSON(ctx, fasthttp.StatusBadRequest, rest.Error{Code: rest.CodeError, ErrorMessage: err.Error()})
 				return
@@ -269,4 +278,14 @@ func (s *Scheduler) handleRecords(ctx *fasthttp.RequestCtx) (any, error) {
 		n = 100
 	}
 	return s.records.Last(n), nil
+}
+
+func (s *Scheduler) handleMetrics(ctx *fasthttp.RequestCtx) (any, error) {
+	s.metrics(ctx)
+	return nil, errRaw
+}
+
+func (s *Scheduler) handleDashboard(ctx *fasthttp.RequestCtx) (any, error) {
+	serveDashboard(ctx)
+	return nil, errRaw
 }

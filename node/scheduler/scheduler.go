@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
@@ -51,7 +52,12 @@ type Scheduler struct {
 	engines  map[uint64]string  // engine reported per iteration, for its record
 	foldMBps map[uint64]float64 // fold throughput reported per iteration
 	dirty    bool               // control state changed since the last persist
-	savedAt  time.Time          // last persist
+	metrics  fasthttp.RequestHandler
+	// iterationsTotal and updatesLost count ended iterations by result and
+	// the acknowledged updates that died with their server.
+	iterationsTotal *prometheus.CounterVec
+	updatesLost     prometheus.Counter
+	savedAt         time.Time // last persist
 	// leaving are servers scaled in while an iteration runs: they stop
 	// admitting devices and leave at the iteration's end, so the updates
 	// they folded still reach the aggregate.
@@ -76,6 +82,11 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		leaving:  make(map[string]bool),
 		stop:     make(chan struct{}),
 	}
+	s.iterationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedcluster_iterations_total", Help: "Ended iterations by result.",
+		ConstLabels: prometheus.Labels{"node_id": nodeID}}, []string{"result"})
+	s.updatesLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_updates_lost_total", Help: "Acknowledged updates missing from their aggregate (their server died).",
+		ConstLabels: prometheus.Labels{"node_id": nodeID}})
+	s.metrics = s.newMetricsHandler()
 	it, err := iteration.NewMachine(iterationConfig(cfg), s.now())
 	if err != nil {
 		return nil, fmt.Errorf("invalid iteration parameters: %w", err)

@@ -15,7 +15,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-CUDA_DIR="${CUDA_DIR:-$root/.cache/cuda-11.8}"
+CUDA_DIR="${CUDA_DIR:-$root/.cache/cuda}" # the Makefile's and .ci/run's folder
 OUT="${GPU_CHECK_DIR:-$root/.devcarry}"
 
 cuda_env() {

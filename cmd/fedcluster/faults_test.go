@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -357,9 +358,9 @@ func TestPartitionedServer(t *testing.T) {
 			}
 			return []string{"--scheduler_port=" + strconv.Itoa(px.port())}
 		}
-		var sched string
-		o.OnPorts = func(scheduler, _ int, _ []int) { sched = "127.0.0.1:" + strconv.Itoa(scheduler) }
-		px = newCutProxy(t, func() string { return sched })
+		var sched atomic.Value
+		o.OnPorts = func(scheduler, _ int, _ []int) { sched.Store("127.0.0.1:" + strconv.Itoa(scheduler)) }
+		px = newCutProxy(t, func() string { return sched.Load().(string) })
 	})
 	r.waitFor("iteration 3", func(s rest.State) bool { return s.Iteration >= 3 })
 	px.cut()

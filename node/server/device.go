@@ -147,6 +147,8 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 
 // bodyError answers a body that could not be read.
 func (s *Server) bodyError(ctx *fasthttp.RequestCtx, err error) {
+	// The rest of the body is not read: answer and close the connection.
+	ctx.SetConnectionClose()
 	if errors.Is(err, errBodyTooLarge) {
 		writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": err.Error()})
 		return

@@ -190,6 +190,11 @@ func TestLaunchAndStop(t *testing.T) {
 		if !strings.Contains(string(log), "Server started successfully.") {
 			t.Fatalf("server_%d/server.log lacks the start line:\n%s", i, log)
 		}
+		for _, line := range strings.Split(strings.TrimSpace(string(log)), "\n") {
+			if !strings.Contains(line, `"node_id": "`+strconv.Itoa(i)+`"`) || !strings.Contains(line, `"rank": `) {
+				t.Fatalf("server_%d log line without its node id and rank: %s", i, line)
+			}
+		}
 	}
 	out = run("stop", "--scheduler_port="+strconv.Itoa(ports[0]))
 	stopped = true

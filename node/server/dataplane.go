@@ -48,7 +48,7 @@ func newPlane(s *Server) (*plane, error) {
 		Dir:      s.cfg.Model.CheckpointDir,
 		FLName:   s.cfg.FL.FLName,
 		Keep:     s.cfg.Model.CheckpointKeep,
-		Logger:   s.base,
+		Logger:   s.logger(),
 		InitFile: s.cfg.Model.InitFile,
 		Seed:     s.cfg.Model.InitSeed,
 	})

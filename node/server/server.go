@@ -30,8 +30,8 @@ const StartedLine = "Server started successfully."
 // Server is one running server. Close stops everything it started.
 type Server struct {
 	cfg    *config.Config
-	base   *zap.Logger
-	log    atomic.Pointer[zap.Logger] // carries node_id and rank
+	log    *zap.Logger  // every line carries node_id and the current rank
+	rankID atomic.Int64 // the rank the log lines carry
 	nodeID string
 
 	tr      *transport.Transport
@@ -65,17 +65,20 @@ type Server struct {
 
 // New prepares a server; Start opens its ports and joins the cluster.
 func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
-	s := &Server{cfg: cfg, base: log.Named("server"), nodeID: nodeID, rank: -1, stop: make(chan struct{}), scaledInCh: make(chan struct{})}
+	s := &Server{cfg: cfg, nodeID: nodeID, rank: -1, stop: make(chan struct{}), scaledInCh: make(chan struct{})}
+	s.rankID.Store(-1)
+	s.log = withIdentity(log.Named("server"), nodeID, &s.rankID)
 	s.faultAllReduceDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_DELAY"))
-	s.setLogger()
 	return s
 }
 
-func (s *Server) setLogger() {
-	s.log.Store(s.base.With(zap.String("node_id", s.nodeID), zap.Int("rank", s.rank)))
+// setRank records a new rank (under s.mu) for the state and the logs.
+func (s *Server) setRank(r int) {
+	s.rank = r
+	s.rankID.Store(int64(r))
 }
 
-func (s *Server) logger() *zap.Logger { return s.log.Load() }
+func (s *Server) logger() *zap.Logger { return s.log }
 
 // Start binds the device HTTP port and the peer port, then joins the
 // cluster in the background (retrying until the scheduler answers).
@@ -230,10 +233,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	}
 	s.mu.Lock()
 	s.sched = c
-	if s.rank != r.Rank {
-		s.rank = r.Rank
-		s.setLogger()
-	}
+	s.setRank(r.Rank)
 	s.mu.Unlock()
 	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership)
@@ -279,8 +279,7 @@ func (s *Server) applyMembership(m ctl.Membership) {
 	s.membership = m
 	for _, mem := range m.Members {
 		if mem.NodeID == s.nodeID && mem.Rank != s.rank && !mem.ScaledIn {
-			s.rank = mem.Rank
-			s.setLogger()
+			s.setRank(mem.Rank)
 		}
 	}
 	announce := !s.started && m.ClusterState == membership.ClusterReady

@@ -10,10 +10,11 @@ package config
 import (
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"strings"
 	"time"
+
+	"github.com/fedcluster/fedcluster/node/iteration"
 )
 
 // Config is the whole configuration of every role. Each role reads the
@@ -160,6 +161,7 @@ func (m Metrics) Enabled() bool { return m.StorageType != 0 }
 // Default is the configuration used when nothing is set: MindSpore's
 // documented values, with windows long enough for real devices.
 func Default() Config {
+	p := iteration.DefaultParams()
 	return Config{
 		Cluster: Cluster{
 			SchedulerIP:         "127.0.0.1",
@@ -181,15 +183,15 @@ func Default() Config {
 		FL: FL{
 			FLName:                    "LeNet",
 			ServerMode:                "FEDERATED_LEARNING",
-			StartFLJobThreshold:       1,
-			StartFLJobTimeWindow:      300000,
-			UpdateModelRatio:          1.0,
-			UpdateModelTimeWindow:     300000,
-			GlobalIterationTimeWindow: 3600000,
-			FLIterationNum:            20,
-			ClientEpochNum:            25,
-			ClientBatchSize:           32,
-			ClientLearningRate:        0.001,
+			StartFLJobThreshold:       p.StartFLJobThreshold,
+			StartFLJobTimeWindow:      p.StartFLJobTimeWindow,
+			UpdateModelRatio:          p.UpdateModelRatio,
+			UpdateModelTimeWindow:     p.UpdateModelTimeWindow,
+			GlobalIterationTimeWindow: p.GlobalIterationTimeWindow,
+			FLIterationNum:            p.FLIterationNum,
+			ClientEpochNum:            p.ClientEpochNum,
+			ClientBatchSize:           p.ClientBatchSize,
+			ClientLearningRate:        p.ClientLearningRate,
 			EncryptType:               "NOT_ENCRYPT",
 			ReplayAttackTimeDiff:      600000,
 			LegacyTimestamps:          "reject",
@@ -292,18 +294,9 @@ func (c *Config) Validate() error {
 		bad("fl.fl_name", "must not be empty")
 	}
 	oneOf("fl.server_mode", f.ServerMode, "FEDERATED_LEARNING")
-	positive("fl.start_fl_job_threshold", int64(f.StartFLJobThreshold))
-	positive("fl.start_fl_job_time_window", f.StartFLJobTimeWindow)
-	if !(f.UpdateModelRatio > 0 && f.UpdateModelRatio <= 1) {
-		bad("fl.update_model_ratio", "must be in (0, 1], got %v", f.UpdateModelRatio)
-	}
-	positive("fl.update_model_time_window", f.UpdateModelTimeWindow)
-	positive("fl.global_iteration_time_window", f.GlobalIterationTimeWindow)
-	positive("fl.fl_iteration_num", int64(f.FLIterationNum))
-	positive("fl.client_epoch_num", int64(f.ClientEpochNum))
-	positive("fl.client_batch_size", int64(f.ClientBatchSize))
-	if !(f.ClientLearningRate > 0) || math.IsInf(f.ClientLearningRate, 0) {
-		bad("fl.client_learning_rate", "must be a positive number, got %v", f.ClientLearningRate)
+	// The round parameters are the iteration machine's: it owns their ranges.
+	if err := f.Params().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("fl: %w", err))
 	}
 	oneOf("fl.encrypt_type", f.EncryptType, "NOT_ENCRYPT")
 	positive("fl.replay_attack_time_diff", f.ReplayAttackTimeDiff)
@@ -336,6 +329,21 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Params are the round and plan parameters as the iteration machine takes them.
+func (f FL) Params() iteration.Params {
+	return iteration.Params{
+		StartFLJobThreshold:       f.StartFLJobThreshold,
+		StartFLJobTimeWindow:      f.StartFLJobTimeWindow,
+		UpdateModelRatio:          f.UpdateModelRatio,
+		UpdateModelTimeWindow:     f.UpdateModelTimeWindow,
+		GlobalIterationTimeWindow: f.GlobalIterationTimeWindow,
+		FLIterationNum:            f.FLIterationNum,
+		ClientEpochNum:            f.ClientEpochNum,
+		ClientBatchSize:           f.ClientBatchSize,
+		ClientLearningRate:        f.ClientLearningRate,
+	}
 }
 
 // LocalCount is the number of servers `launch` starts here.

@@ -72,8 +72,9 @@ func TestErrorsNameTheKey(t *testing.T) {
 	}
 	f([]string{"--server_num=0"}, "cluster.server_num", "1..4096")
 	f([]string{"--scheduler_port=70000"}, "cluster.scheduler_port", "1..65535")
-	f([]string{"--update_model_ratio=1.5"}, "fl.update_model_ratio", "(0, 1]")
-	f([]string{"--start_fl_job_threshold=-1"}, "fl.start_fl_job_threshold")
+	f([]string{"--update_model_ratio=1.5"}, "update_model_ratio", "(0, 1]")
+	f([]string{"--start_fl_job_threshold=-1"}, "start_fl_job_threshold")
+	f([]string{"--client_learning_rate=0"}, "client_learning_rate")
 	f([]string{"--heartbeat_interval=5s", "--heartbeat_timeout=1s"}, "cluster.heartbeat_timeout")
 	f([]string{"--heartbeat_interval=5"}, "heartbeat_interval", "Go duration")
 	f([]string{"--engine=gpu"}, "aggregation.engine", "auto")

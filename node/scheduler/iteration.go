@@ -17,16 +17,7 @@ import (
 // iterationConfig maps the FL section onto the iteration machine's config.
 func iterationConfig(c *config.Config) iteration.Config {
 	ic := iteration.DefaultConfig()
-	f := c.FL
-	ic.StartFLJobThreshold = f.StartFLJobThreshold
-	ic.StartFLJobTimeWindow = f.StartFLJobTimeWindow
-	ic.UpdateModelRatio = f.UpdateModelRatio
-	ic.UpdateModelTimeWindow = f.UpdateModelTimeWindow
-	ic.GlobalIterationTimeWindow = f.GlobalIterationTimeWindow
-	ic.FLIterationNum = f.FLIterationNum
-	ic.ClientEpochNum = f.ClientEpochNum
-	ic.ClientBatchSize = f.ClientBatchSize
-	ic.ClientLearningRate = f.ClientLearningRate
+	ic.Params = c.FL.Params()
 	return ic
 }
 

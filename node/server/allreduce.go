@@ -94,24 +94,15 @@ func (ib *inbox) close() {
 
 // wait blocks until cond holds, the inbox closes or the deadline passes.
 func (ib *inbox) wait(deadline time.Time, cond func() bool) error {
-	timer := time.AfterFunc(time.Until(deadline), func() {
-		ib.mu.Lock()
-		ib.arrived.Broadcast()
-		ib.mu.Unlock()
-	})
-	defer timer.Stop()
 	ib.mu.Lock()
 	defer ib.mu.Unlock()
-	for !cond() {
-		if ib.closed {
-			return fmt.Errorf("all-reduce attempt superseded")
-		}
-		if !time.Now().Before(deadline) {
-			return fmt.Errorf("all-reduce timed out")
-		}
-		ib.arrived.Wait()
+	switch {
+	case waitFor(ib.arrived, deadline, func() bool { return ib.closed || cond() }) && !ib.closed:
+		return nil
+	case ib.closed:
+		return fmt.Errorf("all-reduce attempt superseded")
 	}
-	return nil
+	return fmt.Errorf("all-reduce timed out")
 }
 
 // peerConns caches the links to other servers.

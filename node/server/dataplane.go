@@ -168,19 +168,9 @@ func (p *plane) state() snapshot {
 // scheduler may admit a device for the next iteration while this server is
 // still storing the previous one.
 func (p *plane) waitIteration(it uint64, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	timer := time.AfterFunc(d, func() {
-		p.mu.Lock()
-		p.changed.Broadcast()
-		p.mu.Unlock()
-	})
-	defer timer.Stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for p.iteration < it && time.Now().Before(deadline) {
-		p.changed.Wait()
-	}
-	return p.iteration >= it
+	return waitFor(p.changed, time.Now().Add(d), func() bool { return p.iteration >= it })
 }
 
 // waitStored waits (bounded) until model it is stored: getModel holds a
@@ -188,22 +178,34 @@ func (p *plane) waitIteration(it uint64, d time.Duration) bool {
 // SucNotReady at once, so the device learns the new model within the
 // switch time rather than its next poll.
 func (p *plane) waitStored(it uint64, d time.Duration) bool {
-	if p.store.Has(it) || d <= 0 {
-		return p.store.Has(it)
-	}
-	deadline := time.Now().Add(d)
-	timer := time.AfterFunc(d, func() {
-		p.mu.Lock()
-		p.changed.Broadcast()
-		p.mu.Unlock()
-	})
-	defer timer.Stop()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for !p.store.Has(it) && time.Now().Before(deadline) && p.iteration <= it {
-		p.changed.Wait()
-	}
+	// Stop waiting too once the server has moved past it without storing
+	// it (it missed that iteration): the latest model is served then.
+	waitFor(p.changed, time.Now().Add(d), func() bool { return p.store.Has(it) || p.iteration > it })
 	return p.store.Has(it)
+}
+
+// waitFor waits on c, whose lock the caller holds, until done reports true
+// or the deadline passes, and returns done's last answer. A sync.Cond has
+// no timeout, so a timer wakes the waiters at the deadline.
+func waitFor(c *sync.Cond, deadline time.Time, done func() bool) bool {
+	if done() {
+		return true
+	}
+	timer := time.AfterFunc(time.Until(deadline), func() {
+		c.L.Lock()
+		c.Broadcast()
+		c.L.Unlock()
+	})
+	defer timer.Stop()
+	for !done() {
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		c.Wait()
+	}
+	return true
 }
 
 // nextIteration stores the completed iteration's model (the aggregate, or

@@ -108,7 +108,28 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		c.Stop()
 		return nil, err
 	}
+	// The scheduler is ready once all have registered; each server is once
+	// it has its iteration and membership.
+	for i := range c.ServerPorts {
+		if err := c.WaitServerReady(ctx, i); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// WaitServerReady polls server i's /status until it reports a ready cluster.
+func (c *Cluster) WaitServerReady(ctx context.Context, i int) error {
+	return Poll(ctx, func() (bool, error) {
+		var st struct {
+			ClusterState string `json:"cluster_state"`
+		}
+		if err := GetJSON(ctx, c.ServerURL(i)+"/status", &st); err != nil {
+			return false, nil
+		}
+		return st.ClusterState == "CLUSTER_READY", nil
+	})
 }
 
 func (c *Cluster) common() []string {

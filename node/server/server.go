@@ -236,10 +236,13 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	s.setRank(r.Rank)
 	s.mu.Unlock()
 	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
-	s.applyMembership(r.Membership)
+	// Model and iteration first, membership last: once the membership says
+	// the cluster is ready (and "Server started successfully." is logged),
+	// the server can answer devices.
 	s.plane.align(r.Iteration.Iteration)
 	s.plane.catchUp(r.Iteration.Iteration)
 	s.plane.setState(r.Iteration, true)
+	s.applyMembership(r.Membership)
 	return nil
 }
 
@@ -282,7 +285,8 @@ func (s *Server) applyMembership(m ctl.Membership) {
 			s.setRank(mem.Rank)
 		}
 	}
-	announce := !s.started && m.ClusterState == membership.ClusterReady
+	// Announce only once the iteration is known too: then devices can be served.
+	announce := !s.started && m.ClusterState == membership.ClusterReady && s.plane.state().ready
 	if announce {
 		s.started = true
 	}
@@ -370,7 +374,11 @@ func (s *Server) status() Status {
 	st := s.plane.state()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: s.membership.ClusterState, Iteration: st.iteration, ModelSHA256: sum, ModelIteration: it, Engine: s.plane.engine.Name(), Instance: st.instance}
+	state := s.membership.ClusterState
+	if !s.started {
+		state = membership.ClusterStarting // not serving devices yet
+	}
+	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: state, Iteration: st.iteration, ModelSHA256: sum, ModelIteration: it, Engine: s.plane.engine.Name(), Instance: st.instance}
 }
 
 // members returns the servers of the cluster as last pushed.

@@ -24,6 +24,10 @@ import (
 // the model twice; and since every chunk is computed once, by its owner,
 // all servers end with bit-identical weights.
 
+// partialPiece is how many elements of our own partial sum are converted
+// at a time into the chunk we reduce.
+const partialPiece = 32 << 10
+
 type roundKey struct {
 	iteration uint64
 	attempt   uint32
@@ -197,15 +201,31 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	if err := ib.wait(deadline, func() bool { return len(ib.partials) == P-1 }); err != nil {
 		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
 	}
+	out := model.New(p.layout)
+	mine := out.Data[off : off+cnt]
+	total := n
+	if P == 1 {
+		if total <= 0 {
+			return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
+		}
+		pa.acc.Result(mine, off, 1/total)
+		return out, total, nil
+	}
 	sum, err := p.engine.NewAccumulator(cnt)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer sum.Close()
-	// Sum in sender order so the result does not depend on arrival order.
-	total := n
-	if err := sum.AddPartial(0, pa.acc.AppendPartial(nil, off, cnt)); err != nil {
-		return nil, 0, err
+	// Our own partial first, through a small buffer, then the peers' in
+	// sender order: one owner computes each chunk, so the order only has
+	// to be fixed, not shared.
+	buf := make([]byte, 0, 8*partialPiece)
+	for o := 0; o < cnt; o += partialPiece {
+		k := min(partialPiece, cnt-o)
+		buf = pa.acc.AppendPartial(buf[:0], off+o, k)
+		if err := sum.AddPartial(o, buf); err != nil {
+			return nil, 0, err
+		}
 	}
 	ib.mu.Lock()
 	for from := 0; from < P; from++ {
@@ -222,8 +242,6 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	if total <= 0 {
 		return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
 	}
-	out := model.New(p.layout)
-	mine := out.Data[off : off+cnt]
 	sum.Result(mine, 0, 1/total)
 	// All-gather: send our finished chunk to everyone.
 	chunk := peer.AppendHeader(make([]byte, 0, peer.HeaderSize+4*cnt), peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(me), Offset: uint64(off), Count: uint64(cnt), N: total})

@@ -128,13 +128,14 @@ type respCache struct {
 	body []byte
 }
 
-func (c *respCache) get(key respKey, build func(b *flatbuffers.Builder) []byte) []byte {
+func (c *respCache) get(key respKey, size int, build func(b *flatbuffers.Builder) []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.body == nil || c.key != key {
-		b := builders.Get().(*flatbuffers.Builder)
-		c.body = append([]byte(nil), build(b)...)
-		builders.Put(b)
+		// A builder of its own, sized for the model, whose bytes become the
+		// cached body: responses still being written keep the old body alive
+		// and unchanged, and no second copy is made.
+		c.body = build(flatbuffers.NewBuilder(size))
 		c.key = key
 	}
 	return c.body

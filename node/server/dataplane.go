@@ -115,6 +115,20 @@ func (p *plane) partialForLocked(it uint64) (*partial, error) {
 	return pa, nil
 }
 
+// responseSize is a model response's size: the floats, and per parameter
+// its table, name and vector headers.
+func (p *plane) responseSize() int {
+	n := 4*p.layout.Size + 512
+	for _, q := range p.layout.Params {
+		n += 64 + len(q.Name)
+	}
+	return n
+}
+
+// spareAccBytes bounds the accumulator kept for the next iteration: a
+// small one saves an allocation per iteration, a large one is memory.
+const spareAccBytes = 64 << 20
+
 // dropPartialsLocked recycles the partial sums of iterations up to it.
 func (p *plane) dropPartialsLocked(upTo uint64) {
 	for it, pa := range p.partials {
@@ -123,7 +137,11 @@ func (p *plane) dropPartialsLocked(upTo uint64) {
 			p.free = append(p.free, pa.acc)
 		}
 	}
-	for len(p.free) > 1 {
+	keep := 1
+	if 8*p.layout.Size > spareAccBytes {
+		keep = 0
+	}
+	for len(p.free) > keep {
 		n := len(p.free)
 		p.free[n-1].Close()
 		p.free = p.free[:n-1]

@@ -131,7 +131,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	pl := st.plan
 	key := respKey{kind: 1, iteration: a.Iteration, modelIter: it, nextReqTime: a.NextReqTime,
 		plan: [4]float64{float64(pl.FLIterationNum), float64(pl.ClientEpochNum), float64(pl.ClientBatchSize), pl.ClientLearningRate}}
-	ctx.Response.SetBodyRaw(s.startCache.get(key, func(b *flatbuffers.Builder) []byte {
+	ctx.Response.SetBodyRaw(s.startCache.get(key, s.plane.responseSize(), func(b *flatbuffers.Builder) []byte {
 		return flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
 			Retcode:     flmsg.Succeed,
 			Reason:      flmsg.ReasonStartFLJobSuccess,
@@ -334,7 +334,7 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 	}
 	s.count("getModel", "succeed")
 	key := respKey{kind: 2, iteration: st.iteration, modelIter: it, nextReqTime: st.nextReqTime}
-	ctx.Response.SetBodyRaw(s.getCache.get(key, func(b *flatbuffers.Builder) []byte {
+	ctx.Response.SetBodyRaw(s.getCache.get(key, s.plane.responseSize(), func(b *flatbuffers.Builder) []byte {
 		return flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
 			Iteration: int32(st.iteration), Model: m, Timestamp: s.nextReq(st.nextReqTime)})
 	}))

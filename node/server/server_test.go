@@ -102,12 +102,12 @@ func TestRespCacheBuildsOncePerKey(t *testing.T) {
 	var c respCache
 	builds := 0
 	build := func(b *flatbuffers.Builder) []byte { builds++; return []byte{byte(builds)} }
-	a := c.get(respKey{kind: 1, iteration: 1}, build)
-	b := c.get(respKey{kind: 1, iteration: 1}, build)
+	a := c.get(respKey{kind: 1, iteration: 1}, 16, build)
+	b := c.get(respKey{kind: 1, iteration: 1}, 16, build)
 	if builds != 1 || &a[0] != &b[0] {
 		t.Fatalf("same key built %d times", builds)
 	}
-	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, build)
+	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, 16, build)
 	if builds != 2 {
 		t.Fatalf("a changed key was not rebuilt")
 	}

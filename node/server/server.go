@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -160,6 +161,9 @@ func (s *Server) Close() error {
 	}
 	if s.tr != nil {
 		errs = append(errs, s.tr.Close())
+	}
+	if s.plane != nil {
+		s.plane.rounds.drop(math.MaxUint64) // wake an all-reduce waiting for peers
 	}
 	s.wg.Wait()
 	if s.plane != nil {

@@ -251,3 +251,31 @@ func TestObservability(t *testing.T) {
 	f(c.ManageURL()+"/records", "[")
 	f(c.ServerURL(0)+"/metrics", "fedcluster_iteration{node_id=\"0\"} 1")
 }
+
+// TestSchedulerAdoptsServerRounds: the seed passes start_fl_job_threshold
+// and friends to run_server only; a scheduler started without them takes
+// the servers'.
+func TestSchedulerAdoptsServerRounds(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: t.TempDir(), Servers: 2,
+		ServerArgs: func(int) []string { return []string{"--start_fl_job_threshold=8", "--fl_iteration_num=7", "--client_learning_rate=0.05"} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Stop()
+	var q struct {
+		Code   int `json:"code"`
+		Result struct {
+			Threshold  int     `json:"start_fl_job_threshold"`
+			Iterations int     `json:"fl_iteration_num"`
+			LR         float64 `json:"client_learning_rate"`
+		} `json:"result"`
+	}
+	if err := local.GetJSON(ctx, c.ManageURL()+"/queryInstance", &q); err != nil {
+		t.Fatal(err)
+	}
+	if q.Code != 0 || q.Result.Threshold != 8 || q.Result.Iterations != 7 || q.Result.LR != 0.05 {
+		t.Fatalf("/queryInstance %+v: the scheduler did not adopt the servers' round parameters", q)
+	}
+}

@@ -58,6 +58,10 @@ type Scheduler struct {
 	iterationsTotal *prometheus.CounterVec
 	updatesLost     prometheus.Counter
 	savedAt         time.Time // last persist
+	// adoptRounds is set when the scheduler was given no round parameters
+	// (they equal the defaults): it takes those of the first server that
+	// registers, as the seed passes them to the servers only.
+	adoptRounds bool
 	// leaving are servers scaled in while an iteration runs: they stop
 	// admitting devices and leave at the iteration's end, so the updates
 	// they folded still reach the aggregate.
@@ -92,6 +96,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		return nil, fmt.Errorf("invalid iteration parameters: %w", err)
 	}
 	s.iter = it
+	s.adoptRounds = cfg.FL.Params() == config.Default().FL.Params()
 	if err := s.restore(); err != nil {
 		return nil, err
 	}
@@ -307,10 +312,36 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.conns[r.NodeID] = c
 	c.Value.Store(r.NodeID)
+	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
 	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked()}
 	s.broadcastLocked()
 	return ctl.Encode(reply), nil
+}
+
+// adoptRoundsLocked takes the round parameters of the first server to
+// register when the scheduler was started without any, before the first
+// iteration has started; later differences are logged.
+func (s *Scheduler) adoptRoundsLocked(r ctl.Register) {
+	if r.Rounds == nil {
+		return
+	}
+	p := iteration.Params(*r.Rounds)
+	if p == s.iter.Query() {
+		return
+	}
+	if !s.adoptRounds || s.iter.Iteration() != 1 || s.iter.Status().Phase != iteration.PhaseWaiting {
+		s.log.Warn("server started with other round parameters than the scheduler's; the scheduler's apply",
+			zap.String("node", r.NodeID), zap.Any("server", p), zap.Any("scheduler", s.iter.Query()))
+		return
+	}
+	if err := s.iter.NewInstance(s.now(), p); err != nil {
+		s.log.Warn("cannot adopt the server's round parameters", zap.String("node", r.NodeID), zap.Error(err))
+		return
+	}
+	s.adoptRounds = false
+	s.log.Info("adopted the round parameters the servers were started with", zap.String("node", r.NodeID), zap.Any("params", p))
+	s.runActionsLocked()
 }
 
 // Closed forgets a server's connection; its heartbeat timeout decides

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/membership"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
@@ -227,6 +228,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 		HTTPAddr:  s.HTTPAddr(),
 		PID:       os.Getpid(),
 		Iteration: s.plane.state().iteration,
+		Rounds:    roundParams(s.cfg.FL.Params()),
 	}))
 	if err != nil {
 		return fmt.Errorf("cannot register: %w", err)
@@ -390,4 +392,9 @@ func (s *Server) members() []ctl.Member {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return append([]ctl.Member(nil), s.membership.Members...)
+}
+
+func roundParams(p iteration.Params) *ctl.RoundParams {
+	r := ctl.RoundParams(p)
+	return &r
 }

@@ -50,6 +50,23 @@ type Register struct {
 	// scheduler can check it against its persisted state.
 	Iteration uint64 `json:"iteration"`
 	ModelSHA  string `json:"model_sha256,omitempty"`
+	// Rounds are the round parameters the server was started with: the
+	// seed gives start_fl_job_threshold and friends to the servers only, so
+	// a scheduler started without them adopts the servers'.
+	Rounds *RoundParams `json:"rounds,omitempty"`
+}
+
+// RoundParams are MindSpore's round and plan hyper-parameters.
+type RoundParams struct {
+	StartFLJobThreshold       int     `json:"start_fl_job_threshold"`
+	StartFLJobTimeWindow      int64   `json:"start_fl_job_time_window"`
+	UpdateModelRatio          float64 `json:"update_model_ratio"`
+	UpdateModelTimeWindow     int64   `json:"update_model_time_window"`
+	GlobalIterationTimeWindow int64   `json:"global_iteration_time_window"`
+	FLIterationNum            int     `json:"fl_iteration_num"`
+	ClientEpochNum            int     `json:"client_epoch_num"`
+	ClientBatchSize           int     `json:"client_batch_size"`
+	ClientLearningRate        float64 `json:"client_learning_rate"`
 }
 
 // RegisterReply gives the server its rank and the membership.

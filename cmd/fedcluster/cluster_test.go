@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,7 +16,10 @@ import (
 	"testing"
 	"time"
 
+	flatbuffers "github.com/google/flatbuffers/go"
+
 	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
@@ -259,7 +263,9 @@ func TestSchedulerAdoptsServerRounds(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: t.TempDir(), Servers: 2,
-		ServerArgs: func(int) []string { return []string{"--start_fl_job_threshold=8", "--fl_iteration_num=7", "--client_learning_rate=0.05"} }})
+		ServerArgs: func(int) []string {
+			return []string{"--start_fl_job_threshold=8", "--fl_iteration_num=7", "--client_learning_rate=0.05"}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,5 +283,71 @@ func TestSchedulerAdoptsServerRounds(t *testing.T) {
 	}
 	if q.Code != 0 || q.Result.Threshold != 8 || q.Result.Iterations != 7 || q.Result.LR != 0.05 {
 		t.Fatalf("/queryInstance %+v: the scheduler did not adopt the servers' round parameters", q)
+	}
+}
+
+// TestInstanceCommands: disable refuses devices until enabled, and a new
+// instance's hyper-parameters show in /queryInstance.
+func TestInstanceCommands(t *testing.T) {
+	c := startCluster(t, 2, "--start_fl_job_threshold=2", "--fl_iteration_num=3")
+	post := func(path, body string, want int) string {
+		t.Helper()
+		resp, err := http.Post(c.ManageURL()+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("POST %s: %d %s, want %d", path, resp.StatusCode, b, want)
+		}
+		return string(b)
+	}
+	state := func() rest.State {
+		var st rest.State
+		local.GetJSON(context.Background(), c.ManageURL()+"/state", &st)
+		return st
+	}
+	d := &testDevice{t: t, c: c, id: "d", size: 1, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	startJob := func() string {
+		return string(d.post("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: "d", DataSize: 1, Timestamp: now()})))
+	}
+	post("/enableFLS", "", 400) // not disabled
+	post("/disableFLS", "", 200)
+	post("/disableFLS", "", 400)
+	if st := state(); st.ClusterState != "CLUSTER_DISABLE_FLS" || st.Instance != "disable" {
+		t.Fatalf("after /disableFLS: %+v", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Every server learns it: a device is refused with the plain text.
+	if err := local.Poll(ctx, func() (bool, error) { return startJob() == flmsg.BodyJobDisabled, nil }); err != nil {
+		t.Fatalf("devices still admitted while disabled: %v", err)
+	}
+	post("/enableFLS", "", 200)
+	if err := local.Poll(ctx, func() (bool, error) {
+		r, err := flmsg.DecodeResponseFLJob([]byte(startJob()))
+		return err == nil && r.Retcode == flmsg.Succeed, nil
+	}); err != nil {
+		t.Fatalf("devices not admitted after /enableFLS: %v", err)
+	}
+	if !strings.Contains(post("/newInstance", `{"fl_iteration_num": 9, "client_learning_rate": 0.2}`, 200), "Start new instance successful.") {
+		t.Fatal("newInstance message")
+	}
+	post("/newInstance", `{"update_model_ratio": 2}`, 400)
+	post("/newInstance", `{"no_such_key": 1}`, 400)
+	var q struct {
+		Result struct {
+			Iterations int     `json:"fl_iteration_num"`
+			LR         float64 `json:"client_learning_rate"`
+		} `json:"result"`
+	}
+	if err := local.GetJSON(ctx, c.ManageURL()+"/queryInstance", &q); err != nil {
+		t.Fatal(err)
+	}
+	// An iteration is running (one device admitted): the new values apply
+	// from the next one; /queryInstance shows the ones in force.
+	if q.Result.Iterations != 3 {
+		t.Fatalf("/queryInstance during the iteration: %+v", q.Result)
 	}
 }

@@ -189,6 +189,18 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected
 	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected
 	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated)
+	var lossSum float64
+	var losses int
+	for _, l := range s.losses[r.Iteration] {
+		lossSum, losses = lossSum+l.sum, losses+l.n
+	}
+	if losses > 0 && r.Valid {
+		mean := lossSum / float64(losses)
+		rec.Loss = &mean
+		// MindSpore's metricsLoss: Σ upload_loss ÷ the updateModel threshold.
+		rec.MetricsLoss = lossSum / float64(max(r.UpdateThreshold, 1))
+	}
+	delete(s.losses, r.Iteration)
 	s.iterationsTotal.WithLabelValues(res).Inc()
 	s.updatesLost.Add(float64(r.Lost))
 	delete(s.engines, r.Iteration)
@@ -232,6 +244,10 @@ func (s *Scheduler) serveIteration(nodeID string, kind frame.Kind, body []byte) 
 			return nil, err
 		}
 		s.engines[r.Iteration] = r.Engine
+		if s.losses[r.Iteration] == nil {
+			s.losses[r.Iteration] = make(map[string]lossReport)
+		}
+		s.losses[r.Iteration][nodeID] = lossReport{sum: r.LossSum, n: r.Losses}
 		if r.FoldMBps > 0 {
 			s.foldMBps[r.Iteration] = max(s.foldMBps[r.Iteration], r.FoldMBps)
 		}
@@ -302,4 +318,10 @@ func (s *Scheduler) clusterStateLocked() string {
 		return "CLUSTER_DISABLE_FLS"
 	}
 	return s.members.State()
+}
+
+// lossReport is one server's sum of reported training losses.
+type lossReport struct {
+	sum float64
+	n   int
 }

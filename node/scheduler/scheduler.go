@@ -51,8 +51,11 @@ type Scheduler struct {
 	records  *record.Writer
 	engines  map[uint64]string  // engine reported per iteration, for its record
 	foldMBps map[uint64]float64 // fold throughput reported per iteration
-	dirty    bool               // control state changed since the last persist
-	metrics  fasthttp.RequestHandler
+	// losses are the training losses each server reported per iteration
+	// (its last report counts: a new attempt reports again).
+	losses  map[uint64]map[string]lossReport
+	dirty   bool // control state changed since the last persist
+	metrics fasthttp.RequestHandler
 	// iterationsTotal and updatesLost count ended iterations by result and
 	// the acknowledged updates that died with their server.
 	iterationsTotal *prometheus.CounterVec
@@ -83,6 +86,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		joined:   make(map[string]bool),
 		engines:  make(map[uint64]string),
 		foldMBps: make(map[uint64]float64),
+		losses:   make(map[uint64]map[string]lossReport),
 		leaving:  make(map[string]bool),
 		stop:     make(chan struct{}),
 	}

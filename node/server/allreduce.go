@@ -178,7 +178,11 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 	pa.mu.Unlock()
 	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
 		zap.Duration("took", time.Since(start)), zap.String("model_sha256", sha))
-	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name()})
+	pa.mu.Lock()
+	lossSum, losses := pa.lossSum, pa.losses
+	pa.mu.Unlock()
+	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name(),
+		LossSum: lossSum, Losses: losses})
 }
 
 func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, deadline time.Time) (*model.Model, float64, error) {

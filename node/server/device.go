@@ -213,7 +213,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	pa.begin()
 	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: string(req.FLID), Iteration: it})
 	if err != nil || a.Code != ctl.AnswerSucceed {
-		pa.end(false, 0, 0, 0)
+		pa.end(false, 0, 0, 0, 0)
 		switch {
 		case err != nil:
 			s.logger().Warn("cannot count update", zap.Error(err))
@@ -240,7 +240,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		}
 		pa.fold(p.Offset, x, 1)
 	}
-	pa.end(true, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start))
+	pa.end(true, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start), req.UploadLoss)
 	s.count("updateModel", "succeed")
 	reply(flmsg.Succeed, flmsg.ReasonUpdateModelSuccess, a.NextReqTime)
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"sync"
 	"time"
 
@@ -27,6 +28,10 @@ type partial struct {
 	n        float64    // Σ data_size of folded updates
 	folded   int
 	bytes    int64
+	// lossSum and losses: the training loss devices reported with their
+	// updates (≈r1.7 upload_loss), for the iteration's record.
+	lossSum  float64
+	losses   int
 	foldTime time.Duration
 
 	// Aggregation result, kept until NextIteration says it is valid.
@@ -49,13 +54,17 @@ func (p *partial) begin() {
 }
 
 // end closes begin; folded says whether the update went into the sum.
-func (p *partial) end(folded bool, n float64, bytes int64, d time.Duration) {
+func (p *partial) end(folded bool, n float64, bytes int64, d time.Duration, loss float32) {
 	p.mu.Lock()
 	if folded {
 		p.n += n
 		p.folded++
 		p.bytes += bytes
 		p.foldTime += d
+		if loss != 0 && !math.IsNaN(float64(loss)) && !math.IsInf(float64(loss), 0) {
+			p.lossSum += float64(loss)
+			p.losses++
+		}
 	}
 	p.inflight--
 	if p.inflight == 0 {

@@ -81,7 +81,7 @@ func TestPartialConcurrentFolds(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			p.fold(0, x, 1)
-			p.end(true, 2, int64(4*n), time.Millisecond)
+			p.end(true, 2, int64(4*n), time.Millisecond, 0.5)
 		}()
 	}
 	total, folded := p.waitIdle()

@@ -189,6 +189,10 @@ type Aggregated struct {
 	FoldMBps float64 `json:"fold_mbps,omitempty"`
 	// Engine is the aggregation engine that folded (record).
 	Engine string `json:"engine,omitempty"`
+	// LossSum and Losses sum the training losses devices reported with
+	// the updates this server folded (record).
+	LossSum float64 `json:"loss_sum,omitempty"`
+	Losses  int     `json:"losses,omitempty"`
 }
 
 // NextIteration moves servers to Iteration, storing Completed first: the

@@ -5,7 +5,7 @@ BIN       := bin/fedcluster
 CUDA_DIR  ?= $(CURDIR)/.cache/cuda
 PKGS      := ./...
 
-.PHONY: all build build-cuda test test-race test-purego vet vet-cuda check-generated wire-gen demo bench bench-heavy soak gpu-check fuzz \
+.PHONY: all build build-cuda test test-race test-purego vet lint vet-cuda check-generated wire-gen demo bench bench-heavy soak gpu-check fuzz \
 	docker docker-gpu test-deploy test-compose k8s-validate clean
 
 all: build
@@ -31,6 +31,11 @@ test-race:
 
 test-purego:
 	$(GO) test -tags purego -count=1 -timeout 5m ./native/... ./node/agg/...
+
+## lint: staticcheck over the default build
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+lint:
+	$(GO) run $(STATICCHECK) ./...
 
 ## vet-cuda: compile-check the CUDA engine against CUDA 11.8 headers in $(CUDA_DIR)
 vet-cuda:

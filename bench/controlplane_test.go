@@ -24,10 +24,9 @@ import (
 const controlServers = 100
 
 // pushWatch is the servers' side of the control plane: it serves the
-// scheduler's pushes and remembers when each server first saw a membership
-// of at least the version it waits for.
+// scheduler's pushes and remembers when each server saw each membership
+// version.
 type pushWatch struct {
-	want atomic.Uint64 // version waited for; 0 while unknown
 	mu   sync.Mutex
 	seen map[*transport.Conn][]versionAt
 }

@@ -13,12 +13,6 @@ type latencies struct {
 	d  []time.Duration
 }
 
-func (l *latencies) add(d time.Duration) {
-	l.mu.Lock()
-	l.d = append(l.d, d)
-	l.mu.Unlock()
-}
-
 func (l *latencies) addAll(ds []time.Duration) {
 	l.mu.Lock()
 	l.d = append(l.d, ds...)

@@ -189,12 +189,14 @@ func (m *Machine) ScaleOut(k int) error {
 // CheckScaleIn validates a scale-in request without applying it.
 func (m *Machine) CheckScaleIn(ids []string) (map[string]bool, error) {
 	if len(ids) == 0 {
+		//lint:ignore ST1005 MindSpore's exact REST message
 		return nil, fmt.Errorf("The node ids should not be empty.")
 	}
 	remove := make(map[string]bool, len(ids))
 	for _, id := range ids {
 		n, ok := m.nodes[id]
 		if !ok || n.ScaledIn {
+			//lint:ignore ST1005 MindSpore's exact REST message
 			return nil, fmt.Errorf("The node id:%s is illegal.", id)
 		}
 		remove[id] = true

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
@@ -29,7 +30,7 @@ func newMetrics(s *Server) *metrics {
 		func() float64 { return float64(s.plane.state().iteration) })
 	modelIter := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedcluster_model_iteration", Help: "Iteration of the latest stored model.", ConstLabels: labels},
 		func() float64 { it, _ := s.plane.store.Latest(); return float64(it) })
-	reg.MustRegister(m.requests, m.latency, iteration, modelIter, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(m.requests, m.latency, iteration, modelIter, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m
 }

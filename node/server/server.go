@@ -101,7 +101,8 @@ func (s *Server) Start() error {
 	}
 	s.metrics = newMetrics(s)
 	s.uploads = newUploads()
-	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s})
+	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s,
+		Inline: inlineKinds})
 	if err != nil {
 		ln.Close()
 		return err
@@ -209,6 +210,13 @@ func (s *Server) schedulerLoop() {
 			backoff = 3 * time.Second
 		}
 	}
+}
+
+// inlineKinds are served on the event loop: the all-reduce's chunks, and
+// the order to start one, which must not wait behind the previous
+// iteration's checkpoint write on the scheduler link.
+func inlineKinds(k frame.Kind) bool {
+	return k == ctl.KindPartial || k == ctl.KindReduced || k == ctl.KindAggregate
 }
 
 // dialable turns a wildcard bind address into one a client can dial.

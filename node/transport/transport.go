@@ -51,6 +51,11 @@ type Options struct {
 	Logger *zap.Logger
 	// Handler serves inbound frames on every connection.
 	Handler Handler
+	// Inline, when set, says which frame kinds (pushes, never requests) the
+	// handler serves right on the event loop instead of the connection's
+	// goroutine: their handler must be quick and never block. It saves a
+	// goroutine hand-off on latency-critical traffic (the all-reduce).
+	Inline func(frame.Kind) bool
 }
 
 // Transport owns one gnet client (for dialled connections) and optionally
@@ -374,6 +379,12 @@ func (c *Conn) deliver(f frame.Frame) {
 			ch <- reply{err: &RemoteError{Message: e.Message}}
 		} else {
 			ch <- reply{body: f.Body}
+		}
+		return
+	}
+	if inline := c.t.opts.Inline; inline != nil && f.ID == 0 && inline(f.Kind) {
+		if _, err := c.serve(c.t.opts.Handler, f); err != nil {
+			c.t.log.Warn("cannot serve frame", zap.Uint8("kind", uint8(f.Kind)), zap.String("remote", c.remote), zap.Error(err))
 		}
 		return
 	}

@@ -147,3 +147,54 @@ func TestCallFailsWhenPeerCloses(t *testing.T) {
 		t.Fatal("call on a closed connection succeeded")
 	}
 }
+
+const kindSlow frame.Kind = 103
+const kindFast frame.Kind = 104
+
+type blocking struct {
+	release chan struct{}
+	fast    chan struct{}
+}
+
+func (b *blocking) Serve(c *Conn, f frame.Frame) ([]byte, error) {
+	switch f.Kind {
+	case kindSlow:
+		<-b.release
+	case kindFast:
+		close(b.fast)
+	}
+	return nil, nil
+}
+
+func (b *blocking) Closed(*Conn, error) {}
+
+// TestInlineKindsSkipTheQueue: a push of an inline kind is served while the
+// connection's goroutine is still busy with an earlier frame.
+func TestInlineKindsSkipTheQueue(t *testing.T) {
+	h := &blocking{release: make(chan struct{}), fast: make(chan struct{})}
+	srv, err := New(Options{Handler: h, Inline: func(k frame.Kind) bool { return k == kindFast }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	defer close(h.release) // before Close, which waits for the blocked handler
+	if err := srv.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := New(Options{Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Send(kindSlow, nil)
+	c.Send(kindFast, nil)
+	select {
+	case <-h.fast:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the inline push waited behind the blocked handler")
+	}
+}

@@ -146,11 +146,13 @@ func (c Config) Validate() error {
 }
 
 // UpdateModelThreshold is ceil(StartFLJobThreshold × UpdateModelRatio), at
-// least 1. A relative tolerance of 1e-9 absorbs binary rounding (10 × 0.7 is
-// 7.000000000000001 in float64, and MindSpore's float32 product gives 7).
+// least 1. An absolute tolerance of 1e-6 absorbs binary rounding (10 × 0.7
+// is 7.000000000000001 in float64, and MindSpore's float32 product gives 7);
+// float64's spacing stays far below it for every int32 threshold, where a
+// relative one would drop a whole device above 1e9.
 func (p Params) UpdateModelThreshold() int {
 	x := float64(p.StartFLJobThreshold) * p.UpdateModelRatio
-	n := int(math.Ceil(x - x*1e-9))
+	n := int(math.Ceil(x - 1e-6))
 	if n < 1 {
 		n = 1
 	}

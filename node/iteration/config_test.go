@@ -80,3 +80,18 @@ func TestNewMachineRejectsBadConfig(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+func TestUpdateModelThresholdLarge(t *testing.T) {
+	f := func(threshold int, ratio float64, want int) {
+		t.Helper()
+		p := DefaultParams()
+		p.StartFLJobThreshold, p.UpdateModelRatio = threshold, ratio
+		if got := p.UpdateModelThreshold(); got != want {
+			t.Fatalf("ceil(%d × %v) = %d, want %d", threshold, ratio, got, want)
+		}
+	}
+	f(10, 0.7, 7)
+	f(999_999_999, 1, 999_999_999)
+	f(2_147_483_647, 1, 2_147_483_647)
+	f(2_147_483_647, 0.5, 1_073_741_824)
+}

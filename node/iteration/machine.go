@@ -164,6 +164,9 @@ type aggregation struct {
 type Machine struct {
 	cfg     Config // cfg.Params is the instance's current Params
 	pending *Params
+	// pendingEnable says the pending instance enables a disabled one when
+	// it starts (it was asked for while disabled and aggregating).
+	pendingEnable bool
 
 	instance InstanceState
 	base     uint64 // iterations completed before this instance began
@@ -630,6 +633,7 @@ func (m *Machine) Disable(now time.Time) error {
 		return nil
 	}
 	m.instance = InstanceDisabled
+	m.pendingEnable = false // a later disable wins over an earlier new instance's enable
 	m.emit(InstanceChanged{Iteration: m.iter, State: InstanceDisabled, Reason: "disableFLS"})
 	if m.phase == PhaseCollecting {
 		m.endIteration(now, false, "Forcibly move to next iteration.", "")
@@ -675,22 +679,27 @@ func (m *Machine) NewInstance(now time.Time, p Params) error {
 		return err
 	}
 	m.advance(now)
-	if m.phase == PhaseWaiting || m.instance != InstanceRunning {
-		m.pending = nil
-		m.startInstance(p)
-		return nil
+	switch {
+	case m.phase == PhaseAggregating:
+		// The aggregation in flight belongs to the old instance: start the
+		// new one at its end, enabling it then if it is disabled now.
+		m.pending = &p
+		m.pendingEnable = m.instance != InstanceRunning
+	case m.phase == PhaseWaiting || m.instance != InstanceRunning:
+		m.pending, m.pendingEnable = nil, false
+		m.startInstance(p, true)
+	default:
+		m.pending, m.pendingEnable = &p, false
 	}
-	m.pending = &p
 	return nil
 }
 
-// startInstance applies p from the current iteration on.
-func (m *Machine) startInstance(p Params) {
+func (m *Machine) startInstance(p Params, enable bool) {
 	m.cfg.Params = p
 	m.updThreshold = p.UpdateModelThreshold()
 	m.base = m.iter - 1
 	m.emit(ParamsChanged{Iteration: m.iter, Params: p})
-	if m.instance != InstanceRunning {
+	if enable && m.instance != InstanceRunning {
 		m.instance = InstanceRunning
 		m.emit(InstanceChanged{Iteration: m.iter, State: InstanceRunning, Reason: "newInstance"})
 	}
@@ -801,9 +810,9 @@ func (m *Machine) endIteration(now time.Time, valid bool, reason, sha string) {
 	m.iter++
 	m.resetIteration(now)
 	if m.pending != nil {
-		p := *m.pending
-		m.pending = nil
-		m.startInstance(p)
+		p, enable := *m.pending, m.pendingEnable
+		m.pending, m.pendingEnable = nil, false
+		m.startInstance(p, enable)
 	} else if m.instance != InstanceFinished && m.iter-1-m.base >= uint64(m.cfg.FLIterationNum) {
 		m.instance = InstanceFinished
 	}

@@ -19,27 +19,29 @@ var ErrBadSnapshot = errors.New("invalid iteration snapshot")
 // scheduler's recovery file. Take it after draining Ready (actions are not
 // part of it). Zero times mean "unset".
 type Snapshot struct {
-	Version      int            `json:"version"`
-	Iteration    uint64         `json:"iteration"`
-	InstanceBase uint64         `json:"instance_base"`
-	Instance     string         `json:"instance_state"`
-	Phase        string         `json:"phase"`
-	Params       Params         `json:"params"`
-	Pending      *Params        `json:"pending_params,omitempty"`
-	Members      []string       `json:"members"`
-	Began        time.Time      `json:"began"`
-	Started      time.Time      `json:"started"`
-	StartFullAt  time.Time      `json:"start_full_at"`
-	UpdFirstAt   time.Time      `json:"update_first_at"`
-	UpdFullAt    time.Time      `json:"update_full_at"`
-	StartDL      time.Time      `json:"start_fl_job_deadline"`
-	UpdDL        time.Time      `json:"update_model_deadline"`
-	GlobalDL     time.Time      `json:"global_deadline"`
-	Devices      []DeviceState  `json:"devices"`
-	Lost         int            `json:"lost"`
-	LostByServer map[string]int `json:"lost_by_server,omitempty"`
-	Rejected     map[string]int `json:"rejected,omitempty"`
-	Attempts     int            `json:"attempts"`
+	Version      int     `json:"version"`
+	Iteration    uint64  `json:"iteration"`
+	InstanceBase uint64  `json:"instance_base"`
+	Instance     string  `json:"instance_state"`
+	Phase        string  `json:"phase"`
+	Params       Params  `json:"params"`
+	Pending      *Params `json:"pending_params,omitempty"`
+	// PendingEnable: the pending instance enables the disabled one.
+	PendingEnable bool           `json:"pending_enable,omitempty"`
+	Members       []string       `json:"members"`
+	Began         time.Time      `json:"began"`
+	Started       time.Time      `json:"started"`
+	StartFullAt   time.Time      `json:"start_full_at"`
+	UpdFirstAt    time.Time      `json:"update_first_at"`
+	UpdFullAt     time.Time      `json:"update_full_at"`
+	StartDL       time.Time      `json:"start_fl_job_deadline"`
+	UpdDL         time.Time      `json:"update_model_deadline"`
+	GlobalDL      time.Time      `json:"global_deadline"`
+	Devices       []DeviceState  `json:"devices"`
+	Lost          int            `json:"lost"`
+	LostByServer  map[string]int `json:"lost_by_server,omitempty"`
+	Rejected      map[string]int `json:"rejected,omitempty"`
+	Attempts      int            `json:"attempts"`
 	// Aggregation is set while aggregating.
 	Aggregation *AggregationState `json:"aggregation,omitempty"`
 }
@@ -96,7 +98,7 @@ func (m *Machine) Snapshot() Snapshot {
 	}
 	if m.pending != nil {
 		p := *m.pending
-		s.Pending = &p
+		s.Pending, s.PendingEnable = &p, m.pendingEnable
 	}
 	for i, d := range m.devs {
 		s.Devices[i] = DeviceState{FLID: d.flID, DataSize: d.dataSize, AdmittedBy: d.admittedBy, UpdatedBy: d.updatedBy, Lost: d.lost}
@@ -191,7 +193,7 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 	m.iter, m.base, m.instance, m.phase = s.Iteration, s.InstanceBase, inst, phase
 	if s.Pending != nil {
 		p := *s.Pending
-		m.pending = &p
+		m.pending, m.pendingEnable = &p, s.PendingEnable
 	}
 	for _, id := range s.Members {
 		m.members[id] = struct{}{}

@@ -240,11 +240,12 @@ func (c *Cluster) Stop() {
 	for _, p := range ps {
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	}
-	deadline := time.After(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	for _, p := range ps {
 		select {
 		case <-p.exited:
-		case <-deadline:
+		case <-ctx.Done():
 			_ = p.cmd.Process.Kill()
 			<-p.exited
 		}

@@ -20,6 +20,10 @@ const (
 // metadata claims.
 var ErrChecksum = errors.New("model checksum mismatch")
 
+// errStorage marks a failure of the file system, not of a file's content:
+// such a checkpoint is not corrupt and must not be set aside.
+var errStorage = errors.New("storage error")
+
 // Meta is what a checkpoint says about itself.
 type Meta struct {
 	FLName    string
@@ -76,12 +80,12 @@ func Decode(b []byte, layout *model.Layout) (*model.Model, Meta, error) {
 func read(fsys FS, path string, layout *model.Layout) (*model.Model, Meta, error) {
 	f, err := fsys.Open(path)
 	if err != nil {
-		return nil, Meta{}, fmt.Errorf("cannot open %s: %w", path, err)
+		return nil, Meta{}, fmt.Errorf("%w: cannot open %s: %w", errStorage, path, err)
 	}
 	defer f.Close()
 	size, err := f.Size()
 	if err != nil {
-		return nil, Meta{}, fmt.Errorf("cannot stat %s: %w", path, err)
+		return nil, Meta{}, fmt.Errorf("%w: cannot stat %s: %w", errStorage, path, err)
 	}
 	// Read via a buffer-free stream: safetensors.Read fills the weights
 	// straight from the file.

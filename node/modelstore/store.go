@@ -51,6 +51,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/safetensors"
 )
 
 // DefaultKeep is MindSpore's ModelStore max_count.
@@ -246,6 +247,12 @@ func (s *Store) recover() (int, error) {
 		m, meta, err := read(s.fs, p, s.layout)
 		if err == nil && (meta.FLName != s.opts.FLName || meta.Iteration != it || meta.SHA256 == "") {
 			err = fmt.Errorf("metadata %+v does not match fl_name %q iteration %d", meta, s.opts.FLName, it)
+		}
+		if errors.Is(err, errStorage) || errors.Is(err, safetensors.ErrLayout) {
+			// Not a corrupt file: a disk problem, or a checkpoint of another
+			// model (init_file changed). Stop rather than set it aside and
+			// restart from an older iteration.
+			return 0, fmt.Errorf("cannot recover checkpoint %s: %w", p, err)
 		}
 		if err != nil {
 			s.quarantine(p, err)

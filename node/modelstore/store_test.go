@@ -262,13 +262,21 @@ func TestInitialModelSources(t *testing.T) {
 	}
 	f(func(o *Options) { o.InitFile = "/missing" }, "cannot load initial model")
 	f(func(o *Options) { o.Initial = &model.Model{Layout: l} }, "do not match")
-	// A checkpoint dir holding another architecture: everything set aside.
-	s = open(t, fsys, func(o *Options) { o.Initial = init })
-	r := open(t, fsys, nil)
-	if it, m := r.Latest(); it != 0 || m.Layout.Size != model.LeNet5Layout().Size {
-		t.Fatal("foreign layout recovered")
+	// A checkpoint dir holding another architecture is an error naming the
+	// file, not something to set aside silently: the operator changed the
+	// model or pointed at the wrong folder.
+	open(t, fsys, func(o *Options) { o.Initial = init })
+	if _, err := Open(Options{Dir: "/ckpt", FLName: "lenet", FS: fsys}); err == nil || !strings.Contains(err.Error(), "layout mismatch") {
+		t.Fatalf("a foreign layout: %v", err)
 	}
-	_ = s
+	// A storage error is not a corrupt file either: the checkpoint stays.
+	efs := NewErrorFS(fsys, OnOp(OpOpen, func(p string) bool { return strings.HasSuffix(p, ".safetensors") }))
+	if _, err := Open(Options{Dir: "/ckpt", FLName: "lenet", FS: efs, Initial: init}); err == nil {
+		t.Fatal("Open succeeded while checkpoints could not be opened")
+	}
+	if _, err := Open(Options{Dir: "/ckpt", FLName: "lenet", FS: fsys, Initial: init}); err != nil {
+		t.Fatalf("the checkpoint was set aside after a storage error: %v", err)
+	}
 }
 
 // TestPutFaults fails each file-system operation of a Put in turn, then

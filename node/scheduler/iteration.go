@@ -10,6 +10,7 @@ import (
 	"github.com/fedcluster/fedcluster/node/config"
 	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/frame"
 )
@@ -213,9 +214,12 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 }
 
 // serveIteration handles the iteration frames of a registered server.
-func (s *Scheduler) serveIteration(nodeID string, kind frame.Kind, body []byte) ([]byte, error) {
+func (s *Scheduler) serveIteration(nodeID string, c *transport.Conn, kind frame.Kind, body []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.conns[nodeID] != c {
+		return nil, fmt.Errorf("node %s has registered again on another connection", nodeID)
+	}
 	now := s.now()
 	if s.leaving[nodeID] && (kind == ctl.KindAdmit || kind == ctl.KindCountUpdate) {
 		// A server being scaled in sends its devices elsewhere.
@@ -243,13 +247,17 @@ func (s *Scheduler) serveIteration(nodeID string, kind frame.Kind, body []byte) 
 		if err := ctl.Decode(body, &r); err != nil {
 			return nil, err
 		}
-		s.engines[r.Iteration] = r.Engine
-		if s.losses[r.Iteration] == nil {
-			s.losses[r.Iteration] = make(map[string]lossReport)
-		}
-		s.losses[r.Iteration][nodeID] = lossReport{sum: r.LossSum, n: r.Losses}
-		if r.FoldMBps > 0 {
-			s.foldMBps[r.Iteration] = max(s.foldMBps[r.Iteration], r.FoldMBps)
+		if r.Iteration == s.iter.Iteration() {
+			// Noted before AggregationDone, whose actions write the record;
+			// a stale report (an earlier iteration) leaves nothing behind.
+			s.engines[r.Iteration] = r.Engine
+			if s.losses[r.Iteration] == nil {
+				s.losses[r.Iteration] = make(map[string]lossReport)
+			}
+			s.losses[r.Iteration][nodeID] = lossReport{sum: r.LossSum, n: r.Losses}
+			if r.FoldMBps > 0 {
+				s.foldMBps[r.Iteration] = max(s.foldMBps[r.Iteration], r.FoldMBps)
+			}
 		}
 		err := s.iter.AggregationDone(now, nodeID, r.Iteration, r.Attempt, r.SHA256, r.Folded)
 		s.runActionsLocked()

@@ -271,7 +271,7 @@ func (s *Scheduler) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if owner, _ := c.Value.Load().(string); owner != h.NodeID {
+		if owner, _ := c.Value.Load().(string); owner != h.NodeID || s.conns[h.NodeID] != c {
 			return nil, fmt.Errorf("heartbeat for node %s on a connection of node %q: register first", h.NodeID, owner)
 		}
 		if !s.members.Heartbeat(s.now(), h.NodeID) {
@@ -284,7 +284,7 @@ func (s *Scheduler) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		if id == "" {
 			return nil, fmt.Errorf("frame kind %d before registration", f.Kind)
 		}
-		return s.serveIteration(id, f.Kind, f.Body)
+		return s.serveIteration(id, c, f.Kind, f.Body)
 	}
 	return nil, fmt.Errorf("unexpected frame kind %d", f.Kind)
 }
@@ -300,6 +300,9 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 				s.log.Warn("refusing duplicate node id", zap.String("node", r.NodeID), zap.String("from", c.Remote()), zap.String("live_at", old.Remote()))
 				return nil, fmt.Errorf("node id %s is already registered from %s", r.NodeID, old.Remote())
 			}
+			// A dead node's old link (a paused process): it must not speak
+			// for the node any more.
+			old.Close()
 		}
 		s.members.Disconnected(r.NodeID)
 	}

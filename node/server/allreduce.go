@@ -137,8 +137,16 @@ func (pc *peerConns) get(nodeID, addr string) (*transport.Conn, error) {
 		return nil, fmt.Errorf("cannot reach peer %s at %s: %w", nodeID, addr, err)
 	}
 	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if other := pc.conns[nodeID]; other != nil && other.Remote() == addr {
+		select {
+		case <-other.Done():
+		default:
+			c.Close() // another goroutine dialled first
+			return other, nil
+		}
+	}
 	pc.conns[nodeID] = c
-	pc.mu.Unlock()
 	return c, nil
 }
 
@@ -162,6 +170,15 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		log.Error("cannot aggregate", zap.Error(err))
 		return
 	}
+	if !pa.acquire() {
+		return // the iteration already ended here
+	}
+	defer pa.release()
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("BUG: all-reduce panicked", zap.Any("panic", r))
+		}
+	}()
 	n, folded := pa.waitIdle()
 	if d := p.s.faultAllReduceDelay; d > 0 {
 		time.Sleep(d) // fault injection for crash-during-all-reduce tests

@@ -6,6 +6,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"time"
 
 	flatbuffers "github.com/google/flatbuffers/go"
 	"github.com/valyala/fasthttp"
@@ -37,10 +38,22 @@ func newUploads() *uploads {
 	return u
 }
 
+// slotWait bounds the wait for an upload buffer: past it the device is
+// told to come back (HTTP 503, which clients retry on another server), so
+// slow uploaders cannot hold every other upload for a read timeout.
+const slotWait = 5 * time.Second
+
+var errBusy = errors.New("all upload buffers are busy; retry")
+
 // read waits for a slot, reads the whole body into it and returns it with
 // the function that gives the slot back.
 func (u *uploads) read(ctx *fasthttp.RequestCtx, max int) ([]byte, func(), error) {
-	buf := <-u.slots
+	var buf []byte
+	select {
+	case buf = <-u.slots:
+	case <-time.After(slotWait):
+		return nil, nil, errBusy
+	}
 	body, err := readBody(ctx, buf[:0], max)
 	release := func() { u.slots <- body[:0] }
 	if err != nil {

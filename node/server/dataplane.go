@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -129,24 +130,34 @@ func (p *plane) responseSize() int {
 // small one saves an allocation per iteration, a large one is memory.
 const spareAccBytes = 64 << 20
 
-// dropPartialsLocked recycles the partial sums of iterations up to it.
-func (p *plane) dropPartialsLocked(upTo uint64) {
+// dropPartials retires the partial sums of iterations up to upTo, once
+// the updates still being folded into them are done, and recycles their
+// accumulators (one is kept for the next iteration when small).
+func (p *plane) dropPartials(upTo uint64) {
+	p.mu.Lock()
+	var gone []*partial
 	for it, pa := range p.partials {
 		if it <= upTo {
 			delete(p.partials, it)
-			p.free = append(p.free, pa.acc)
+			gone = append(gone, pa)
 		}
 	}
-	keep := 1
-	if 8*p.layout.Size > spareAccBytes {
-		keep = 0
-	}
-	for len(p.free) > keep {
-		n := len(p.free)
-		p.free[n-1].Close()
-		p.free = p.free[:n-1]
-	}
+	p.mu.Unlock()
 	p.rounds.drop(upTo)
+	for _, pa := range gone {
+		pa.drop(p.recycle)
+	}
+}
+
+// recycle takes back an accumulator no one uses any more.
+func (p *plane) recycle(acc agg.Accumulator) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) == 0 && 8*p.layout.Size <= spareAccBytes {
+		p.free = append(p.free, acc)
+		return
+	}
+	acc.Close()
 }
 
 // setState installs the iteration state the scheduler announced. Pushes
@@ -273,9 +284,16 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	if ni.Iteration >= p.iteration {
 		p.iteration, p.instance, p.nextReqTime = ni.Iteration, ni.Instance, ni.NextReqTime
 	}
-	p.dropPartialsLocked(ni.Completed)
 	p.changed.Broadcast()
 	p.mu.Unlock()
+	p.dropPartials(ni.Completed)
+}
+
+// resetPartials drops every partial sum not yet aggregated: after a new
+// registration the scheduler counts this server's earlier updates as lost,
+// so they must not reach an aggregate.
+func (p *plane) resetPartials() {
+	p.dropPartials(math.MaxUint64)
 }
 
 // fetchAggregate gets iteration it's agreed model from a peer, retrying
@@ -285,7 +303,7 @@ func (p *plane) fetchAggregate(it uint64, sha string) (*model.Model, error) {
 	var err error
 	for delay := 5 * time.Millisecond; delay < 2*time.Second; delay *= 2 {
 		var m *model.Model
-		if m, err = p.fetchFromPeers(it, sha); err == nil {
+		if m, err = p.fetchFromPeers(it, sha, p.s.members()); err == nil {
 			return m, nil
 		}
 		select {
@@ -299,9 +317,9 @@ func (p *plane) fetchAggregate(it uint64, sha string) (*model.Model, error) {
 
 // fetchFromPeers asks the other servers for stored model it, checking its
 // checksum when want is set.
-func (p *plane) fetchFromPeers(it uint64, want string) (*model.Model, error) {
+func (p *plane) fetchFromPeers(it uint64, want string, members []ctl.Member) (*model.Model, error) {
 	var errs []error
-	for _, mem := range p.s.members() {
+	for _, mem := range members {
 		if mem.NodeID == p.s.nodeID || !mem.Alive {
 			continue
 		}
@@ -394,13 +412,13 @@ func (p *plane) align(current uint64) {
 // catchUp makes a server that restarted or fell behind hold the model the
 // cluster serves: if its newest checkpoint is older than the iteration
 // before the current one, it fetches the latest model from a peer.
-func (p *plane) catchUp(current uint64) {
+func (p *plane) catchUp(current uint64, members []ctl.Member) {
 	latest, _ := p.store.Latest()
 	if current == 0 || latest+1 >= current {
 		return
 	}
 	want := current - 1
-	m, err := p.fetchFromPeers(want, "")
+	m, err := p.fetchFromPeers(want, "", members)
 	if err != nil {
 		p.s.logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
 		return

@@ -126,6 +126,12 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	it, m := s.plane.store.Latest()
+	if it+1 < a.Iteration {
+		// This server lacks the model the iteration starts from (it could
+		// not fetch it): the device is better served elsewhere.
+		plain(ctx, flmsg.BodySafemode)
+		return
+	}
 	st = s.plane.state()
 	s.count("startFLJob", "succeed")
 	pl := st.plan
@@ -149,6 +155,10 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 func (s *Server) bodyError(ctx *fasthttp.RequestCtx, err error) {
 	// The rest of the body is not read: answer and close the connection.
 	ctx.SetConnectionClose()
+	if errors.Is(err, errBusy) {
+		writeJSON(ctx, fasthttp.StatusServiceUnavailable, map[string]any{"code": 1, "error_message": err.Error()})
+		return
+	}
 	if errors.Is(err, errBodyTooLarge) {
 		writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": err.Error()})
 		return
@@ -229,6 +239,10 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	start := time.Now()
+	folded := false
+	defer func() { // also when a fold panics: the all-reduce waits for end
+		pa.end(folded, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start), req.UploadLoss)
+	}()
 	fms := req.FeatureMaps
 	var scratch []float32
 	for i := 0; i < fms.Len(); i++ {
@@ -240,7 +254,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		}
 		pa.fold(p.Offset, x, 1)
 	}
-	pa.end(true, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start), req.UploadLoss)
+	folded = true
 	s.count("updateModel", "succeed")
 	reply(flmsg.Succeed, flmsg.ReasonUpdateModelSuccess, a.NextReqTime)
 }

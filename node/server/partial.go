@@ -37,6 +37,49 @@ type partial struct {
 	// Aggregation result, kept until NextIteration says it is valid.
 	result *model.Model
 	sha    string
+
+	// running counts all-reduces reading acc; a partial dropped while one
+	// runs is released by the last of them (released says it happened).
+	running  int
+	dropped  bool
+	released func(agg.Accumulator)
+}
+
+// acquire marks an all-reduce reading acc; it fails once the partial has
+// been dropped.
+func (p *partial) acquire() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dropped {
+		return false
+	}
+	p.running++
+	return true
+}
+
+// release ends acquire; the last all-reduce of a dropped partial hands its
+// accumulator back.
+func (p *partial) release() {
+	p.mu.Lock()
+	p.running--
+	give := p.dropped && p.running == 0
+	p.mu.Unlock()
+	if give {
+		p.released(p.acc)
+	}
+}
+
+// drop retires the partial once no update is in flight: its accumulator
+// goes to give now, or when the last all-reduce reading it ends.
+func (p *partial) drop(give func(agg.Accumulator)) {
+	p.waitIdle()
+	p.mu.Lock()
+	p.dropped, p.released = true, give
+	now := p.running == 0
+	p.mu.Unlock()
+	if now {
+		give(p.acc)
+	}
 }
 
 func newPartial(iteration uint64, acc agg.Accumulator) *partial {

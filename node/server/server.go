@@ -49,9 +49,11 @@ type Server struct {
 	mu         sync.Mutex
 	rank       int
 	membership ctl.Membership
-	sched      *transport.Conn
-	started    bool
-	scaledIn   bool
+	// membershipFrom is the scheduler link the membership came on.
+	membershipFrom *transport.Conn
+	sched          *transport.Conn
+	started        bool
+	scaledIn       bool
 
 	// ScaledIn is closed when the scheduler scales this server in.
 	scaledInCh chan struct{}
@@ -105,12 +107,14 @@ func (s *Server) Start() error {
 		Inline: inlineKinds})
 	if err != nil {
 		ln.Close()
+		s.plane.close()
 		return err
 	}
 	s.tr = tr
 	if err := tr.Listen(net.JoinHostPort(bind, "0"), false); err != nil {
 		ln.Close()
 		tr.Close()
+		s.plane.close()
 		return err
 	}
 	s.logger().Info("[Server start]: 1. Listening.", zap.String("http_addr", ln.Addr().String()), zap.String("peer_addr", tr.Addr()))
@@ -245,18 +249,21 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	if err := ctl.Decode(body, &r); err != nil {
 		return err
 	}
+	// Updates folded before this registration were written off by the
+	// scheduler when the old link went: they must not reach an aggregate.
+	s.plane.resetPartials()
+	// Model and iteration first, then the link and the membership: once the
+	// membership says the cluster is ready (and "Server started
+	// successfully." is logged), the server can answer devices.
+	s.plane.align(r.Iteration.Iteration)
+	s.plane.catchUp(r.Iteration.Iteration, r.Membership.Members)
+	s.plane.setState(r.Iteration, true)
 	s.mu.Lock()
 	s.sched = c
 	s.setRank(r.Rank)
 	s.mu.Unlock()
 	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
-	// Model and iteration first, membership last: once the membership says
-	// the cluster is ready (and "Server started successfully." is logged),
-	// the server can answer devices.
-	s.plane.align(r.Iteration.Iteration)
-	s.plane.catchUp(r.Iteration.Iteration)
-	s.plane.setState(r.Iteration, true)
-	s.applyMembership(r.Membership)
+	s.applyMembership(r.Membership, c)
 	return nil
 }
 
@@ -285,15 +292,16 @@ func (s *Server) heartbeat(c *transport.Conn, interval time.Duration) error {
 	}
 }
 
-// applyMembership installs a newer view and logs the start line once the
-// cluster is first ready.
-func (s *Server) applyMembership(m ctl.Membership) {
+// applyMembership installs a view from the scheduler link from: a newer
+// one, or any from a new link (a restarted scheduler counts versions
+// afresh), and logs the start line once the cluster is first ready.
+func (s *Server) applyMembership(m ctl.Membership, from *transport.Conn) {
 	s.mu.Lock()
-	if m.Version < s.membership.Version {
+	if m.Version < s.membership.Version && s.membershipFrom == from {
 		s.mu.Unlock()
 		return
 	}
-	s.membership = m
+	s.membership, s.membershipFrom = m, from
 	for _, mem := range m.Members {
 		if mem.NodeID == s.nodeID && mem.Rank != s.rank && !mem.ScaledIn {
 			s.setRank(mem.Rank)
@@ -319,7 +327,7 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		if err := ctl.Decode(f.Body, &m); err != nil {
 			return nil, err
 		}
-		s.applyMembership(m)
+		s.applyMembership(m, c)
 		return nil, nil
 	case ctl.KindIterState:
 		var st ctl.IterationState

@@ -2,6 +2,7 @@ package server
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"time"
 )
@@ -22,12 +23,17 @@ func checkTimestamp(ts []byte, now time.Time, maxDiff time.Duration, acceptLegac
 		}
 		return fmt.Sprintf("The request timestamp %q is not epoch milliseconds; send epoch milliseconds (or set legacy_timestamps = \"accept\").", truncate(ts, 32))
 	}
-	diff := now.Sub(time.UnixMilli(ms))
-	if diff < 0 {
-		diff = -diff
-	}
-	if diff > maxDiff {
-		return fmt.Sprintf("The request timestamp %d differs from the server's clock by %d ms, more than replay_attack_time_diff (%d ms).", ms, diff.Milliseconds(), maxDiff.Milliseconds())
+	// In milliseconds: a time.Duration overflows for stamps centuries away.
+	n, max := now.UnixMilli(), maxDiff.Milliseconds()
+	if ms > n+max || ms < n-max {
+		diff := n - ms
+		if diff < 0 {
+			diff = -diff
+		}
+		if diff < 0 { // -MinInt64
+			diff = math.MaxInt64
+		}
+		return fmt.Sprintf("The request timestamp %d differs from the server's clock by %d ms, more than replay_attack_time_diff (%d ms).", ms, diff, max)
 	}
 	return ""
 }

@@ -175,6 +175,7 @@ func (t *Transport) Dial(addr string, timeout time.Duration) (*Conn, error) {
 	c := t.newConn(false, addr)
 	if _, err := t.cli.EnrollContext(nc, c); err != nil {
 		nc.Close()
+		c.Close()
 		return nil, fmt.Errorf("cannot enroll connection to %s: %w", addr, err)
 	}
 	select {
@@ -371,14 +372,17 @@ func (c *Conn) deliver(f frame.Frame) {
 		if ch == nil {
 			return // the caller gave up
 		}
+		r := reply{body: f.Body}
 		if f.Kind == ctl.KindError {
 			var e ctl.Error
 			if err := ctl.Decode(f.Body, &e); err != nil {
 				e.Message = err.Error()
 			}
-			ch <- reply{err: &RemoteError{Message: e.Message}}
-		} else {
-			ch <- reply{body: f.Body}
+			r = reply{err: &RemoteError{Message: e.Message}}
+		}
+		select {
+		case ch <- r:
+		default: // a duplicate reply: the event loop must not block on it
 		}
 		return
 	}

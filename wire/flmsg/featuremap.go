@@ -53,17 +53,23 @@ func (v FeatureMaps) NumFloats() int {
 }
 
 // CopyTo copies every feature map whose name is a parameter of m into m,
-// with one bulk copy per tensor. A known name with the wrong element count is
-// an error (m may then be partly written); unknown names are skipped.
+// with one bulk copy per tensor. A known name with the wrong element count,
+// or given twice, is an error (m may then be partly written); unknown names
+// are skipped.
 // It returns how many parameters were written.
 func (v FeatureMaps) CopyTo(m *model.Model) (int, error) {
 	copied := 0
+	seen := make(map[int]bool, len(m.Layout.Params)) // by offset: one entry per parameter
 	for i := 0; i < v.n; i++ {
 		fm := v.At(i)
 		p, ok := m.Layout.Lookup(string(fm.Name))
 		if !ok {
 			continue
 		}
+		if seen[p.Offset] {
+			return copied, fmt.Errorf("cannot copy feature map %q: it appears twice", fm.Name)
+		}
+		seen[p.Offset] = true
 		if fm.Len() != p.Len {
 			return copied, fmt.Errorf("cannot copy feature map %q: %d values, the model's parameter has %d", fm.Name, fm.Len(), p.Len)
 		}

@@ -3,6 +3,7 @@ package flmsg
 import (
 	"errors"
 	"math"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -364,4 +365,19 @@ func TestDeviceDecodersRefusal(t *testing.T) {
 	f("The output of the round getModel is empty.", true)
 	f("garbage\x00\x01\x02\x03\x04\x05\x06", false)
 	f("", false)
+}
+
+func TestCopyToRefusesRepeatedNames(t *testing.T) {
+	m := model.InitLeNet5(1)
+	p := m.Layout.Params[0]
+	data := m.Data[p.Offset : p.Offset+p.Len]
+	b := flatbuffers.NewBuilder(0)
+	buf := BuildRequestUpdateModel(b, &UpdateModelArgs{FLName: "x", FLID: "d", Tensors: []Tensor{{Name: p.Name, Data: data}, {Name: p.Name, Data: data}}})
+	r, err := DecodeRequestUpdateModel(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.FeatureMaps.CopyTo(model.New(m.Layout)); err == nil || !strings.Contains(err.Error(), "appears twice") {
+		t.Fatalf("CopyTo of a repeated name: %v", err)
+	}
 }

@@ -31,6 +31,8 @@ func TestCheckTimestamp(t *testing.T) {
 	f("2020/11/16/19/18", true, "")
 	f("", false, "no timestamp")
 	f("99999999999999999999999", false, "not epoch milliseconds")
+	f("99999999999999", false, "replay_attack_time_diff")       // year 5138: a Duration would overflow
+	f("-9223372036854775808", false, "replay_attack_time_diff") // the most negative stamp
 }
 
 func TestFinite(t *testing.T) {

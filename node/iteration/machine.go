@@ -190,6 +190,7 @@ type Machine struct {
 	countedBy map[string]int // live server → counted, not lost, updates
 	lost      int
 	lostBy    map[string]int
+	uncounted int // of lost: acknowledged updates the machine never counted
 	rejects   [numRejects]int
 	attempts  int
 
@@ -510,6 +511,28 @@ func (m *Machine) maybeComplete(now time.Time) {
 	m.endIteration(now, true, "", a.sha)
 }
 
+// UpdatesBy is how many updates of the current iteration serverID counted
+// (lost ones included).
+func (m *Machine) UpdatesBy(serverID string) int {
+	n := 0
+	for i := range m.devs {
+		if m.devs[i].updatedBy == serverID {
+			n++
+		}
+	}
+	return n
+}
+
+// RecordLost adds n updates of iteration that serverID acknowledged but the
+// machine never counted (it was restored from a state saved before them)
+// to the iteration's lost updates, so that the record accounts for them.
+func (m *Machine) RecordLost(serverID string, iteration uint64, n int) {
+	if n > 0 && iteration == m.iter {
+		m.addLost(serverID, n)
+		m.uncounted += n
+	}
+}
+
 func (m *Machine) addLost(serverID string, n int) {
 	m.lost += n
 	m.lostBy[serverID] += n
@@ -786,7 +809,7 @@ func (m *Machine) endIteration(now time.Time, valid bool, reason, sha string) {
 		Rejected:        map[string]int{},
 		LostByServer:    map[string]int{},
 	}
-	rec.Lost = m.lost
+	rec.Lost, rec.Uncounted = m.lost, m.uncounted
 	for s, n := range m.lostBy {
 		rec.LostByServer[s] = n
 	}
@@ -850,6 +873,7 @@ func (m *Machine) resetIteration(now time.Time) {
 	m.updated = 0
 	clear(m.countedBy)
 	m.lost = 0
+	m.uncounted = 0
 	clear(m.lostBy)
 	m.rejects = [numRejects]int{}
 	m.attempts = 0

@@ -26,6 +26,9 @@ type Record struct {
 	// aggregate anyway; Lost still says what died with servers.)
 	Lost         int
 	LostByServer map[string]int
+	// Uncounted is the part of Lost that Updated does not include:
+	// acknowledged updates a restored machine had never counted.
+	Uncounted int
 	// Rejected counts refusals by kind (Reject.String()).
 	Rejected map[string]int
 	// Servers are the servers of the last aggregation attempt.

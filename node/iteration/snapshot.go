@@ -39,6 +39,7 @@ type Snapshot struct {
 	GlobalDL      time.Time      `json:"global_deadline"`
 	Devices       []DeviceState  `json:"devices"`
 	Lost          int            `json:"lost"`
+	Uncounted     int            `json:"uncounted,omitempty"`
 	LostByServer  map[string]int `json:"lost_by_server,omitempty"`
 	Rejected      map[string]int `json:"rejected,omitempty"`
 	Attempts      int            `json:"attempts"`
@@ -92,6 +93,7 @@ func (m *Machine) Snapshot() Snapshot {
 		GlobalDL:     m.globalDL,
 		Devices:      make([]DeviceState, len(m.devs)),
 		Lost:         m.lost,
+		Uncounted:    m.uncounted,
 		LostByServer: maps.Clone(m.lostBy),
 		Rejected:     map[string]int{},
 		Attempts:     m.attempts,
@@ -219,7 +221,7 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 			}
 		}
 	}
-	m.lost = s.Lost
+	m.lost, m.uncounted = s.Lost, s.Uncounted
 	maps.Copy(m.lostBy, s.LostByServer)
 	for k, n := range s.Rejected {
 		if r, ok := parseReject(k); ok {

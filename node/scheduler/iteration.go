@@ -162,7 +162,7 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 		IterationExecutionTime: uint64(r.ExecutionTime.Milliseconds()),
 		IterationResult:        res,
 		Admitted:               uint64(r.Admitted),
-		Updated:                uint64(r.Updated - r.Lost),
+		Updated:                uint64(max(r.Updated-(r.Lost-r.Uncounted), 0)),
 		Lost:                   uint64(r.Lost),
 		FailReason:             r.Reason,
 		IterationSwitchMs:      float64(r.SwitchTime.Microseconds()) / 1000,

@@ -306,6 +306,15 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		}
 		s.members.Disconnected(r.NodeID)
 	}
+	// Updates this server acknowledged that the iteration machine never
+	// counted (it was restored from a state saved before them) are dropped
+	// with the server's partial sum: the record must show them as lost.
+	if r.Iteration == s.iter.Iteration() {
+		if extra := r.Folded - s.iter.UpdatesBy(r.NodeID); extra > 0 {
+			s.log.Warn("updates acknowledged before the scheduler's restart are lost", zap.String("node", r.NodeID), zap.Int("updates", extra))
+			s.iter.RecordLost(r.NodeID, r.Iteration, extra)
+		}
+	}
 	if s.joined[r.NodeID] {
 		// A server that registers again has lost its partial sums (it
 		// restarted) or may have: the iteration treats it as a new member.

@@ -130,6 +130,18 @@ func (p *plane) responseSize() int {
 // small one saves an allocation per iteration, a large one is memory.
 const spareAccBytes = 64 << 20
 
+// folded is how many updates are folded into iteration it's partial sum.
+func (p *plane) folded(it uint64) int {
+	p.mu.Lock()
+	pa := p.partials[it]
+	p.mu.Unlock()
+	if pa == nil {
+		return 0
+	}
+	_, n := pa.waitIdle()
+	return n
+}
+
 // dropPartials retires the partial sums of iterations up to upTo, once
 // the updates still being folded into them are done, and recycles their
 // accumulators (one is kept for the next iteration when small).

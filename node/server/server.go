@@ -240,6 +240,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 		HTTPAddr:  s.HTTPAddr(),
 		PID:       os.Getpid(),
 		Iteration: s.plane.state().iteration,
+		Folded:    s.plane.folded(s.plane.state().iteration),
 		Rounds:    roundParams(s.cfg.FL.Params()),
 	}))
 	if err != nil {
@@ -297,24 +298,24 @@ func (s *Server) heartbeat(c *transport.Conn, interval time.Duration) error {
 // afresh), and logs the start line once the cluster is first ready.
 func (s *Server) applyMembership(m ctl.Membership, from *transport.Conn) {
 	s.mu.Lock()
-	if m.Version < s.membership.Version && s.membershipFrom == from {
-		s.mu.Unlock()
-		return
-	}
-	s.membership, s.membershipFrom = m, from
-	for _, mem := range m.Members {
-		if mem.NodeID == s.nodeID && mem.Rank != s.rank && !mem.ScaledIn {
-			s.setRank(mem.Rank)
+	if m.Version >= s.membership.Version || s.membershipFrom != from {
+		s.membership, s.membershipFrom = m, from
+		for _, mem := range m.Members {
+			if mem.NodeID == s.nodeID && mem.Rank != s.rank && !mem.ScaledIn {
+				s.setRank(mem.Rank)
+			}
 		}
 	}
-	// Announce only once the iteration is known too: then devices can be served.
-	announce := !s.started && m.ClusterState == membership.ClusterReady && s.plane.state().ready
+	// Announce only once the iteration is known too: then devices can be
+	// served. Checked on every view, kept or not: the ready view may have
+	// arrived before the iteration did.
+	announce := !s.started && s.membership.ClusterState == membership.ClusterReady && s.plane.state().ready
 	if announce {
 		s.started = true
 	}
 	s.mu.Unlock()
 	if announce {
-		s.logger().Info("[Server start]: 3. Cluster is ready.", zap.Int("server_num", m.ServerNum))
+		s.logger().Info("[Server start]: 3. Cluster is ready.", zap.Int("server_num", s.membershipServerNum()))
 		s.logger().Info(StartedLine)
 	}
 }
@@ -413,4 +414,10 @@ func (s *Server) members() []ctl.Member {
 func roundParams(p iteration.Params) *ctl.RoundParams {
 	r := ctl.RoundParams(p)
 	return &r
+}
+
+func (s *Server) membershipServerNum() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.membership.ServerNum
 }

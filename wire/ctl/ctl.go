@@ -50,6 +50,10 @@ type Register struct {
 	// scheduler can check it against its persisted state.
 	Iteration uint64 `json:"iteration"`
 	ModelSHA  string `json:"model_sha256,omitempty"`
+	// Folded is how many updates the server acknowledged and folded into
+	// its partial sum of iteration Iteration: a scheduler restored from a
+	// state saved before some of them records those as lost.
+	Folded int `json:"folded,omitempty"`
 	// Rounds are the round parameters the server was started with: the
 	// seed gives start_fl_job_threshold and friends to the servers only, so
 	// a scheduler started without them adopts the servers'.

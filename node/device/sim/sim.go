@@ -304,13 +304,16 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 
 // simDevice is one device of a run.
 type simDevice struct {
-	r     *run
-	i     int
-	c     *device.Client
-	iter  int32 // the iteration it was last admitted to
-	rng   *rand.Rand
-	shard *mnist.Subset
-	tr    *lenet.Trainer
+	r    *run
+	i    int
+	c    *device.Client
+	iter int32 // the iteration it was last admitted to
+	// planIters is the job's fl_iteration_num from the last FLPlan (0 if
+	// none yet): it tells a finished job from a disabled one.
+	planIters int32
+	rng       *rand.Rand
+	shard     *mnist.Subset
+	tr        *lenet.Trainer
 }
 
 func (r *run) newDevice(i int, httpc *fasthttp.Client) (*simDevice, error) {
@@ -343,6 +346,32 @@ func (r *run) newDevice(i int, httpc *fasthttp.Client) (*simDevice, error) {
 	return d, nil
 }
 
+// disabledWait is how long a device waits before asking again whether a
+// disabled job was enabled.
+const disabledWait = time.Second
+
+// disabled tells a disabled job from a finished one after the plain-text
+// "disabled or finished": the server's current iteration (from getModel,
+// which is served in both cases) has not passed the plan's last one.
+func (d *simDevice) disabled(ctx context.Context) bool {
+	if d.planIters == 0 {
+		return false
+	}
+	r, err := d.c.GetModel(ctx, d.iter)
+	return err == nil && r.Iteration <= d.planIters
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
 // loop runs iterations until the job finishes, ctx ends or too many
 // errors in a row.
 func (d *simDevice) loop(ctx context.Context) {
@@ -353,6 +382,15 @@ func (d *simDevice) loop(ctx context.Context) {
 		if err == nil {
 			errs = 0
 			r.deviceDone(d, res)
+			continue
+		}
+		if errors.Is(err, device.ErrJobFinished) && d.disabled(ctx) {
+			// "disabled or finished" while iterations remain: the job is
+			// disabled (/disableFLS); wait for it to be enabled again.
+			if sleep(ctx, disabledWait) != nil {
+				r.deviceStopped(d, ctx.Err())
+				return
+			}
 			continue
 		}
 		if errors.Is(err, device.ErrJobFinished) || ctx.Err() != nil {
@@ -381,6 +419,9 @@ func (d *simDevice) loop(ctx context.Context) {
 // Train is the device's Trainer.
 func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error) {
 	d.iter = job.Iteration
+	if job.HasPlan {
+		d.planIters = job.Plan.Iterations
+	}
 	d.r.admitted(d, job.Iteration)
 	if d.r.cfg.Mode == ModeLoad {
 		d.r.noise.fill(job.Model.Data)

@@ -57,7 +57,7 @@ func startFaultRun(t *testing.T, servers, spare int, opts ...func(*local.Options
 		"--config_file_path=" + cfg,
 		"--start_fl_job_threshold=16", "--fl_iteration_num=" + strconv.FormatUint(faultIterations, 10),
 		"--start_fl_job_time_window=3000", "--update_model_time_window=3000",
-		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s", "--checkpoint_keep=100",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s", "--checkpoint_keep=" + strconv.FormatUint(faultIterations, 10), // every iteration checked below
 	}}
 	for _, f := range opts {
 		f(&o)

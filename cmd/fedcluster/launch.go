@@ -13,7 +13,10 @@ import (
 	"time"
 
 	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/local"
 	"github.com/fedcluster/fedcluster/node/procs"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
 // runLaunch is the seed's run_sched.py / run_server.py: it starts the
@@ -44,7 +47,7 @@ func runLaunch(name string, args []string) int {
 			id = "20" // the seed's run_mobile_sched.py sets MS_NODE_ID=20
 		}
 		plans = append(plans, launchPlan{role: "scheduler", nodeID: id, dir: "scheduler",
-			ready: net.JoinHostPort(dialHost(c.Cluster.ManageIP), strconv.Itoa(c.Cluster.SchedulerManagePort))})
+			ready: net.JoinHostPort(config.DialableIP(c.Cluster.ManageIP), strconv.Itoa(c.Cluster.SchedulerManagePort))})
 	} else {
 		n := c.Server.LocalCount(c.Cluster.ServerNum)
 		for i := 0; i < n; i++ {
@@ -57,7 +60,7 @@ func runLaunch(name string, args []string) int {
 			}
 			port := c.Server.FLServerPort + i
 			plans = append(plans, launchPlan{role: "server", nodeID: id, dir: "server_" + id, port: port,
-				ready: net.JoinHostPort(dialHost(c.Server.ServerIP), strconv.Itoa(port)), checkpoints: c.Model.CheckpointDir})
+				ready: net.JoinHostPort(config.DialableIP(c.Server.ServerIP), strconv.Itoa(port)), checkpoints: c.Model.CheckpointDir})
 		}
 	}
 	for _, p := range plans {
@@ -76,7 +79,7 @@ type launchPlan struct {
 	nodeID string
 	dir    string
 	port   int
-	ready  string // address that accepts connections once the process is up
+	ready  string // address whose HTTP port answers once the process is up
 	// checkpoints is the group's checkpoint_dir; each server writes into
 	// its own folder below it.
 	checkpoints string
@@ -111,38 +114,48 @@ func (p launchPlan) start(self string, args []string) (int, error) {
 	go func() { exited <- cmd.Wait() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := waitListening(ctx, p.ready, exited); err != nil {
+	if err := waitUp(ctx, p, exited); err != nil {
 		_ = cmd.Process.Kill()
 		return 0, fmt.Errorf("%s %s did not start: %w (see %s)", p.role, p.nodeID, err, p.dir)
 	}
 	return cmd.Process.Pid, nil
 }
 
-// waitListening polls addr until it accepts a connection, the process
-// exits, or ctx ends. Polling is the only way to learn that another process
-// has bound a port.
-func waitListening(ctx context.Context, addr string, exited <-chan error) error {
-	for {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.Close()
-			return nil
-		}
+// waitUp polls the process's HTTP port until it answers as the node that
+// was started (another process may hold the port: then the new one exits),
+// the process exits, or ctx ends. Polling is the only way to learn that
+// another process is up.
+func waitUp(ctx context.Context, p launchPlan, exited <-chan error) error {
+	url := "http://" + p.ready + "/status"
+	if p.role == "scheduler" {
+		url = "http://" + p.ready + "/nodes"
+	}
+	err := local.Poll(ctx, func() (bool, error) {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("exited: %v", err)
-		case <-ctx.Done():
-			return fmt.Errorf("not listening on %s: %w", addr, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+			return false, fmt.Errorf("exited: %v", err)
+		default:
 		}
+		var status struct {
+			NodeID string          `json:"node_id"`
+			Nodes  []rest.NodeInfo `json:"nodeIds"`
+		}
+		try, cancel := context.WithTimeout(ctx, time.Second) // a foreign listener may never answer
+		defer cancel()
+		if local.GetJSON(try, url, &status) != nil {
+			return false, nil
+		}
+		for _, n := range status.Nodes {
+			if n.Role == ctl.RoleScheduler {
+				status.NodeID = n.NodeID
+			}
+		}
+		return status.NodeID == p.nodeID, nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("no answer from %s: %w", url, err)
 	}
-}
-
-func dialHost(ip string) string {
-	if ip == "0.0.0.0" || ip == "::" || ip == "" {
-		return "127.0.0.1"
-	}
-	return ip
+	return err
 }
 
 func withoutEnv(env []string, key string) []string {

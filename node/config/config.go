@@ -354,6 +354,15 @@ func (s Server) LocalCount(serverNum int) int {
 	return s.LocalServerNum
 }
 
+// DialableIP turns a wildcard bind address (MindSpore's scheduler_ip
+// default 0.0.0.0) into one a client on this host can dial.
+func DialableIP(ip string) string {
+	if ip == "0.0.0.0" || ip == "::" || ip == "" {
+		return "127.0.0.1"
+	}
+	return ip
+}
+
 func validHost(h string) bool {
 	if len(h) > 253 {
 		return false

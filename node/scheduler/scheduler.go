@@ -247,12 +247,7 @@ func (s *Scheduler) pushMembership() {
 		return
 	default:
 	}
-	body := ctl.Encode(s.members.View())
-	for id, c := range s.conns {
-		if err := c.Send(ctl.KindMembership, body); err != nil {
-			s.log.Warn("cannot push membership", zap.String("to", id), zap.Error(err))
-		}
-	}
+	s.sendAllLocked(ctl.KindMembership, ctl.Encode(s.members.View()))
 }
 
 // Serve handles the frames servers send.

@@ -181,7 +181,7 @@ func (s *Server) Close() error {
 // schedulerLoop keeps the server registered: connect, register, heartbeat,
 // and start again whenever the link breaks (scheduler restart, partition).
 func (s *Server) schedulerLoop() {
-	addr := net.JoinHostPort(dialable(s.cfg.Cluster.SchedulerIP), strconv.Itoa(s.cfg.Cluster.SchedulerPort))
+	addr := net.JoinHostPort(config.DialableIP(s.cfg.Cluster.SchedulerIP), strconv.Itoa(s.cfg.Cluster.SchedulerPort))
 	interval := time.Duration(s.cfg.Cluster.HeartbeatInterval)
 	backoff := 100 * time.Millisecond
 	for {
@@ -221,14 +221,6 @@ func (s *Server) schedulerLoop() {
 // iteration's checkpoint write on the scheduler link.
 func inlineKinds(k frame.Kind) bool {
 	return k == ctl.KindPartial || k == ctl.KindReduced || k == ctl.KindAggregate
-}
-
-// dialable turns a wildcard bind address into one a client can dial.
-func dialable(ip string) string {
-	if ip == "0.0.0.0" || ip == "::" || ip == "" {
-		return "127.0.0.1"
-	}
-	return ip
 }
 
 func (s *Server) registerOn(c *transport.Conn) error {

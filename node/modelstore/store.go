@@ -16,7 +16,10 @@
 // Put writes <Dir>/<FLName>_iteration_<N>.safetensors to a temporary name in
 // the same directory, fsyncs the file, renames it and fsyncs the directory;
 // only then is the model visible to Get and Latest. A failed write publishes
-// nothing and returns the error: the caller fails the iteration. Each
+// nothing and returns the error: the caller fails the iteration. Stage does
+// the slow half (write and fsync under the temporary name) ahead of time, so
+// that Commit at the iteration switch is only the rename and the directory
+// fsync; a crash between them leaves a temporary file that recovery removes. Each
 // checkpoint carries fl_name, iteration and the sha256 of its weights in the
 // safetensors metadata; recovery checks all three.
 //
@@ -156,7 +159,11 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	if loaded == 0 {
-		if err := s.writeCheckpoint(0, initial, s.sums[0]); err != nil {
+		tmp, err := s.writeTemp(0, initial, s.sums[0])
+		if err == nil {
+			err = s.rename(tmp, 0)
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
@@ -274,43 +281,139 @@ func (s *Store) quarantine(p string, cause error) {
 	}
 }
 
-// writeCheckpoint writes iter atomically: temporary file, fsync, rename,
-// fsync of the directory.
-func (s *Store) writeCheckpoint(iter uint64, m *model.Model, sum string) (err error) {
+// Staged is an iteration's model with its checkpoint already written and
+// synced under a temporary name: the slow part of Put, done ahead (while the
+// cluster still agrees on the model) so that publishing it at the iteration
+// switch is only a rename. Commit publishes it, Discard drops it; exactly
+// one of them must be called.
+type Staged struct {
+	s    *Store
+	iter uint64
+	m    *model.Model
+	sum  string
+	tmp  string // the synced temporary file; "" without a checkpoint dir
+	err  error
+}
+
+// Stage validates m and, when the store has a checkpoint dir, writes and
+// fsyncs its checkpoint under a temporary name. It may run concurrently
+// with anything else on the store; the store takes ownership of m. An empty
+// sum is computed.
+func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
+	st := &Staged{s: s, iter: iter, m: m, sum: sum}
+	switch {
+	case m == nil || m.Layout == nil || len(m.Data) != m.Layout.Size:
+		st.err = fmt.Errorf("cannot put iteration %d: model weights do not match its layout", iter)
+		return st
+	case !m.Layout.Equal(s.layout):
+		st.err = fmt.Errorf("cannot put iteration %d: %w", iter, ErrLayout)
+		return st
+	}
+	if st.sum == "" {
+		st.sum = m.SHA256()
+	}
+	if s.opts.Dir != "" {
+		st.tmp, st.err = s.writeTemp(iter, m, st.sum)
+		if st.err != nil {
+			st.err = fmt.Errorf("cannot put iteration %d: %w", iter, st.err)
+		}
+	}
+	return st
+}
+
+// writeTemp writes and fsyncs iteration iter's checkpoint under a fresh
+// temporary name, which it returns.
+func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, err error) {
 	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
-	tmp := final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
+	tmp = final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
 	f, err := s.fs.Create(tmp)
 	if err != nil {
-		return fmt.Errorf("cannot create checkpoint %s: %w", tmp, err)
+		return "", fmt.Errorf("cannot create checkpoint %s: %w", tmp, err)
 	}
 	defer func() {
 		if err != nil {
-			if rerr := s.fs.Remove(tmp); rerr != nil {
-				s.log.Warn("cannot remove temporary checkpoint", zap.String("path", tmp), zap.Error(rerr))
-			}
+			s.removeTemp(tmp)
 		}
 	}()
 	if err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum}); err != nil {
 		f.Close()
-		return fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
+		return "", fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("cannot sync checkpoint %s: %w", tmp, err)
+		return "", fmt.Errorf("cannot sync checkpoint %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("cannot close checkpoint %s: %w", tmp, err)
+		return "", fmt.Errorf("cannot close checkpoint %s: %w", tmp, err)
 	}
+	return tmp, nil
+}
+
+// rename gives a synced temporary checkpoint its final name and fsyncs the
+// directory. On failure no file is left under either name.
+func (s *Store) rename(tmp string, iter uint64) error {
+	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
 	if err := s.fs.Rename(tmp, final); err != nil {
+		s.removeTemp(tmp)
 		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
 	}
 	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
 		// The file may be visible but not durable: do not publish it.
-		// Remove the final name rather than the temporary one.
-		tmp = final
+		s.removeTemp(final)
 		return fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, err)
 	}
 	return nil
+}
+
+func (s *Store) removeTemp(path string) {
+	if err := s.fs.Remove(path); err != nil {
+		s.log.Warn("cannot remove temporary checkpoint", zap.String("path", path), zap.Error(err))
+	}
+}
+
+// Iteration is the iteration the staged model is for.
+func (st *Staged) Iteration() uint64 { return st.iter }
+
+// Commit renames the checkpoint to its final name, fsyncs the directory and
+// makes the model visible to Get and Latest. The iteration must still be
+// after the latest stored one. Old checkpoints are not pruned here: call
+// Prune once the new model is served.
+func (st *Staged) Commit() error {
+	s := st.s
+	if st.err != nil {
+		return st.err
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.RLock()
+	latest := s.latest
+	s.mu.RUnlock()
+	if st.iter <= latest {
+		st.Discard()
+		return fmt.Errorf("cannot put iteration %d (latest %d): %w", st.iter, latest, ErrOutOfOrder)
+	}
+	if st.tmp != "" {
+		tmp := st.tmp
+		st.tmp = ""
+		if err := s.rename(tmp, st.iter); err != nil {
+			return fmt.Errorf("cannot put iteration %d: %w", st.iter, err)
+		}
+	}
+	s.mu.Lock()
+	s.models[st.iter] = st.m
+	s.sums[st.iter] = st.sum
+	s.latest = st.iter
+	s.evictLocked()
+	s.mu.Unlock()
+	return nil
+}
+
+// Discard removes a staged checkpoint that will not be committed.
+func (st *Staged) Discard() {
+	if st.tmp != "" {
+		st.s.removeTemp(st.tmp)
+		st.tmp = ""
+	}
 }
 
 // Put stores m as iteration iter: checkpoint first (when Dir is set), then
@@ -324,37 +427,10 @@ func (s *Store) Put(iter uint64, m *model.Model) error {
 // PutSum is Put for a caller that already knows m's SHA256 (sum); an empty
 // sum is computed.
 func (s *Store) PutSum(iter uint64, m *model.Model, sum string) error {
-	if m == nil || m.Layout == nil || len(m.Data) != m.Layout.Size {
-		return fmt.Errorf("cannot put iteration %d: model weights do not match its layout", iter)
+	if err := s.Stage(iter, m, sum).Commit(); err != nil {
+		return err
 	}
-	if !m.Layout.Equal(s.layout) {
-		return fmt.Errorf("cannot put iteration %d: %w", iter, ErrLayout)
-	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.mu.RLock()
-	latest := s.latest
-	s.mu.RUnlock()
-	if iter <= latest {
-		return fmt.Errorf("cannot put iteration %d (latest %d): %w", iter, latest, ErrOutOfOrder)
-	}
-	if sum == "" {
-		sum = m.SHA256()
-	}
-	if s.opts.Dir != "" {
-		if err := s.writeCheckpoint(iter, m, sum); err != nil {
-			return fmt.Errorf("cannot put iteration %d: %w", iter, err)
-		}
-	}
-	s.mu.Lock()
-	s.models[iter] = m
-	s.sums[iter] = sum
-	s.latest = iter
-	s.evictLocked()
-	s.mu.Unlock()
-	if s.opts.Dir != "" {
-		s.pruneDisk()
-	}
+	s.Prune()
 	return nil
 }
 
@@ -376,9 +452,12 @@ func (s *Store) evictLocked() {
 	}
 }
 
-// pruneDisk removes checkpoint files beyond the newest Keep. Failures are
+// Prune removes checkpoint files beyond the newest Keep. Failures are
 // logged: the new checkpoint is already durable.
-func (s *Store) pruneDisk() {
+func (s *Store) Prune() {
+	if s.opts.Dir == "" {
+		return
+	}
 	names, err := s.fs.ReadDir(s.opts.Dir)
 	if err != nil {
 		s.log.Warn("cannot list checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))

@@ -476,3 +476,69 @@ func TestTruncate(t *testing.T) {
 		t.Fatalf("reopened latest %d has4 %v", it, r.Has(4))
 	}
 }
+
+// TestStage: a staged checkpoint is durable under a temporary name before
+// Commit, invisible until then, dropped by Discard, refused by Commit once a
+// newer iteration is stored, and a crash before Commit leaves the previous
+// iteration as the newest on recovery.
+func TestStage(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, nil)
+	_, m0 := s.Latest()
+	m1 := next(m0, 1)
+	st := s.Stage(1, m1, "")
+	if st.Iteration() != 1 || s.Has(1) {
+		t.Fatal("a staged model is visible before Commit")
+	}
+	if got := names(t, fsys); !strings.Contains(got, "lenet_iteration_1.safetensors.tmp") {
+		t.Fatalf("files %q: no temporary checkpoint", got)
+	}
+	// A crash now: recovery ignores (and removes) the temporary file.
+	r := open(t, fsys.CrashClone(), nil)
+	if it, _ := r.Latest(); it != 0 {
+		t.Fatalf("recovered iteration %d from a staged checkpoint", it)
+	}
+	if err := st.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if g, ok := s.Get(1); !ok || g.SHA256() != m1.SHA256() {
+		t.Fatal("committed model not served")
+	}
+	if got := names(t, fsys); got != "lenet_iteration_0.safetensors lenet_iteration_1.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+
+	// Discard leaves nothing behind.
+	st = s.Stage(2, next(m1, 1), "")
+	st.Discard()
+	if got := names(t, fsys); got != "lenet_iteration_0.safetensors lenet_iteration_1.safetensors" {
+		t.Fatalf("files after Discard %q", got)
+	}
+
+	// Two stagings of one iteration (a retried all-reduce): the first
+	// committed wins, the other is refused and removed.
+	a, b := s.Stage(2, next(m1, 2), ""), s.Stage(2, next(m1, 3), "")
+	if err := a.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(); !errors.Is(err, ErrOutOfOrder) {
+		t.Fatalf("second commit of iteration 2: %v", err)
+	}
+	if got := names(t, fsys); strings.Contains(got, ".tmp") {
+		t.Fatalf("temporary file left: %q", got)
+	}
+	if sum, _ := s.Sum(2); sum != next(m1, 2).SHA256() {
+		t.Fatal("iteration 2 is not the first committed model")
+	}
+
+	// A model of another shape fails at Stage and Commit reports it.
+	if err := s.Stage(3, model.New(mustLayout(t)), "").Commit(); !errors.Is(err, ErrLayout) {
+		t.Fatalf("another layout: %v", err)
+	}
+	if err := s.Stage(3, &model.Model{}, "").Commit(); err == nil {
+		t.Fatal("a model without layout was committed")
+	}
+	if it, _ := s.Latest(); it != 2 {
+		t.Fatalf("latest %d after refused commits", it)
+	}
+}

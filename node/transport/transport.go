@@ -292,6 +292,15 @@ func (c *Conn) Send(kind frame.Kind, body []byte) error {
 	return c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), kind, 0, body))
 }
 
+// SendBuilt sends a frame whose body build appends to its argument, so a
+// large body is written once, in place, instead of built and then copied
+// by Send. n is the body size, a capacity hint.
+func (c *Conn) SendBuilt(kind frame.Kind, n int, build func(dst []byte) []byte) error {
+	b := build(frame.AppendHeader(make([]byte, 0, frame.Size(n)), kind, 0))
+	frame.FinishFrame(b)
+	return c.write(b)
+}
+
 // Reply answers request id.
 func (c *Conn) Reply(id uint64, body []byte, err error) error {
 	if err != nil {

@@ -68,6 +68,18 @@ func AppendFrame(dst []byte, kind Kind, id uint64, body []byte) []byte {
 	return append(dst, body...)
 }
 
+// AppendHeader appends the header of a frame whose body the caller appends
+// next; FinishFrame then fixes the length. For bodies built in place.
+func AppendHeader(dst []byte, kind Kind, id uint64) []byte {
+	return AppendFrame(dst, kind, id, nil)
+}
+
+// FinishFrame sets the length of the frame that starts at frame[0] and ends
+// at the end of frame (begun with AppendHeader).
+func FinishFrame(frame []byte) {
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-4))
+}
+
 // Size is the encoded size of a frame with a body of n bytes.
 func Size(n int) int { return HeaderSize + n }
 

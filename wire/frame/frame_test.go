@@ -31,6 +31,19 @@ func TestRoundTrip(t *testing.T) {
 	f(255, 1<<63+5, bytes.Repeat([]byte{7}, 70000))
 }
 
+// TestBuiltInPlace: a frame begun with AppendHeader, its body appended and
+// finished with FinishFrame is the frame AppendFrame makes.
+func TestBuiltInPlace(t *testing.T) {
+	for _, body := range [][]byte{nil, []byte("x"), bytes.Repeat([]byte{9}, 70000)} {
+		b := AppendHeader(nil, 7, 42)
+		b = append(b, body...)
+		FinishFrame(b)
+		if want := AppendFrame(nil, 7, 42, body); !bytes.Equal(b, want) {
+			t.Fatalf("body of %d bytes: built in place %x..., AppendFrame %x...", len(body), b[:HeaderSize], want[:HeaderSize])
+		}
+	}
+}
+
 func TestLimits(t *testing.T) {
 	f := func(header []byte, max int, wantErr bool) {
 		t.Helper()

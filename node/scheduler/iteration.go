@@ -118,7 +118,11 @@ func (s *Scheduler) runActionsLocked() {
 			s.writeRecordLocked(a)
 		}
 	}
-	s.dirty = true
+	if !force {
+		s.dirty = true // round events: saved at most every persistEvery
+	}
+	// Forced: saved above; again only if an action changed the state
+	// (a scale-in applied at the iteration's end).
 	s.saveLocked(force)
 }
 

@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
@@ -190,9 +191,7 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		return
 	}
 	sha := m.SHA256()
-	pa.mu.Lock()
-	pa.result, pa.sha = m, sha
-	pa.mu.Unlock()
+	pa.setResult(m, sha, func() *staging { return p.stage(a.Iteration, m, sha) })
 	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
 		zap.Duration("took", time.Since(start)), zap.String("model_sha256", sha))
 	pa.mu.Lock()
@@ -200,6 +199,18 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 	pa.mu.Unlock()
 	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name(),
 		LossSum: lossSum, Losses: losses})
+}
+
+// stage writes iteration it's checkpoint of m in the background.
+func (p *plane) stage(it uint64, m *model.Model, sha string) *staging {
+	g := &staging{done: make(chan struct{})}
+	p.s.wg.Add(1)
+	go func() {
+		defer p.s.wg.Done()
+		defer close(g.done)
+		g.st = p.store.Stage(it, m, sha)
+	}()
+	return g
 }
 
 func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, deadline time.Time) (*model.Model, float64, error) {
@@ -212,9 +223,11 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 			continue
 		}
 		off, cnt := peer.Split(L, P, j)
-		body := peer.AppendHeader(make([]byte, 0, peer.HeaderSize+8*cnt), peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(j), Offset: uint64(off), Count: uint64(cnt), N: n})
-		body = pa.acc.AppendPartial(body, off, cnt)
-		if err := p.send(part, ctl.KindPartial, body); err != nil {
+		h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(j), Offset: uint64(off), Count: uint64(cnt), N: n}
+		err := p.send(part, ctl.KindPartial, peer.HeaderSize+8*cnt, func(b []byte) []byte {
+			return pa.acc.AppendPartial(peer.AppendHeader(b, h), off, cnt)
+		})
+		if err != nil {
 			return nil, 0, err
 		}
 	}
@@ -232,15 +245,15 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 		pa.acc.Result(mine, off, 1/total)
 		return out, total, nil
 	}
-	sum, err := p.engine.NewAccumulator(cnt)
+	sum, err := p.chunkSums.get(p.engine, cnt)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer sum.Close()
+	defer p.chunkSums.put(sum)
 	// Our own partial first, through a small buffer, then the peers' in
 	// sender order: one owner computes each chunk, so the order only has
 	// to be fixed, not shared.
-	buf := make([]byte, 0, 8*partialPiece)
+	buf := make([]byte, 0, 8*min(partialPiece, cnt))
 	for o := 0; o < cnt; o += partialPiece {
 		k := min(partialPiece, cnt-o)
 		buf = pa.acc.AppendPartial(buf[:0], off+o, k)
@@ -265,11 +278,13 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	}
 	sum.Result(mine, 0, 1/total)
 	// All-gather: send our finished chunk to everyone.
-	chunk := peer.AppendHeader(make([]byte, 0, peer.HeaderSize+4*cnt), peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(me), Offset: uint64(off), Count: uint64(cnt), N: total})
-	chunk = append(chunk, float32Bytes(mine)...)
+	h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(me), Offset: uint64(off), Count: uint64(cnt), N: total}
 	for j, part := range a.Participants {
 		if j != me {
-			if err := p.send(part, ctl.KindReduced, chunk); err != nil {
+			err := p.send(part, ctl.KindReduced, peer.HeaderSize+4*cnt, func(b []byte) []byte {
+				return append(peer.AppendHeader(b, h), float32Bytes(mine)...)
+			})
+			if err != nil {
 				return nil, 0, err
 			}
 		}
@@ -292,12 +307,57 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	return out, total, nil
 }
 
-func (p *plane) send(part ctl.Participant, kind frame.Kind, body []byte) error {
+// send sends a peer a frame of n body bytes built in place by build.
+func (p *plane) send(part ctl.Participant, kind frame.Kind, n int, build func([]byte) []byte) error {
 	c, err := p.peers.get(part.NodeID, part.PeerAddr)
 	if err != nil {
 		return err
 	}
-	return c.Send(kind, body)
+	return c.SendBuilt(kind, n, build)
+}
+
+// accPool keeps the all-reduce's chunk accumulators between iterations:
+// the chunk size only changes with the number of servers.
+type accPool struct {
+	mu   sync.Mutex
+	free []agg.Accumulator
+}
+
+// get returns a zeroed accumulator of n elements.
+func (ap *accPool) get(e agg.Engine, n int) (agg.Accumulator, error) {
+	ap.mu.Lock()
+	for i, a := range ap.free {
+		if a.Len() == n {
+			ap.free = append(ap.free[:i], ap.free[i+1:]...)
+			ap.mu.Unlock()
+			a.Reset()
+			return a, nil
+		}
+	}
+	ap.mu.Unlock()
+	return e.NewAccumulator(n)
+}
+
+// put keeps a for reuse; one spare is enough (one all-reduce at a time,
+// rarely two when an attempt is retried).
+func (ap *accPool) put(a agg.Accumulator) {
+	ap.mu.Lock()
+	defer ap.mu.Unlock()
+	if len(ap.free) < 2 {
+		ap.free = append(ap.free, a)
+		return
+	}
+	a.Close()
+}
+
+// close frees the kept accumulators.
+func (ap *accPool) close() {
+	ap.mu.Lock()
+	defer ap.mu.Unlock()
+	for _, a := range ap.free {
+		a.Close()
+	}
+	ap.free = nil
 }
 
 // receive files a chunk from a peer into its attempt's inbox.

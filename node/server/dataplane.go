@@ -36,8 +36,9 @@ type plane struct {
 	partials    map[uint64]*partial
 	free        []agg.Accumulator // accumulators of finished iterations, for reuse
 
-	rounds roundTable // all-reduce message inboxes
-	peers  peerConns
+	rounds    roundTable // all-reduce message inboxes
+	peers     peerConns
+	chunkSums accPool // the all-reduce's chunk accumulators
 }
 
 func newPlane(s *Server) (*plane, error) {
@@ -79,6 +80,7 @@ func newPlane(s *Server) (*plane, error) {
 func (p *plane) close() {
 	p.mu.Lock()
 	for _, pa := range p.partials {
+		pa.discardStaged()
 		pa.acc.Close()
 	}
 	for _, a := range p.free {
@@ -87,6 +89,7 @@ func (p *plane) close() {
 	p.partials = map[uint64]*partial{}
 	p.free = nil
 	p.mu.Unlock()
+	p.chunkSums.close()
 	p.engine.Close()
 }
 
@@ -260,18 +263,18 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.mu.Lock()
 	pa := p.partials[ni.Completed]
 	p.mu.Unlock()
+	stored := false
 	if latest, _ := p.store.Latest(); latest < ni.Completed {
-		var m *model.Model
-		var sum string
+		var (
+			m   *model.Model
+			sum string
+			st  *staging
+		)
 		if ni.Valid {
 			sum = ni.SHA256
 			if pa != nil {
 				pa.waitIdle()
-				pa.mu.Lock()
-				if pa.sha == ni.SHA256 {
-					m = pa.result
-				}
-				pa.mu.Unlock()
+				m, st = pa.takeResult(ni.SHA256)
 			}
 			if m == nil {
 				var err error
@@ -282,13 +285,23 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 		} else {
 			_, m = p.store.Latest()
 		}
+		var err error
 		switch {
 		case m == nil:
-		case p.store.PutSum(ni.Completed, m, sum) != nil:
-			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed))
+		case st != nil:
+			err = st.wait().Commit()
+		default:
+			err = p.store.Stage(ni.Completed, m, sum).Commit()
+		}
+		switch {
+		case m == nil:
+		case err != nil:
+			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
 		case ni.Valid:
+			stored = true
 			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
 		default:
+			stored = true
 			log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
 		}
 	}
@@ -298,6 +311,9 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	}
 	p.changed.Broadcast()
 	p.mu.Unlock()
+	if stored {
+		p.store.Prune() // after the switch: old files are no one's wait
+	}
 	p.dropPartials(ni.Completed)
 }
 

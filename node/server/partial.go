@@ -7,6 +7,7 @@ import (
 
 	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/modelstore"
 )
 
 // stripe is how many elements one fold lock covers: devices folding
@@ -34,9 +35,11 @@ type partial struct {
 	losses   int
 	foldTime time.Duration
 
-	// Aggregation result, kept until NextIteration says it is valid.
+	// Aggregation result, kept until NextIteration says it is valid, and
+	// its checkpoint being written meanwhile.
 	result *model.Model
 	sha    string
+	staged *staging
 
 	// running counts all-reduces reading acc; a partial dropped while one
 	// runs is released by the last of them (released says it happened).
@@ -73,12 +76,66 @@ func (p *partial) release() {
 // goes to give now, or when the last all-reduce reading it ends.
 func (p *partial) drop(give func(agg.Accumulator)) {
 	p.waitIdle()
+	p.discardStaged()
 	p.mu.Lock()
 	p.dropped, p.released = true, give
 	now := p.running == 0
 	p.mu.Unlock()
 	if now {
 		give(p.acc)
+	}
+}
+
+// setResult records an all-reduce's result and starts writing its
+// checkpoint; the result of an earlier attempt is replaced.
+func (p *partial) setResult(m *model.Model, sha string, stage func() *staging) {
+	p.mu.Lock()
+	old := p.staged
+	p.result, p.sha, p.staged = m, sha, stage()
+	p.mu.Unlock()
+	old.discard()
+}
+
+// takeResult returns the result if its checksum is sum, with its staged
+// checkpoint (nil if none), which the caller then owns.
+func (p *partial) takeResult(sum string) (*model.Model, *staging) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.result == nil || p.sha != sum {
+		return nil, nil
+	}
+	st := p.staged
+	p.staged = nil
+	return p.result, st
+}
+
+// discardStaged drops a staged checkpoint no one took.
+func (p *partial) discardStaged() {
+	p.mu.Lock()
+	st := p.staged
+	p.staged = nil
+	p.mu.Unlock()
+	st.discard()
+}
+
+// staging is an aggregate's checkpoint written and synced in the
+// background while the scheduler collects the servers' checksums, so that
+// storing the model at NextIteration is only a rename.
+type staging struct {
+	done chan struct{}
+	st   *modelstore.Staged
+}
+
+// wait returns the staged checkpoint once written.
+func (g *staging) wait() *modelstore.Staged {
+	<-g.done
+	return g.st
+}
+
+// discard removes the checkpoint once written; nil does nothing.
+func (g *staging) discard() {
+	if g != nil {
+		g.wait().Discard()
 	}
 }
 

@@ -39,12 +39,11 @@ type Client struct {
 	ts    []byte
 	timer *time.Timer
 
-	// What the next build writes: sending is the weights × DataSize.
+	// What the next build writes: sending's weights are uploaded
+	// × DataSize.
 	iteration int32
 	sending   *model.Model
 	loss      float32
-	// upload holds UpdateModel's scaled copy.
-	upload *model.Model
 
 	// The last model a server served (startFLJob or getModel).
 	model *model.Model
@@ -150,30 +149,19 @@ type UpdateResult struct {
 // clients do (the server divides the sum by the sum of data sizes), with
 // loss as upload_loss (written when non-zero). m is only read.
 func (c *Client) UpdateModel(ctx context.Context, iteration int32, m *model.Model, loss float32) (UpdateResult, error) {
-	if c.upload == nil || c.upload.Layout != m.Layout {
-		c.upload = model.New(m.Layout)
-	}
-	ds := float32(c.o.DataSize)
-	up := c.upload.Data[:len(m.Data)]
-	for i, v := range m.Data {
-		up[i] = v * ds
-	}
-	return c.sendUpdate(ctx, iteration, c.upload, loss)
+	return c.sendUpdate(ctx, iteration, m, loss)
 }
 
-// updateServed uploads the served model after training, scaling it in
-// place instead of into a copy: RunIteration replaces it with the next
-// served model anyway, so a device holds one model, not two.
+// updateServed uploads the served model after training (RunIteration
+// trains it in place).
 func (c *Client) updateServed(ctx context.Context, iteration int32, loss float32) (UpdateResult, error) {
-	ds := float32(c.o.DataSize)
-	for i := range c.model.Data {
-		c.model.Data[i] *= ds
-	}
 	return c.sendUpdate(ctx, iteration, c.model, loss)
 }
 
-func (c *Client) sendUpdate(ctx context.Context, iteration int32, scaled *model.Model, loss float32) (UpdateResult, error) {
-	c.iteration, c.loss, c.sending = iteration, loss, scaled
+// sendUpdate uploads m × DataSize: the request builder scales the weights
+// as it copies them, so m is not modified and no scaled copy is made.
+func (c *Client) sendUpdate(ctx context.Context, iteration int32, m *model.Model, loss float32) (UpdateResult, error) {
+	c.iteration, c.loss, c.sending = iteration, loss, m
 	defer func() { c.sending = nil }()
 	body, err := c.exchange(ctx, EndpointUpdateModel)
 	if err != nil {
@@ -346,6 +334,7 @@ func (c *Client) build(ep Endpoint) []byte {
 	case EndpointUpdateModel:
 		return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
 			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.sending,
+			Scale: float32(c.o.DataSize),
 		})
 	case EndpointGetModel:
 		return flmsg.BuildRequestGetModel(c.b, &flmsg.GetModelArgs{

@@ -2,6 +2,7 @@ package flmsg
 
 import (
 	"encoding/binary"
+	"math"
 	"unsafe"
 
 	flatbuffers "github.com/google/flatbuffers/go"
@@ -19,12 +20,18 @@ type Tensor struct {
 // floatVector writes data as a [float] vector with one bulk copy: the
 // builder's byte-vector path places the bytes with the alignment a float
 // vector needs (4), and the length word is then patched from a byte count
-// to an element count.
-func floatVector(b *flatbuffers.Builder, data []float32) flatbuffers.UOffsetT {
+// to an element count. Unless scale is 1, every value is multiplied by it
+// in the builder's copy, while it is still in cache (devices upload
+// weight × data_size without scaling a copy of their model first).
+func floatVector(b *flatbuffers.Builder, data []float32, scale float32) flatbuffers.UOffsetT {
 	if !hostLittleEndian {
 		b.StartVector(4, len(data), 4)
 		for i := len(data) - 1; i >= 0; i-- {
-			b.PrependFloat32(data[i])
+			v := data[i]
+			if scale != 1 {
+				v *= scale
+			}
+			b.PrependFloat32(v)
 		}
 		return b.EndVector(len(data))
 	}
@@ -33,19 +40,42 @@ func floatVector(b *flatbuffers.Builder, data []float32) flatbuffers.UOffsetT {
 		raw = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data))
 	}
 	off := b.CreateByteVector(raw)
-	binary.LittleEndian.PutUint32(b.Bytes[len(b.Bytes)-int(off):], uint32(len(data)))
+	at := len(b.Bytes) - int(off)
+	binary.LittleEndian.PutUint32(b.Bytes[at:], uint32(len(data)))
+	if scale != 1 {
+		scaleFloats(b.Bytes[at+4:at+4+len(raw)], scale)
+	}
 	return off
+}
+
+// scaleFloats multiplies the little-endian float32s in raw by s, through a
+// []float32 view when raw is aligned for one.
+func scaleFloats(raw []byte, s float32) {
+	if len(raw) == 0 {
+		return
+	}
+	if uintptr(unsafe.Pointer(unsafe.SliceData(raw)))%4 == 0 {
+		f := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(raw))), len(raw)/4)
+		for i := range f {
+			f[i] *= s
+		}
+		return
+	}
+	for i := 0; i+4 <= len(raw); i += 4 {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(raw[i:]))
+		binary.LittleEndian.PutUint32(raw[i:], math.Float32bits(v*s))
+	}
 }
 
 // featureMapVector writes n FeatureMaps, tensor i given by at(i), and the
 // vector of them. It allocates only for models of more than 64 tensors.
-func featureMapVector(b *flatbuffers.Builder, n int, at func(i int) (string, []float32)) flatbuffers.UOffsetT {
+func featureMapVector(b *flatbuffers.Builder, n int, scale float32, at func(i int) (string, []float32)) flatbuffers.UOffsetT {
 	var stack [64]flatbuffers.UOffsetT
 	offs := stack[:0]
 	for i := 0; i < n; i++ {
 		name, data := at(i)
 		nameOff := b.CreateString(name)
-		dataOff := floatVector(b, data)
+		dataOff := floatVector(b, data, scale)
 		fbs.FeatureMapStart(b)
 		fbs.FeatureMapAddWeightFullname(b, nameOff)
 		fbs.FeatureMapAddData(b, dataOff)
@@ -58,16 +88,16 @@ func featureMapVector(b *flatbuffers.Builder, n int, at func(i int) (string, []f
 	return b.EndVector(n)
 }
 
-func modelFeatureMaps(b *flatbuffers.Builder, m *model.Model) flatbuffers.UOffsetT {
+func modelFeatureMaps(b *flatbuffers.Builder, m *model.Model, scale float32) flatbuffers.UOffsetT {
 	ps := m.Layout.Params
-	return featureMapVector(b, len(ps), func(i int) (string, []float32) {
+	return featureMapVector(b, len(ps), scale, func(i int) (string, []float32) {
 		p := &ps[i]
 		return p.Name, m.Data[p.Offset : p.Offset+p.Len]
 	})
 }
 
-func tensorFeatureMaps(b *flatbuffers.Builder, ts []Tensor) flatbuffers.UOffsetT {
-	return featureMapVector(b, len(ts), func(i int) (string, []float32) {
+func tensorFeatureMaps(b *flatbuffers.Builder, ts []Tensor, scale float32) flatbuffers.UOffsetT {
+	return featureMapVector(b, len(ts), scale, func(i int) (string, []float32) {
 		return ts[i].Name, ts[i].Data
 	})
 }
@@ -97,7 +127,7 @@ func (mb *ModelBlock) Set(m *model.Model) {
 		mb.b = flatbuffers.NewBuilder(4*m.Layout.Size + 64*len(m.Layout.Params) + 64)
 	}
 	mb.b.Reset()
-	mb.off = modelFeatureMaps(mb.b, m)
+	mb.off = modelFeatureMaps(mb.b, m, 1)
 	mb.tail = mb.b.Bytes[mb.b.Head():]
 	mb.floats = m.Layout.Size
 }

@@ -63,7 +63,7 @@ func BuildResponseFLJob(b *flatbuffers.Builder, r *FLJobReply) []byte {
 	case r.Block != nil:
 		fm = r.Block.splice(b) // first: the block must end the buffer
 	case r.Model != nil:
-		fm = modelFeatureMaps(b, r.Model)
+		fm = modelFeatureMaps(b, r.Model, 1)
 	}
 	var plan flatbuffers.UOffsetT
 	if p := r.Plan; p != nil {
@@ -137,7 +137,7 @@ func BuildResponseGetModel(b *flatbuffers.Builder, r *GetModelReply) []byte {
 	case r.Block != nil:
 		fm = r.Block.splice(b)
 	case r.Model != nil:
-		fm = modelFeatureMaps(b, r.Model)
+		fm = modelFeatureMaps(b, r.Model, 1)
 	}
 	reason := b.CreateString(r.Reason)
 	ts := b.CreateString(r.Timestamp)

@@ -28,6 +28,9 @@ type UpdateModelArgs struct {
 	UploadLoss float32 // ≈r1.7; written only when non-zero
 	Model      *model.Model
 	Tensors    []Tensor
+	// Scale multiplies every weight as it is written (devices upload
+	// weight × data_size); 0 means 1.
+	Scale float32
 }
 
 // GetModelArgs is what BuildRequestGetModel writes.
@@ -59,10 +62,14 @@ func BuildRequestFLJob(b *flatbuffers.Builder, a *FLJobArgs) []byte {
 func BuildRequestUpdateModel(b *flatbuffers.Builder, a *UpdateModelArgs) []byte {
 	b.Reset()
 	var fm flatbuffers.UOffsetT
+	scale := a.Scale
+	if scale == 0 {
+		scale = 1
+	}
 	if a.Model != nil {
-		fm = modelFeatureMaps(b, a.Model)
+		fm = modelFeatureMaps(b, a.Model, scale)
 	} else {
-		fm = tensorFeatureMaps(b, a.Tensors)
+		fm = tensorFeatureMaps(b, a.Tensors, scale)
 	}
 	name := b.CreateString(a.FLName)
 	id := b.CreateString(a.FLID)

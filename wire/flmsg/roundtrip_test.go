@@ -134,6 +134,44 @@ func TestRequestUpdateModelOurs(t *testing.T) {
 	ts := []Tensor{{Name: "a", Data: []float32{1, 2, 3}}, {Name: "z"}}
 	f(UpdateModelArgs{FLName: "x", Tensors: ts}, ts)
 	f(UpdateModelArgs{}, nil)
+	// Scale multiplies as it writes, leaving the model alone.
+	scaled := model.InitLeNet5(5)
+	for i := range scaled.Data {
+		scaled.Data[i] *= 32
+	}
+	f(UpdateModelArgs{FLName: "lenet", Model: m, Scale: 32}, modelTensors(scaled))
+	if m.SHA256() != model.InitLeNet5(5).SHA256() {
+		t.Fatal("Scale modified the model it wrote")
+	}
+	f(UpdateModelArgs{Tensors: ts, Scale: -0.5}, []Tensor{{Name: "a", Data: []float32{-0.5, -1, -1.5}}, {Name: "z"}})
+}
+
+// scaleFloats gives the same bits through the aligned view and the
+// byte-wise path.
+func TestScaleFloats(t *testing.T) {
+	vals := []float32{0, 1, -2.5, 3e38, 1e-45, float32(math.Inf(1)), 7}
+	for shift := 0; shift < 4; shift++ {
+		raw := make([]byte, shift+4*len(vals))[shift:]
+		for i, v := range vals {
+			putF32(raw[4*i:], v)
+		}
+		scaleFloats(raw, 3)
+		for i, v := range vals {
+			if got := getF32(raw[4*i:]); math.Float32bits(got) != math.Float32bits(v*3) {
+				t.Fatalf("offset %d: value %d scaled to %v, want %v", shift, i, got, v*3)
+			}
+		}
+	}
+	scaleFloats(nil, 2) // nothing to do, no panic
+}
+
+func putF32(b []byte, v float32) {
+	u := math.Float32bits(v)
+	b[0], b[1], b[2], b[3] = byte(u), byte(u>>8), byte(u>>16), byte(u>>24)
+}
+
+func getF32(b []byte) float32 {
+	return math.Float32frombits(uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24)
 }
 
 // The zero-copy view aliases the request body.

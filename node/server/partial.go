@@ -76,20 +76,28 @@ func (p *partial) release() {
 // goes to give now, or when the last all-reduce reading it ends.
 func (p *partial) drop(give func(agg.Accumulator)) {
 	p.waitIdle()
-	p.discardStaged()
 	p.mu.Lock()
 	p.dropped, p.released = true, give
 	now := p.running == 0
+	staged := p.staged
+	p.staged = nil
 	p.mu.Unlock()
+	staged.discard()
 	if now {
 		give(p.acc)
 	}
 }
 
 // setResult records an all-reduce's result and starts writing its
-// checkpoint; the result of an earlier attempt is replaced.
+// checkpoint; the result of an earlier attempt is replaced. A partial
+// dropped meanwhile (its iteration ended without this all-reduce) takes
+// nothing: no one would commit or remove the checkpoint.
 func (p *partial) setResult(m *model.Model, sha string, stage func() *staging) {
 	p.mu.Lock()
+	if p.dropped {
+		p.mu.Unlock()
+		return
+	}
 	old := p.staged
 	p.result, p.sha, p.staged = m, sha, stage()
 	p.mu.Unlock()

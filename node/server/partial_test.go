@@ -97,4 +97,12 @@ func TestStagedResult(t *testing.T) {
 	if st.Has(2) {
 		t.Fatal("a dropped result was stored")
 	}
+	// An all-reduce that ends after its partial was dropped stages nothing.
+	pb.setResult(b, b.SHA256(), func() *staging {
+		t.Fatal("a dropped partial staged a checkpoint")
+		return nil
+	})
+	if _, g := pb.takeResult(b.SHA256()); g != nil {
+		t.Fatal("a dropped partial handed out a staged checkpoint")
+	}
 }

@@ -42,8 +42,19 @@ func benchWorkDir(b *testing.B) string {
 	return workDir
 }
 
-// fedclusterBinary builds ./cmd/fedcluster once per test binary.
+// binEnv names a prebuilt fedcluster binary to benchmark instead of
+// building one: for a compiled bench test run on a machine without Go.
+const binEnv = "FEDCLUSTER_BIN"
+
+// fedclusterBinary builds ./cmd/fedcluster once per test binary, or returns
+// $FEDCLUSTER_BIN.
 func fedclusterBinary(b *testing.B) string {
+	if p := os.Getenv(binEnv); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			b.Fatalf("%s: %v", binEnv, err)
+		}
+		return p
+	}
 	dir := benchWorkDir(b)
 	binOnce.Do(func() {
 		binPath = filepath.Join(dir, "fedcluster")

@@ -76,6 +76,11 @@ type Server struct {
 	HTTPURLPrefix string `toml:"http_url_prefix"`
 	// MaxBodySize bounds one device request body; larger ones get 413.
 	MaxBodySize Bytes `toml:"max_body_size"`
+	// UploadMemory bounds the memory holding updateModel bodies being read
+	// and folded: uploads in flight are min(cores + 1, UploadMemory / the
+	// model's upload size), at least 1; the others wait in their
+	// connections.
+	UploadMemory Bytes `toml:"upload_memory"`
 	// ExitOnScaleIn makes a scaled-in server exit instead of waiting for
 	// SIGTERM as MindSpore's do.
 	ExitOnScaleIn bool `toml:"exit_on_scale_in"`
@@ -178,6 +183,7 @@ func Default() Config {
 			ServerIP:       "127.0.0.1",
 			LocalServerNum: -1,
 			MaxBodySize:    Bytes(100 << 20),
+			UploadMemory:   Bytes(256 << 20),
 			GetModelWait:   Duration(time.Second),
 		},
 		FL: FL{
@@ -287,6 +293,9 @@ func (c *Config) Validate() error {
 	}
 	if s.MaxBodySize < 1<<10 || s.MaxBodySize > 2<<30 {
 		bad("server.max_body_size", "must be in 1KiB..2GiB, got %s", s.MaxBodySize)
+	}
+	if s.UploadMemory < 1<<20 {
+		bad("server.upload_memory", "must be at least 1MiB, got %s", s.UploadMemory)
 	}
 
 	f := &c.FL

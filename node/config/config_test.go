@@ -80,6 +80,7 @@ func TestErrorsNameTheKey(t *testing.T) {
 	f([]string{"--engine=gpu"}, "aggregation.engine", "auto")
 	f([]string{"--legacy_timestamps=maybe"}, "fl.legacy_timestamps")
 	f([]string{"--local_server_num=9", "--server_num=4"}, "server.local_server_num")
+	f([]string{"--upload_memory=4KiB"}, "server.upload_memory", "at least 1MiB")
 	f([]string{"--no_such_flag=1"}, "no_such_flag")
 	f([]string{"--config=" + write(t, "bad.toml", "[cluster]\nserver_num = 2\nsever_num = 3\n")}, "unknown configuration key", "cluster.sever_num")
 	f([]string{"--config=" + write(t, "type.toml", "[cluster]\nserver_num = \"two\"\n")}, "server_num")

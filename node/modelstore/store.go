@@ -79,6 +79,11 @@ type Options struct {
 	// Keep is how many newest models stay in memory (plus iteration 0) and
 	// how many newest checkpoint files stay on disk; 0 means DefaultKeep.
 	Keep int
+	// MemKeep, when in 1..Keep and Dir is set, keeps fewer of the newest
+	// models in memory than on disk (plus iteration 0): for large models,
+	// whose older iterations are then answered with the newest, as for
+	// any iteration no longer kept.
+	MemKeep int
 	// FS is the file system; nil means OSFS.
 	FS FS
 	// Logger receives recovery and cleanup messages; nil means none.
@@ -103,6 +108,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Keep < 0 {
 		return fmt.Errorf("invalid modelstore options: Keep is %d, want >= 0", o.Keep)
+	}
+	if o.MemKeep < 0 {
+		return fmt.Errorf("invalid modelstore options: MemKeep is %d, want >= 0", o.MemKeep)
 	}
 	return nil
 }
@@ -247,8 +255,8 @@ func (s *Store) recover() (int, error) {
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
 	loaded := 0
 	for _, it := range iters { // newest first
-		if loaded >= s.opts.Keep && it != 0 {
-			continue // older than the newest Keep; iteration 0 is always tried
+		if loaded >= s.memKeep() && it != 0 {
+			continue // older than the newest kept in memory; iteration 0 is always tried
 		}
 		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
 		m, meta, err := read(s.fs, p, s.layout)
@@ -434,9 +442,28 @@ func (s *Store) PutSum(iter uint64, m *model.Model, sum string) error {
 	return nil
 }
 
-// evictLocked keeps the newest Keep models and iteration 0.
+// SetMemKeep changes Options.MemKeep (for a caller that learns the model's
+// size from Open) and evicts what it no longer keeps.
+func (s *Store) SetMemKeep(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.MemKeep = max(n, 0)
+	s.evictLocked()
+}
+
+// memKeep is how many of the newest models stay in memory besides
+// iteration 0.
+func (s *Store) memKeep() int {
+	if s.opts.Dir != "" && s.opts.MemKeep > 0 {
+		return min(s.opts.MemKeep, s.opts.Keep)
+	}
+	return s.opts.Keep
+}
+
+// evictLocked keeps the newest memKeep models and iteration 0.
 func (s *Store) evictLocked() {
-	if len(s.models) <= s.opts.Keep+1 {
+	keep := s.memKeep()
+	if len(s.models) <= keep+1 {
 		return
 	}
 	iters := make([]uint64, 0, len(s.models))
@@ -446,7 +473,7 @@ func (s *Store) evictLocked() {
 		}
 	}
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
-	for _, it := range iters[min(s.opts.Keep, len(iters)):] {
+	for _, it := range iters[min(keep, len(iters)):] {
 		delete(s.models, it)
 		delete(s.sums, it)
 	}

@@ -542,3 +542,56 @@ func TestStage(t *testing.T) {
 		t.Fatalf("latest %d after refused commits", it)
 	}
 }
+
+// TestMemKeep: fewer models in memory than checkpoints on disk; the disk
+// keeps Keep files, memory the newest MemKeep and iteration 0, and a
+// reopened store loads no more than that.
+func TestMemKeep(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, func(o *Options) { o.Keep, o.MemKeep = 3, 1 })
+	_, m := s.Latest()
+	for i := uint64(1); i <= 4; i++ {
+		m = next(m, 1)
+		if err := s.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.Iterations(); len(got) != 2 || got[0] != 0 || got[1] != 4 {
+		t.Fatalf("in memory: %v, want [0 4]", got)
+	}
+	if got := names(t, fsys); got != "lenet_iteration_2.safetensors lenet_iteration_3.safetensors lenet_iteration_4.safetensors" {
+		t.Fatalf("on disk: %q", got)
+	}
+	r := open(t, fsys, func(o *Options) { o.Keep, o.MemKeep = 3, 1 })
+	if got := r.Iterations(); len(got) != 2 || got[1] != 4 {
+		t.Fatalf("reopened in memory: %v", got)
+	}
+	// Without a checkpoint dir memory is the only copy: MemKeep is ignored.
+	mem := open(t, NewMemFS(), func(o *Options) { o.Dir, o.Keep, o.MemKeep = "", 2, 1 })
+	_, m = mem.Latest()
+	for i := uint64(1); i <= 3; i++ {
+		m = next(m, 1)
+		if err := mem.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := mem.Iterations(); len(got) != 3 {
+		t.Fatalf("memory-only store kept %v", got)
+	}
+	// SetMemKeep after Open evicts at once.
+	s2 := open(t, NewMemFS(), func(o *Options) { o.Keep = 3 })
+	_, m = s2.Latest()
+	for i := uint64(1); i <= 3; i++ {
+		m = next(m, 1)
+		if err := s2.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s2.SetMemKeep(1)
+	if got := s2.Iterations(); len(got) != 2 || got[1] != 3 {
+		t.Fatalf("after SetMemKeep(1): %v", got)
+	}
+	if err := (&Options{FLName: "x", MemKeep: -1}).Validate(); err == nil {
+		t.Fatal("negative MemKeep accepted")
+	}
+}

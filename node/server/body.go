@@ -15,8 +15,8 @@ import (
 // Request bodies are streamed (fasthttp's StreamRequestBody) and read into
 // buffers the server owns, so memory does not grow with the number of
 // devices uploading at once: at most uploadSlots updates are held in
-// memory, each in a reused buffer; further uploads wait in their TCP
-// connections. Small requests (startFLJob, getModel) use small pooled
+// memory (cores + 1, fewer for a model too large for upload_memory), each
+// in a reused buffer; further uploads wait in their TCP connections. Small requests (startFLJob, getModel) use small pooled
 // buffers.
 
 // smallBodyLimit bounds startFLJob and getModel bodies.
@@ -29,8 +29,13 @@ type uploads struct {
 	slots chan []byte
 }
 
-func newUploads() *uploads {
-	n := runtime.GOMAXPROCS(0) + 1
+// uploadSlots is how many update bodies of size bytes may be held at once:
+// one per core and one more, within memory.
+func uploadSlots(size, memory int) int {
+	return max(1, min(runtime.GOMAXPROCS(0)+1, memory/max(size, 1)))
+}
+
+func newUploads(n int) *uploads {
 	u := &uploads{slots: make(chan []byte, n)}
 	for i := 0; i < n; i++ {
 		u.slots <- nil

@@ -69,6 +69,11 @@ func newPlane(s *Server) (*plane, error) {
 	for i, q := range p.layout.Params {
 		p.index[q.Name] = i
 	}
+	if 4*p.layout.Size >= largeModel {
+		// Older iterations of a large model are answered with the newest
+		// rather than held in memory; their checkpoints stay on disk.
+		st.SetMemKeep(1)
+	}
 	p.changed = sync.NewCond(&p.mu)
 	p.rounds.init()
 	p.peers.init(s)
@@ -128,6 +133,10 @@ func (p *plane) responseSize() int {
 	}
 	return n
 }
+
+// largeModel is the float32 size from which a server keeps only the newest
+// model (and iteration 0) in memory and collects garbage more often.
+const largeModel = 16 << 20
 
 // spareAccBytes bounds the accumulator kept for the next iteration: a
 // small one saves an allocation per iteration, a large one is memory.

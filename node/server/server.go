@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -101,8 +102,14 @@ func (s *Server) Start() error {
 		ln.Close()
 		return err
 	}
+	if 4*s.plane.layout.Size >= largeModel && os.Getenv("GOGC") == "" {
+		// A large model's heap is a few model-sized buffers without
+		// pointers: collections are cheap, and the default 100 % growth
+		// would let the resident size reach twice the live heap.
+		debug.SetGCPercent(25)
+	}
 	s.metrics = newMetrics(s)
-	s.uploads = newUploads()
+	s.uploads = newUploads(uploadSlots(s.plane.responseSize(), int(s.cfg.Server.UploadMemory)))
 	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s,
 		Inline: inlineKinds})
 	if err != nil {

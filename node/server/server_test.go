@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/binary"
 	"math"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,4 +114,20 @@ func TestRespCacheBuildsOncePerKey(t *testing.T) {
 	if builds != 2 {
 		t.Fatalf("a changed key was not rebuilt")
 	}
+}
+
+// TestUploadSlots: one upload buffer per core and one more, fewer when
+// they would not fit upload_memory, never none.
+func TestUploadSlots(t *testing.T) {
+	cores := runtime.GOMAXPROCS(0)
+	f := func(size, memory, want int) {
+		t.Helper()
+		if got := uploadSlots(size, memory); got != want {
+			t.Fatalf("uploadSlots(%d, %d) = %d, want %d", size, memory, got, want)
+		}
+	}
+	f(250<<10, 256<<20, cores+1)        // LeNet
+	f(40<<20, 256<<20, min(cores+1, 6)) // a 10M-parameter model
+	f(400<<20, 256<<20, 1)              // larger than the budget: one at a time
+	f(0, 1<<20, cores+1)
 }

@@ -23,7 +23,7 @@ import (
 func TestBadInputIsHarmless(t *testing.T) {
 	c := startCluster(t, 1, "--start_fl_job_threshold=2", "--fl_iteration_num=1", "--max_body_size=1MiB")
 	b := flatbuffers.NewBuilder(0)
-	d := &testDevice{t: t, c: c, id: "good", size: 3, rng: rand.New(rand.NewPCG(1, 2)), b: flatbuffers.NewBuilder(0)}
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "good", size: 3, rng: rand.New(rand.NewPCG(1, 2)), b: flatbuffers.NewBuilder(0)}
 
 	startJob := func(id string, size int32, ts string) flmsg.ResponseFLJob {
 		t.Helper()

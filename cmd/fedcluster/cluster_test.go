@@ -19,6 +19,7 @@ import (
 	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
@@ -308,7 +309,7 @@ func TestInstanceCommands(t *testing.T) {
 		local.GetJSON(context.Background(), c.ManageURL()+"/state", &st)
 		return st
 	}
-	d := &testDevice{t: t, c: c, id: "d", size: 1, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "d", size: 1, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
 	startJob := func() string {
 		return string(d.post("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: "d", DataSize: 1, Timestamp: now()})))
 	}

@@ -21,17 +21,19 @@ import (
 	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/node/modelstore"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
+	"github.com/fedcluster/fedcluster/wire/safetensors"
 )
 
 // testDevice is a minimal device written against the wire package only, so
 // the test does not share code with the SDK it could otherwise hide bugs in.
 type testDevice struct {
-	t    *testing.T
-	c    *local.Cluster
-	id   string
-	size int32
-	rng  *rand.Rand
-	b    *flatbuffers.Builder
+	t      *testing.T
+	c      *local.Cluster
+	layout *model.Layout
+	id     string
+	size   int32
+	rng    *rand.Rand
+	b      *flatbuffers.Builder
 }
 
 func (d *testDevice) post(path string, body []byte) []byte {
@@ -61,7 +63,7 @@ func (d *testDevice) round(it int32) (got, upload []float32) {
 		d.t.Errorf("device %s: startFLJob in iteration %d: %+v %v", d.id, it, r, err)
 		return nil, nil
 	}
-	m := model.New(model.LeNet5Layout())
+	m := model.New(d.layout)
 	if n, err := r.FeatureMaps.CopyTo(m); err != nil || n != len(m.Layout.Params) {
 		d.t.Errorf("device %s: served model has %d params: %v", d.id, n, err)
 		return nil, nil
@@ -97,7 +99,7 @@ func (d *testDevice) getModel(it int32) []float32 {
 			d.t.Errorf("getModel(%d): %+v", it, r)
 			return nil
 		}
-		m := model.New(model.LeNet5Layout())
+		m := model.New(d.layout)
 		r.FeatureMaps.CopyTo(m)
 		return m.Data
 	}
@@ -110,15 +112,46 @@ func (d *testDevice) getModel(it int32) []float32 {
 // the float64 FedAvg of what was uploaded, identical on every server, and
 // checkpointed.
 func TestFedAvgAcrossServers(t *testing.T) {
-	const devices, iterations = 16, 5
-	c := startCluster(t, 4, "--start_fl_job_threshold=16", "--fl_iteration_num=5", "--heartbeat_interval=200ms", "--heartbeat_timeout=10s",
-		"--start_fl_job_time_window=60000", "--update_model_time_window=60000")
+	fedAvgRun(t, 4, 16, 5, model.LeNet5Layout(), "")
+}
+
+// TestFedAvgLargeModel: the same with a model whose all-reduce shares span
+// several pieces and wait for acknowledgements (2.2M floats over 2 servers:
+// 1.1M elements per share, 9 partial pieces and 5 reduced ones).
+func TestFedAvgLargeModel(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "dense1.weight", Shape: []int{1100, 1000}}, {Name: "dense2.weight", Shape: []int{1_100_003}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := model.New(l)
+	rng := rand.New(rand.NewPCG(7, 7))
+	for i := range m.Data {
+		m.Data[i] = float32(rng.NormFloat64() * 0.1)
+	}
+	b, err := safetensors.AppendEncode(nil, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := filepath.Join(t.TempDir(), "init.safetensors")
+	if err := os.WriteFile(init, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fedAvgRun(t, 2, 4, 3, l, init)
+}
+
+func fedAvgRun(t *testing.T, servers, devices, iterations int, layout *model.Layout, initFile string) {
+	args := []string{"--start_fl_job_threshold=" + strconv.Itoa(devices), "--fl_iteration_num=" + strconv.Itoa(iterations),
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=10s", "--start_fl_job_time_window=60000", "--update_model_time_window=60000"}
+	if initFile != "" {
+		args = append(args, "--init_file="+initFile)
+	}
+	c := startCluster(t, servers, args...)
 	devs := make([]*testDevice, devices)
 	for i := range devs {
-		devs[i] = &testDevice{t: t, c: c, id: fmt.Sprintf("dev-%d", i), size: int32(10 + 7*i), rng: rand.New(rand.NewPCG(uint64(i), 42)), b: flatbuffers.NewBuilder(0)}
+		devs[i] = &testDevice{t: t, c: c, layout: layout, id: fmt.Sprintf("dev-%d", i), size: int32(10 + 7*i), rng: rand.New(rand.NewPCG(uint64(i), 42)), b: flatbuffers.NewBuilder(0)}
 	}
 	var prev []float32
-	for it := int32(1); it <= iterations; it++ {
+	for it := int32(1); it <= int32(iterations); it++ {
 		uploads := make([][]float32, devices)
 		served := make([][]float32, devices)
 		var wg sync.WaitGroup
@@ -173,7 +206,7 @@ func TestFedAvgAcrossServers(t *testing.T) {
 			if err := local.GetJSON(ctx, c.ServerURL(i)+"/status", &st); err != nil {
 				return false, err
 			}
-			return st.ModelIteration == iterations, nil
+			return st.ModelIteration == uint64(iterations), nil
 		})
 		cancel()
 		if err != nil {
@@ -184,11 +217,11 @@ func TestFedAvgAcrossServers(t *testing.T) {
 			t.Fatalf("server %d reports no engine", i)
 		}
 		// The checkpoint loads back and matches.
-		b, err := os.ReadFile(filepath.Join(c.Dir(), "server_"+strconv.Itoa(i), "checkpoints", "LeNet_iteration_5.safetensors"))
+		b, err := os.ReadFile(filepath.Join(c.Dir(), "server_"+strconv.Itoa(i), "checkpoints", fmt.Sprintf("LeNet_iteration_%d.safetensors", iterations)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, meta, err := modelstore.Decode(b, model.LeNet5Layout())
+		m, meta, err := modelstore.Decode(b, layout)
 		if err != nil || !equal(m.Data, prev) || meta.SHA256 != st.ModelSHA256 {
 			t.Fatalf("server %d checkpoint: %v (sha %s vs %s)", i, err, meta.SHA256, st.ModelSHA256)
 		}
@@ -203,7 +236,7 @@ func TestFedAvgAcrossServers(t *testing.T) {
 	if string(body) != flmsg.BodyJobDisabled {
 		t.Fatalf("startFLJob after the last iteration: %q", body)
 	}
-	if got := devs[0].getModel(5); !equal(got, prev) {
+	if got := devs[0].getModel(int32(iterations)); !equal(got, prev) {
 		t.Fatal("getModel after the job differs")
 	}
 }

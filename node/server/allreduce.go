@@ -24,26 +24,70 @@ import (
 // message steps whatever P, each server sending and receiving (P−1)/P of
 // the model twice; and since every chunk is computed once, by its owner,
 // all servers end with bit-identical weights.
+//
+// Both steps travel in pieces of 1 MiB. A chunk owner adds each partial
+// piece into its chunk's sum as it arrives and copies each reduced piece
+// into the model, so no server holds a peer's whole share; and a sender
+// keeps at most window pieces per peer unacknowledged (gnet queues what
+// the socket does not take, so without acknowledgements every share of a
+// large model would sit in its buffers at once). Shares of window pieces
+// or fewer (a LeNet-size model) are not acknowledged at all. The sum's
+// order follows arrival, which only its owner sees.
 
-// partialPiece is how many elements of our own partial sum are converted
-// at a time into the chunk we reduce.
-const partialPiece = 32 << 10
+const (
+	partialPiece = 128 << 10 // float64 elements per partial piece
+	reducedPiece = 256 << 10 // float32 elements per reduced piece
+	window       = 4         // unacknowledged pieces per peer and step
+)
+
+// paced reports whether a share of n elements sent in pieces of piece
+// elements waits for acknowledgements.
+func paced(n, piece int) bool { return n > window*piece }
+
+// Steps of an all-reduce, as acknowledgements name them (Header.Chunk).
+const (
+	stepPartial = 0
+	stepReduced = 1
+)
 
 type roundKey struct {
 	iteration uint64
 	attempt   uint32
 }
 
-// inbox collects the chunks of one all-reduce attempt; chunks may arrive
-// before this server has been told to aggregate.
+// inbox collects the pieces of one all-reduce attempt; pieces may arrive
+// before this server has been told to aggregate, and wait in pending.
 type inbox struct {
-	mu       sync.Mutex
-	arrived  *sync.Cond
-	partials map[uint32][]byte // by sender, for this server's chunk
-	nByFrom  map[uint32]float64
-	reduced  map[uint32][]byte // by chunk
-	total    float64
-	closed   bool
+	mu      sync.Mutex
+	arrived *sync.Cond
+	closed  bool
+	err     error // a piece that does not fit: the attempt fails
+
+	run     *arRun // set when this server's all-reduce starts
+	pending []pendingPiece
+
+	gotP    map[uint32]int     // partial elements received, by sender
+	nByFrom map[uint32]float64 // senders' Σ data_size
+	gotR    map[uint32]int     // reduced elements received, by chunk
+	total   float64            // the owners' reduced Σ data_size
+	acked   [2]map[uint32]int  // pieces peers acknowledged, by step and peer
+}
+
+// arRun is what the receiving side needs of a running all-reduce.
+type arRun struct {
+	me       int
+	parts    int
+	size     int // model elements
+	off, cnt int // this server's chunk
+	sum      agg.Accumulator
+	out      *model.Model
+}
+
+type pendingPiece struct {
+	c    *transport.Conn
+	kind frame.Kind
+	h    peer.Header
+	data []byte
 }
 
 type roundTable struct {
@@ -58,7 +102,8 @@ func (t *roundTable) get(k roundKey) *inbox {
 	defer t.mu.Unlock()
 	ib := t.rounds[k]
 	if ib == nil {
-		ib = &inbox{partials: map[uint32][]byte{}, nByFrom: map[uint32]float64{}, reduced: map[uint32][]byte{}}
+		ib = &inbox{gotP: map[uint32]int{}, nByFrom: map[uint32]float64{}, gotR: map[uint32]int{},
+			acked: [2]map[uint32]int{{}, {}}}
 		ib.arrived = sync.NewCond(&ib.mu)
 		t.rounds[k] = ib
 	}
@@ -101,11 +146,14 @@ func (ib *inbox) close() {
 func (ib *inbox) wait(deadline time.Time, cond func() bool) error {
 	ib.mu.Lock()
 	defer ib.mu.Unlock()
+	done := waitFor(ib.arrived, deadline, func() bool { return ib.closed || ib.err != nil || cond() })
 	switch {
-	case waitFor(ib.arrived, deadline, func() bool { return ib.closed || cond() }) && !ib.closed:
-		return nil
+	case ib.err != nil:
+		return ib.err
 	case ib.closed:
 		return fmt.Errorf("all-reduce attempt superseded")
+	case done:
+		return nil
 	}
 	return fmt.Errorf("all-reduce timed out")
 }
@@ -216,95 +264,169 @@ func (p *plane) stage(it uint64, m *model.Model, sha string) *staging {
 func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, deadline time.Time) (*model.Model, float64, error) {
 	P := len(a.Participants)
 	L := p.layout.Size
-	ib := p.rounds.get(roundKey{a.Iteration, attempt})
-	// Reduce-scatter: send every other owner its chunk of our partial sum.
-	for j, part := range a.Participants {
-		if j == me {
-			continue
-		}
-		off, cnt := peer.Split(L, P, j)
-		h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(j), Offset: uint64(off), Count: uint64(cnt), N: n}
-		err := p.send(part, ctl.KindPartial, peer.HeaderSize+8*cnt, func(b []byte) []byte {
-			return pa.acc.AppendPartial(peer.AppendHeader(b, h), off, cnt)
-		})
-		if err != nil {
-			return nil, 0, err
-		}
-	}
 	off, cnt := peer.Split(L, P, me)
-	if err := ib.wait(deadline, func() bool { return len(ib.partials) == P-1 }); err != nil {
-		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
-	}
 	out := model.New(p.layout)
-	mine := out.Data[off : off+cnt]
-	total := n
 	if P == 1 {
-		if total <= 0 {
-			return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
+		if n <= 0 {
+			return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", n)
 		}
-		pa.acc.Result(mine, off, 1/total)
-		return out, total, nil
+		pa.acc.Result(out.Data, 0, 1/n)
+		return out, n, nil
 	}
 	sum, err := p.chunkSums.get(p.engine, cnt)
 	if err != nil {
 		return nil, 0, err
 	}
-	defer p.chunkSums.put(sum)
-	// Our own partial first, through a small buffer, then the peers' in
-	// sender order: one owner computes each chunk, so the order only has
-	// to be fixed, not shared.
+	ib := p.rounds.get(roundKey{a.Iteration, attempt})
+	run := &arRun{me: me, parts: P, size: L, off: off, cnt: cnt, sum: sum, out: out}
+	if err := p.startRun(ib, run); err != nil {
+		p.chunkSums.put(sum)
+		return nil, 0, err
+	}
+	defer func() {
+		ib.mu.Lock()
+		run.sum = nil // late or stray pieces must not reach a recycled accumulator
+		ib.mu.Unlock()
+		p.chunkSums.put(sum)
+	}()
+
+	// Reduce-scatter: every other owner gets its share of our partial sum.
+	err = p.sendShares(a, me, attempt, ib, deadline, stepPartial, partialPiece, ctl.KindPartial, 8, n,
+		func(b []byte, o, k int) []byte { return pa.acc.AppendPartial(b, o, k) })
+	if err != nil {
+		return nil, 0, err
+	}
+	// Our own partial, through a small buffer, beside the peers' pieces.
 	buf := make([]byte, 0, 8*min(partialPiece, cnt))
 	for o := 0; o < cnt; o += partialPiece {
 		k := min(partialPiece, cnt-o)
 		buf = pa.acc.AppendPartial(buf[:0], off+o, k)
-		if err := sum.AddPartial(o, buf); err != nil {
+		ib.mu.Lock()
+		err := sum.AddPartial(o, buf)
+		ib.mu.Unlock()
+		if err != nil {
 			return nil, 0, err
 		}
 	}
+	err = ib.wait(deadline, func() bool {
+		for j := 0; j < P; j++ {
+			if j != me && ib.gotP[uint32(j)] < cnt {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
+	}
+	total := n
 	ib.mu.Lock()
-	for from := 0; from < P; from++ {
-		if from == me {
-			continue
+	for j := 0; j < P; j++ {
+		if j != me {
+			total += ib.nByFrom[uint32(j)]
 		}
-		if err := sum.AddPartial(0, ib.partials[uint32(from)]); err != nil {
-			ib.mu.Unlock()
-			return nil, 0, err
-		}
-		total += ib.nByFrom[uint32(from)]
+	}
+	if total > 0 {
+		sum.Result(out.Data[off:off+cnt], 0, 1/total)
 	}
 	ib.mu.Unlock()
 	if total <= 0 {
 		return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
 	}
-	sum.Result(mine, 0, 1/total)
-	// All-gather: send our finished chunk to everyone.
-	h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(me), Offset: uint64(off), Count: uint64(cnt), N: total}
-	for j, part := range a.Participants {
-		if j != me {
-			err := p.send(part, ctl.KindReduced, peer.HeaderSize+4*cnt, func(b []byte) []byte {
-				return append(peer.AppendHeader(b, h), float32Bytes(mine)...)
-			})
-			if err != nil {
-				return nil, 0, err
+
+	// All-gather: every other server gets our finished chunk.
+	mine := out.Data[off : off+cnt]
+	err = p.sendShares(a, me, attempt, ib, deadline, stepReduced, reducedPiece, ctl.KindReduced, 4, total,
+		func(b []byte, o, k int) []byte { return append(b, float32Bytes(mine[o-off:o-off+k])...) })
+	if err != nil {
+		return nil, 0, err
+	}
+	err = ib.wait(deadline, func() bool {
+		for j := 0; j < P; j++ {
+			if _, c := peer.Split(L, P, j); j != me && ib.gotR[uint32(j)] < c {
+				return false
 			}
 		}
-	}
-	if err := ib.wait(deadline, func() bool { return len(ib.reduced) == P-1 }); err != nil {
+		return true
+	})
+	if err != nil {
 		return nil, 0, fmt.Errorf("waiting for reduced chunks: %w", err)
 	}
 	ib.mu.Lock()
 	defer ib.mu.Unlock()
-	for j := 0; j < P; j++ {
-		if j == me {
-			continue
-		}
-		o, c := peer.Split(L, P, j)
-		copyFloat32(out.Data[o:o+c], ib.reduced[uint32(j)])
-	}
 	if ib.total != 0 && ib.total != total {
 		return nil, 0, fmt.Errorf("peers reduced with data size %v, this server %v", ib.total, total)
 	}
 	return out, total, nil
+}
+
+// startRun hands the inbox the running all-reduce and consumes the pieces
+// that came before it.
+func (p *plane) startRun(ib *inbox, run *arRun) error {
+	ib.mu.Lock()
+	if ib.closed {
+		ib.mu.Unlock()
+		return fmt.Errorf("all-reduce attempt superseded")
+	}
+	ib.run = run
+	pending := ib.pending
+	ib.pending = nil
+	var acks []pendingPiece
+	for _, pc := range pending {
+		if p.consumeLocked(ib, pc.kind, pc.h, pc.data) {
+			acks = append(acks, pc)
+		}
+	}
+	ib.mu.Unlock()
+	for _, pc := range acks {
+		p.ack(pc.c, pc.kind, pc.h, run.me)
+	}
+	return nil
+}
+
+// sendShares sends every other participant its share of one step in
+// pieces, round robin over the peers, keeping at most window pieces per
+// peer unacknowledged when the share is paced. piece appends the values of
+// elements [o, o+k) (model positions) after the header.
+func (p *plane) sendShares(a ctl.Aggregate, me int, attempt uint32, ib *inbox, deadline time.Time, step, pieceLen int,
+	kind frame.Kind, elem int, n float64, piece func(b []byte, o, k int) []byte) error {
+	P := len(a.Participants)
+	L := p.layout.Size
+	for k := 0; ; k++ {
+		sent := false
+		for j, part := range a.Participants {
+			if j == me {
+				continue
+			}
+			chunk := j // partial pieces go to the chunk's owner
+			if step == stepReduced {
+				chunk = me // reduced pieces are of our own chunk
+			}
+			off, cnt := peer.Split(L, P, chunk)
+			o := k * pieceLen
+			if o >= cnt {
+				continue
+			}
+			if paced(cnt, pieceLen) && k >= window {
+				err := ib.wait(deadline, func() bool { return ib.acked[step][uint32(j)] > k-window })
+				if err != nil {
+					return fmt.Errorf("waiting for %s to take our pieces: %w", part.NodeID, err)
+				}
+			}
+			c := min(pieceLen, cnt-o)
+			h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(chunk), Offset: uint64(off + o), Count: uint64(c), N: n}
+			err := p.send(part, kind, peer.HeaderSize+elem*c, func(b []byte) []byte {
+				return piece(peer.AppendHeader(b, h), off+o, c)
+			})
+			if err != nil {
+				return err
+			}
+			sent = true
+		}
+		if !sent {
+			return nil
+		}
+	}
 }
 
 // send sends a peer a frame of n body bytes built in place by build.
@@ -360,11 +482,16 @@ func (ap *accPool) close() {
 	ap.free = nil
 }
 
-// receive files a chunk from a peer into its attempt's inbox.
-func (p *plane) receive(kind frame.Kind, body []byte) error {
+// receive takes a piece (or an acknowledgement) from a peer, on the event
+// loop: a piece of a running all-reduce is consumed at once, an earlier
+// one waits in its inbox.
+func (p *plane) receive(c *transport.Conn, kind frame.Kind, body []byte) error {
 	elem := 8
-	if kind == ctl.KindReduced {
+	switch kind {
+	case ctl.KindReduced:
 		elem = 4
+	case ctl.KindPieceAck:
+		elem = 0
 	}
 	h, data, err := peer.Parse(body, elem, uint64(p.layout.Size))
 	if err != nil {
@@ -378,16 +505,94 @@ func (p *plane) receive(kind frame.Kind, body []byte) error {
 	}
 	ib := p.rounds.get(roundKey{h.Iteration, h.Attempt})
 	ib.mu.Lock()
-	defer ib.mu.Unlock()
-	if kind == ctl.KindPartial {
-		ib.partials[h.From] = data
-		ib.nByFrom[h.From] = h.N
-	} else {
-		ib.reduced[h.Chunk] = data
-		ib.total = h.N
+	if ib.closed {
+		ib.mu.Unlock()
+		return nil
 	}
-	ib.arrived.Broadcast()
+	if kind == ctl.KindPieceAck {
+		if h.Chunk == stepPartial || h.Chunk == stepReduced {
+			ib.acked[h.Chunk][h.From]++
+			ib.arrived.Broadcast()
+		}
+		ib.mu.Unlock()
+		return nil
+	}
+	run := ib.run
+	if run == nil {
+		ib.pending = append(ib.pending, pendingPiece{c: c, kind: kind, h: h, data: data})
+		ib.mu.Unlock()
+		return nil
+	}
+	ack := p.consumeLocked(ib, kind, h, data)
+	ib.mu.Unlock()
+	if ack {
+		p.ack(c, kind, h, run.me)
+	}
 	return nil
+}
+
+// consumeLocked adds a partial piece into the chunk's sum or copies a
+// reduced piece into the model, and says whether to acknowledge it. A
+// piece that does not fit the attempt fails it.
+func (p *plane) consumeLocked(ib *inbox, kind frame.Kind, h peer.Header, data []byte) bool {
+	r := ib.run
+	fail := func(format string, args ...any) bool {
+		if ib.err == nil {
+			ib.err = fmt.Errorf("bad all-reduce piece from participant %d: "+format, append([]any{h.From}, args...)...)
+		}
+		ib.arrived.Broadcast()
+		return false
+	}
+	if int(h.From) >= r.parts || int(h.From) == r.me {
+		return fail("not a peer of %d participants", r.parts)
+	}
+	end := h.Offset + h.Count
+	switch kind {
+	case ctl.KindPartial:
+		if int(h.Chunk) != r.me || h.Offset < uint64(r.off) || end > uint64(r.off+r.cnt) || r.sum == nil {
+			return fail("elements [%d, %d) of chunk %d are not this server's to reduce", h.Offset, end, h.Chunk)
+		}
+		if ib.gotP[h.From]+int(h.Count) > r.cnt {
+			return fail("more elements than its share")
+		}
+		if err := r.sum.AddPartial(int(h.Offset)-r.off, data); err != nil {
+			return fail("%v", err)
+		}
+		ib.gotP[h.From] += int(h.Count)
+		ib.nByFrom[h.From] = h.N
+		ib.arrived.Broadcast()
+		return paced(r.cnt, partialPiece)
+	case ctl.KindReduced:
+		off, cnt := peer.Split(r.size, r.parts, int(h.Chunk))
+		if h.Chunk != h.From || h.Offset < uint64(off) || end > uint64(off+cnt) {
+			return fail("elements [%d, %d) are not of its chunk", h.Offset, end)
+		}
+		if ib.gotR[h.Chunk]+int(h.Count) > cnt {
+			return fail("more elements than its chunk")
+		}
+		if ib.total != 0 && ib.total != h.N {
+			return fail("reduced with data size %v, another peer with %v", h.N, ib.total)
+		}
+		copyFloat32(r.out.Data[h.Offset:end], data)
+		ib.gotR[h.Chunk] += int(h.Count)
+		ib.total = h.N
+		ib.arrived.Broadcast()
+		return paced(cnt, reducedPiece)
+	}
+	return false
+}
+
+// ack acknowledges a consumed piece on the link it came by.
+func (p *plane) ack(c *transport.Conn, kind frame.Kind, h peer.Header, me int) {
+	step := stepPartial
+	if kind == ctl.KindReduced {
+		step = stepReduced
+	}
+	a := peer.Header{Iteration: h.Iteration, Attempt: h.Attempt, From: uint32(me), Chunk: uint32(step)}
+	err := c.SendBuilt(ctl.KindPieceAck, peer.HeaderSize, func(b []byte) []byte { return peer.AppendHeader(b, a) })
+	if err != nil {
+		p.s.logger().Debug("cannot acknowledge an all-reduce piece", zap.Error(err))
+	}
 }
 
 func float32Bytes(f []float32) []byte {

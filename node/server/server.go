@@ -227,7 +227,7 @@ func (s *Server) schedulerLoop() {
 // the order to start one, which must not wait behind the previous
 // iteration's checkpoint write on the scheduler link.
 func inlineKinds(k frame.Kind) bool {
-	return k == ctl.KindPartial || k == ctl.KindReduced || k == ctl.KindAggregate
+	return k == ctl.KindPartial || k == ctl.KindReduced || k == ctl.KindPieceAck || k == ctl.KindAggregate
 }
 
 func (s *Server) registerOn(c *transport.Conn) error {
@@ -355,8 +355,8 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 			s.plane.aggregate(a)
 		}()
 		return nil, nil
-	case ctl.KindPartial, ctl.KindReduced:
-		return nil, s.plane.receive(f.Kind, f.Body)
+	case ctl.KindPartial, ctl.KindReduced, ctl.KindPieceAck:
+		return nil, s.plane.receive(c, f.Kind, f.Body)
 	case ctl.KindFetchModel:
 		return s.plane.serveFetch(f.Body)
 	case ctl.KindScaleIn:

@@ -32,6 +32,7 @@ const (
 	KindFetchModel    // server → server: FetchModel, answered by safetensors bytes
 	KindScaleIn       // scheduler → server: ScaleIn (push)
 	KindIterState     // scheduler → server: IterationState (push)
+	KindPieceAck      // server → server: an all-reduce piece was taken (binary, wire/peer header)
 )
 
 // Role names as MindSpore prints them.

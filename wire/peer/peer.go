@@ -2,7 +2,8 @@
 // all-reduce: a fixed header naming the iteration, the attempt, the sender
 // and the chunk, followed by the chunk's values. Partial sums travel as
 // little-endian float64 (the accumulators' precision), reduced chunks as
-// little-endian float32 (the model's).
+// little-endian float32 (the model's), both in pieces (Offset and Count
+// name the piece's elements); an acknowledgement is a header alone.
 package peer
 
 import (

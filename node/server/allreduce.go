@@ -519,7 +519,8 @@ func (p *plane) receive(c *transport.Conn, kind frame.Kind, body []byte) error {
 	}
 	run := ib.run
 	if run == nil {
-		ib.pending = append(ib.pending, pendingPiece{c: c, kind: kind, h: h, data: data})
+		// body is the event loop's read buffer: keep a copy.
+		ib.pending = append(ib.pending, pendingPiece{c: c, kind: kind, h: h, data: append([]byte(nil), data...)})
 		ib.mu.Unlock()
 		return nil
 	}

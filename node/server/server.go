@@ -106,7 +106,7 @@ func (s *Server) Start() error {
 		// A large model's heap is a few model-sized buffers without
 		// pointers: collections are cheap, and the default 100 % growth
 		// would let the resident size reach twice the live heap.
-		debug.SetGCPercent(25)
+		debug.SetGCPercent(10)
 	}
 	s.metrics = newMetrics(s)
 	s.uploads = newUploads(uploadSlots(s.plane.responseSize(), int(s.cfg.Server.UploadMemory)))

@@ -54,7 +54,9 @@ type Options struct {
 	// Inline, when set, says which frame kinds (pushes, never requests) the
 	// handler serves right on the event loop instead of the connection's
 	// goroutine: their handler must be quick and never block. It saves a
-	// goroutine hand-off on latency-critical traffic (the all-reduce).
+	// goroutine hand-off on latency-critical traffic (the all-reduce). An
+	// inline frame's Body is the event loop's read buffer, valid only
+	// during the call: a handler that keeps it must copy it.
 	Inline func(frame.Kind) bool
 }
 
@@ -395,18 +397,25 @@ func (c *Conn) deliver(f frame.Frame) {
 		}
 		return
 	}
-	if inline := c.t.opts.Inline; inline != nil && f.ID == 0 && inline(f.Kind) {
-		if _, err := c.serve(c.t.opts.Handler, f); err != nil {
-			c.t.log.Warn("cannot serve frame", zap.Uint8("kind", uint8(f.Kind)), zap.String("remote", c.remote), zap.Error(err))
-		}
-		return
-	}
 	c.mu.Lock()
 	c.inbox = append(c.inbox, f)
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
 	default:
+	}
+}
+
+// inline says whether f is served on the event loop.
+func (c *Conn) inline(f frame.Frame) bool {
+	in := c.t.opts.Inline
+	return in != nil && f.ID == 0 && f.Kind != ctl.KindReply && f.Kind != ctl.KindError && in(f.Kind)
+}
+
+// serveInline serves an inline frame on the event loop.
+func (c *Conn) serveInline(f frame.Frame) {
+	if _, err := c.serve(c.t.opts.Handler, f); err != nil {
+		c.t.log.Warn("cannot serve frame", zap.Uint8("kind", uint8(f.Kind)), zap.String("remote", c.remote), zap.Error(err))
 	}
 }
 
@@ -533,6 +542,11 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 		if err != nil {
 			c.fail(err)
 			return gnet.Close
+		}
+		if c.inline(f) {
+			c.serveInline(f) // borrows the read buffer, before Discard
+			_, _ = gc.Discard(size)
+			continue
 		}
 		f.Body = append([]byte(nil), f.Body...) // the read buffer is reused after Discard
 		_, _ = gc.Discard(size)

@@ -80,9 +80,9 @@ type Options struct {
 	// how many newest checkpoint files stay on disk; 0 means DefaultKeep.
 	Keep int
 	// MemKeep, when in 1..Keep and Dir is set, keeps fewer of the newest
-	// models in memory than on disk (plus iteration 0): for large models,
-	// whose older iterations are then answered with the newest, as for
-	// any iteration no longer kept.
+	// models in memory than on disk, iteration 0 not kept apart: for large
+	// models, whose older iterations are then answered with the newest, as
+	// for any iteration no longer kept.
 	MemKeep int
 	// FS is the file system; nil means OSFS.
 	FS FS
@@ -166,6 +166,7 @@ func Open(opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.evictLocked() // no lock needed yet: s is not shared
 	if loaded == 0 {
 		tmp, err := s.writeTemp(0, initial, s.sums[0])
 		if err == nil {
@@ -460,15 +461,23 @@ func (s *Store) memKeep() int {
 	return s.opts.Keep
 }
 
-// evictLocked keeps the newest memKeep models and iteration 0.
+// newestOnly says whether iteration 0 is evicted like any other (MemKeep).
+func (s *Store) newestOnly() bool { return s.opts.Dir != "" && s.opts.MemKeep > 0 }
+
+// evictLocked keeps the newest memKeep models and iteration 0 (unless
+// newestOnly).
 func (s *Store) evictLocked() {
 	keep := s.memKeep()
-	if len(s.models) <= keep+1 {
+	apart := 1
+	if s.newestOnly() {
+		apart = 0
+	}
+	if len(s.models) <= keep+apart {
 		return
 	}
 	iters := make([]uint64, 0, len(s.models))
 	for it := range s.models {
-		if it != 0 {
+		if it != 0 || apart == 0 {
 			iters = append(iters, it)
 		}
 	}
@@ -594,7 +603,17 @@ func (s *Store) Truncate(from uint64) ([]uint64, error) {
 	for it := range s.models {
 		s.latest = max(s.latest, it)
 	}
+	empty := len(s.models) == 0
 	s.mu.Unlock()
+	if empty { // iteration 0 was not kept in memory (MemKeep): derive it again
+		m, err := s.initialModel()
+		if err != nil {
+			return gone, fmt.Errorf("cannot restore iteration 0: %w", err)
+		}
+		s.mu.Lock()
+		s.models[0], s.sums[0], s.latest = m, m.SHA256(), 0
+		s.mu.Unlock()
+	}
 	sort.Slice(gone, func(i, j int) bool { return gone[i] < gone[j] })
 	if s.opts.Dir == "" {
 		return gone, nil

@@ -544,8 +544,8 @@ func TestStage(t *testing.T) {
 }
 
 // TestMemKeep: fewer models in memory than checkpoints on disk; the disk
-// keeps Keep files, memory the newest MemKeep and iteration 0, and a
-// reopened store loads no more than that.
+// keeps Keep files, memory only the newest MemKeep (iteration 0 included),
+// and a reopened store keeps no more than that.
 func TestMemKeep(t *testing.T) {
 	fsys := NewMemFS()
 	s := open(t, fsys, func(o *Options) { o.Keep, o.MemKeep = 3, 1 })
@@ -556,15 +556,22 @@ func TestMemKeep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := s.Iterations(); len(got) != 2 || got[0] != 0 || got[1] != 4 {
-		t.Fatalf("in memory: %v, want [0 4]", got)
+	if got := s.Iterations(); len(got) != 1 || got[0] != 4 {
+		t.Fatalf("in memory: %v, want [4]", got)
 	}
 	if got := names(t, fsys); got != "lenet_iteration_2.safetensors lenet_iteration_3.safetensors lenet_iteration_4.safetensors" {
 		t.Fatalf("on disk: %q", got)
 	}
 	r := open(t, fsys, func(o *Options) { o.Keep, o.MemKeep = 3, 1 })
-	if got := r.Iterations(); len(got) != 2 || got[1] != 4 {
+	if got := r.Iterations(); len(got) != 1 || got[0] != 4 {
 		t.Fatalf("reopened in memory: %v", got)
+	}
+	// Truncating every kept iteration derives iteration 0 again.
+	if _, err := r.Truncate(1); err != nil {
+		t.Fatal(err)
+	}
+	if it, m0 := r.Latest(); it != 0 || m0 == nil || m0.SHA256() != model.InitLeNet5(1).SHA256() {
+		t.Fatalf("after Truncate(1): latest %d", it)
 	}
 	// Without a checkpoint dir memory is the only copy: MemKeep is ignored.
 	mem := open(t, NewMemFS(), func(o *Options) { o.Dir, o.Keep, o.MemKeep = "", 2, 1 })
@@ -588,7 +595,7 @@ func TestMemKeep(t *testing.T) {
 		}
 	}
 	s2.SetMemKeep(1)
-	if got := s2.Iterations(); len(got) != 2 || got[1] != 3 {
+	if got := s2.Iterations(); len(got) != 1 || got[0] != 3 {
 		t.Fatalf("after SetMemKeep(1): %v", got)
 	}
 	if err := (&Options{FLName: "x", MemKeep: -1}).Validate(); err == nil {

@@ -70,8 +70,9 @@ func newPlane(s *Server) (*plane, error) {
 		p.index[q.Name] = i
 	}
 	if 4*p.layout.Size >= largeModel {
-		// Older iterations of a large model are answered with the newest
-		// rather than held in memory; their checkpoints stay on disk.
+		// Older iterations of a large model (iteration 0 too) are
+		// answered with the newest rather than held in memory; their
+		// checkpoints stay on disk.
 		st.SetMemKeep(1)
 	}
 	p.changed = sync.NewCond(&p.mu)
@@ -135,7 +136,7 @@ func (p *plane) responseSize() int {
 }
 
 // largeModel is the float32 size from which a server keeps only the newest
-// model (and iteration 0) in memory and collects garbage more often.
+// model in memory and collects garbage more often.
 const largeModel = 16 << 20
 
 // spareAccBytes bounds the accumulator kept for the next iteration: a

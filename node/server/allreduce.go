@@ -550,8 +550,11 @@ func (p *plane) consumeLocked(ib *inbox, kind frame.Kind, h peer.Header, data []
 	end := h.Offset + h.Count
 	switch kind {
 	case ctl.KindPartial:
-		if int(h.Chunk) != r.me || h.Offset < uint64(r.off) || end > uint64(r.off+r.cnt) || r.sum == nil {
+		if int(h.Chunk) != r.me || h.Offset < uint64(r.off) || end > uint64(r.off+r.cnt) {
 			return fail("elements [%d, %d) of chunk %d are not this server's to reduce", h.Offset, end, h.Chunk)
+		}
+		if r.sum == nil {
+			return fail("it came after this server's all-reduce ended")
 		}
 		if ib.gotP[h.From]+int(h.Count) > r.cnt {
 			return fail("more elements than its share")

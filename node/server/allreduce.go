@@ -308,14 +308,7 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 			return nil, 0, err
 		}
 	}
-	err = ib.wait(deadline, func() bool {
-		for j := 0; j < P; j++ {
-			if j != me && ib.gotP[uint32(j)] < cnt {
-				return false
-			}
-		}
-		return true
-	})
+	err = ib.wait(deadline, func() bool { return peersDone(me, P, ib.gotP, func(int) int { return cnt }) })
 	if err != nil {
 		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
 	}
@@ -342,12 +335,7 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 		return nil, 0, err
 	}
 	err = ib.wait(deadline, func() bool {
-		for j := 0; j < P; j++ {
-			if _, c := peer.Split(L, P, j); j != me && ib.gotR[uint32(j)] < c {
-				return false
-			}
-		}
-		return true
+		return peersDone(me, P, ib.gotR, func(j int) int { _, c := peer.Split(L, P, j); return c })
 	})
 	if err != nil {
 		return nil, 0, fmt.Errorf("waiting for reduced chunks: %w", err)
@@ -358,6 +346,17 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 		return nil, 0, fmt.Errorf("peers reduced with data size %v, this server %v", ib.total, total)
 	}
 	return out, total, nil
+}
+
+// peersDone reports whether every participant but me delivered want(j)
+// elements, as counted in got.
+func peersDone(me, parts int, got map[uint32]int, want func(j int) int) bool {
+	for j := 0; j < parts; j++ {
+		if j != me && got[uint32(j)] < want(j) {
+			return false
+		}
+	}
+	return true
 }
 
 // startRun hands the inbox the running all-reduce and consumes the pieces

@@ -29,6 +29,9 @@ type FLJobReply struct {
 	// The feature_map: Block if set, else Model, else absent.
 	Block *ModelBlock
 	Model *model.Model
+	// Split, with Block, builds only the message's head: the message is
+	// the result followed by Block.Tail() (split.go).
+	Split bool
 	// Timestamp is written only when non-empty (MindSpore never sets it).
 	Timestamp string
 }
@@ -49,6 +52,9 @@ type GetModelReply struct {
 	// The feature_map: Block if set, else Model, else absent.
 	Block *ModelBlock
 	Model *model.Model
+	// Split, with Block, builds only the message's head: the message is
+	// the result followed by Block.Tail() (split.go).
+	Split bool
 	// Timestamp carries the next-request time (epoch ms), as MindSpore does.
 	Timestamp string
 }
@@ -58,13 +64,13 @@ type GetModelReply struct {
 // (clients read reason and next_req_time without checking for absence).
 func BuildResponseFLJob(b *flatbuffers.Builder, r *FLJobReply) []byte {
 	b.Reset()
-	var fm flatbuffers.UOffsetT
-	switch {
-	case r.Block != nil:
-		fm = r.Block.splice(b) // first: the block must end the buffer
-	case r.Model != nil:
-		fm = modelFeatureMaps(b, r.Model, 1)
-	}
+	var fm featureMap
+	fm.begin(b, r.Block, r.Split, func() flatbuffers.UOffsetT {
+		if r.Model == nil {
+			return 0
+		}
+		return modelFeatureMaps(b, r.Model, 1)
+	})
 	var plan flatbuffers.UOffsetT
 	if p := r.Plan; p != nil {
 		mode := b.CreateString(p.ServerMode)
@@ -93,14 +99,12 @@ func BuildResponseFLJob(b *flatbuffers.Builder, r *FLJobReply) []byte {
 	if plan != 0 {
 		fbs.ResponseFLJobAddFlPlanConfig(b, plan)
 	}
-	if fm != 0 {
-		fbs.ResponseFLJobAddFeatureMap(b, fm)
-	}
+	fm.add(b, slotRspFLJobFeatureMap)
 	if ts != 0 {
 		fbs.ResponseFLJobAddTimestamp(b, ts)
 	}
 	b.Finish(fbs.ResponseFLJobEnd(b))
-	return b.FinishedBytes()
+	return fm.finish(b)
 }
 
 // BuildResponseUpdateModel resets b and writes a ResponseUpdateModel (its
@@ -132,23 +136,21 @@ func BuildResponseUpdateModel(b *flatbuffers.Builder, r *UpdateModelReply) []byt
 // it as is.
 func BuildResponseGetModel(b *flatbuffers.Builder, r *GetModelReply) []byte {
 	b.Reset()
-	var fm flatbuffers.UOffsetT
-	switch {
-	case r.Block != nil:
-		fm = r.Block.splice(b)
-	case r.Model != nil:
-		fm = modelFeatureMaps(b, r.Model, 1)
-	}
+	var fm featureMap
+	fm.begin(b, r.Block, r.Split, func() flatbuffers.UOffsetT {
+		if r.Model == nil {
+			return 0
+		}
+		return modelFeatureMaps(b, r.Model, 1)
+	})
 	reason := b.CreateString(r.Reason)
 	ts := b.CreateString(r.Timestamp)
 	fbs.ResponseGetModelStart(b)
 	fbs.ResponseGetModelAddRetcode(b, r.Retcode)
 	fbs.ResponseGetModelAddReason(b, reason)
 	fbs.ResponseGetModelAddIteration(b, r.Iteration)
-	if fm != 0 {
-		fbs.ResponseGetModelAddFeatureMap(b, fm)
-	}
+	fm.add(b, slotRspGetFeatureMap)
 	fbs.ResponseGetModelAddTimestamp(b, ts)
 	b.Finish(fbs.ResponseGetModelEnd(b))
-	return b.FinishedBytes()
+	return fm.finish(b)
 }

@@ -19,7 +19,7 @@ type FLJobArgs struct {
 }
 
 // UpdateModelArgs is what BuildRequestUpdateModel writes. The feature maps
-// come from Model if set, else from Tensors.
+// come from Block if set, else Model if set, else Tensors.
 type UpdateModelArgs struct {
 	FLName     string
 	FLID       string
@@ -28,9 +28,14 @@ type UpdateModelArgs struct {
 	UploadLoss float32 // ≈r1.7; written only when non-zero
 	Model      *model.Model
 	Tensors    []Tensor
-	// Scale multiplies every weight as it is written (devices upload
-	// weight × data_size); 0 means 1.
+	// Scale multiplies every weight of Model or Tensors as it is written
+	// (devices upload weight × data_size); 0 means 1.
 	Scale float32
+	// Block is sent as it is (already scaled). With Split only the
+	// message's head is built: the message is the result followed by
+	// Block.Tail() (split.go).
+	Block *ModelBlock
+	Split bool
 }
 
 // GetModelArgs is what BuildRequestGetModel writes.
@@ -61,16 +66,17 @@ func BuildRequestFLJob(b *flatbuffers.Builder, a *FLJobArgs) []byte {
 // tensor with one bulk copy. The result aliases b's buffer.
 func BuildRequestUpdateModel(b *flatbuffers.Builder, a *UpdateModelArgs) []byte {
 	b.Reset()
-	var fm flatbuffers.UOffsetT
 	scale := a.Scale
 	if scale == 0 {
 		scale = 1
 	}
-	if a.Model != nil {
-		fm = modelFeatureMaps(b, a.Model, scale)
-	} else {
-		fm = tensorFeatureMaps(b, a.Tensors, scale)
-	}
+	var fm featureMap
+	fm.begin(b, a.Block, a.Split, func() flatbuffers.UOffsetT {
+		if a.Model != nil {
+			return modelFeatureMaps(b, a.Model, scale)
+		}
+		return tensorFeatureMaps(b, a.Tensors, scale)
+	})
 	name := b.CreateString(a.FLName)
 	id := b.CreateString(a.FLID)
 	ts := b.CreateString(a.Timestamp)
@@ -78,11 +84,11 @@ func BuildRequestUpdateModel(b *flatbuffers.Builder, a *UpdateModelArgs) []byte 
 	fbs.RequestUpdateModelAddFlName(b, name)
 	fbs.RequestUpdateModelAddFlId(b, id)
 	fbs.RequestUpdateModelAddIteration(b, a.Iteration)
-	fbs.RequestUpdateModelAddFeatureMap(b, fm)
+	fm.add(b, slotReqUpdateFeatureMap)
 	fbs.RequestUpdateModelAddTimestamp(b, ts)
 	fbs.RequestUpdateModelAddUploadLoss(b, a.UploadLoss)
 	b.Finish(fbs.RequestUpdateModelEnd(b))
-	return b.FinishedBytes()
+	return fm.finish(b)
 }
 
 // BuildRequestGetModel resets b and writes a RequestGetModel.
@@ -149,6 +155,41 @@ func checkResponse(body []byte, t *tableSpec) error {
 	return nil
 }
 
+// HeadSize is how much of a served model's answer DecodeResponseFLJobHead
+// and DecodeResponseGetModelHead need at most: fedcluster and MindSpore
+// servers write every other field before the model.
+const HeadSize = 64 << 10
+
+// checkResponseHead is checkResponse for the first bytes, head, of a
+// response of size bytes whose feature_map is not read.
+func checkResponseHead(head []byte, size int, t *tableSpec) error {
+	whole := len(head) == size
+	if s, ok := PlainRefusal(head); ok && whole {
+		return &RefusalError{Body: s}
+	}
+	if err := verifyHead(head, size, t); err != nil {
+		if whole {
+			if rerr := refusal(head); rerr != nil {
+				return rerr
+			}
+		}
+		return &SchemaError{Table: t.name, Err: err}
+	}
+	return nil
+}
+
+// detach is t with its model field slot verified as kDetached.
+func detach(t *tableSpec, slot int) *tableSpec {
+	fields := append([]fieldSpec(nil), t.fields...)
+	fields[slot] = fieldSpec{name: fields[slot].name, kind: kDetached}
+	return &tableSpec{name: t.name, fields: fields}
+}
+
+var (
+	responseFLJobHeadSpec    = detach(responseFLJobSpec, slotRspFLJobFeatureMap)
+	responseGetModelHeadSpec = detach(responseGetModelSpec, slotRspGetFeatureMap)
+)
+
 // DecodeResponseFLJob verifies and decodes a startFLJob response body. A
 // plain-text body gives a *RefusalError (errors.Is(err, ErrRefused)).
 func DecodeResponseFLJob(body []byte) (r ResponseFLJob, err error) {
@@ -156,6 +197,26 @@ func DecodeResponseFLJob(body []byte) (r ResponseFLJob, err error) {
 	if err := checkResponse(body, responseFLJobSpec); err != nil {
 		return ResponseFLJob{}, err
 	}
+	r = readResponseFLJob(body)
+	r.FeatureMaps = rootTable(body).featureMaps(slotRspFLJobFeatureMap)
+	return r, nil
+}
+
+// DecodeResponseFLJobHead decodes a startFLJob answer of size bytes from
+// its first bytes, head (HeadSize of them are enough): every field but
+// feature_map is verified and decoded as DecodeResponseFLJob does, the
+// feature_map's offset is only checked to point inside the message, and
+// FeatureMaps stays empty. For load generators, which drop the model.
+func DecodeResponseFLJobHead(head []byte, size int) (r ResponseFLJob, err error) {
+	defer backstop(responseFLJobSpec, &err)
+	if err := checkResponseHead(head, size, responseFLJobHeadSpec); err != nil {
+		return ResponseFLJob{}, err
+	}
+	return readResponseFLJob(head), nil
+}
+
+// readResponseFLJob reads a verified ResponseFLJob, but its feature maps.
+func readResponseFLJob(body []byte) (r ResponseFLJob) {
 	t := rootTable(body)
 	r = ResponseFLJob{
 		Retcode:     t.int32(slotRspFLJobRetcode),
@@ -163,7 +224,6 @@ func DecodeResponseFLJob(body []byte) (r ResponseFLJob, err error) {
 		Iteration:   t.int32(slotRspFLJobIteration),
 		IsSelected:  t.bool(slotRspFLJobIsSelected),
 		NextReqTime: string(t.bytes(slotRspFLJobNextReqTime)),
-		FeatureMaps: t.featureMaps(slotRspFLJobFeatureMap),
 		Timestamp:   string(t.bytes(slotRspFLJobTimestamp)),
 	}
 	if p, ok := t.sub(slotRspFLJobPlan); ok {
@@ -178,7 +238,7 @@ func DecodeResponseFLJob(body []byte) (r ResponseFLJob, err error) {
 		}
 		r.HasCipher = p.field(slotPlanCipher) != 0
 	}
-	return r, nil
+	return r
 }
 
 // DecodeResponseUpdateModel verifies and decodes an updateModel response.
@@ -203,12 +263,29 @@ func DecodeResponseGetModel(body []byte) (r ResponseGetModel, err error) {
 	if err := checkResponse(body, responseGetModelSpec); err != nil {
 		return ResponseGetModel{}, err
 	}
+	r = readResponseGetModel(body)
+	r.FeatureMaps = rootTable(body).featureMaps(slotRspGetFeatureMap)
+	return r, nil
+}
+
+// DecodeResponseGetModelHead is DecodeResponseFLJobHead for a getModel
+// answer.
+func DecodeResponseGetModelHead(head []byte, size int) (r ResponseGetModel, err error) {
+	defer backstop(responseGetModelSpec, &err)
+	if err := checkResponseHead(head, size, responseGetModelHeadSpec); err != nil {
+		return ResponseGetModel{}, err
+	}
+	return readResponseGetModel(head), nil
+}
+
+// readResponseGetModel reads a verified ResponseGetModel, but its feature
+// maps.
+func readResponseGetModel(body []byte) ResponseGetModel {
 	t := rootTable(body)
 	return ResponseGetModel{
-		Retcode:     t.int32(slotRspGetRetcode),
-		Reason:      string(t.bytes(slotRspGetReason)),
-		Iteration:   t.int32(slotRspGetIteration),
-		FeatureMaps: t.featureMaps(slotRspGetFeatureMap),
-		Timestamp:   string(t.bytes(slotRspGetTimestamp)),
-	}, nil
+		Retcode:   t.int32(slotRspGetRetcode),
+		Reason:    string(t.bytes(slotRspGetReason)),
+		Iteration: t.int32(slotRspGetIteration),
+		Timestamp: string(t.bytes(slotRspGetTimestamp)),
+	}
 }

@@ -72,7 +72,12 @@
 // real saving is that every device asking for the same stored model between
 // two iteration switches gets byte-identical responses, so a server can
 // build one per (iteration, next_req_time) and serve those bytes as they
-// are.
+// are. With Split, a builder writes only the message's head and points its
+// feature_map past its own end: head ++ block.Tail() is the message, so
+// the server keeps one serialized model for both answers that carry it and
+// a load generator one update for all its devices (split.go).
+// DecodeResponseFLJobHead and DecodeResponseGetModelHead read such an
+// answer's fields from its first bytes without the model.
 //
 // # Device side
 //

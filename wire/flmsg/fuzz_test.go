@@ -2,6 +2,7 @@ package flmsg
 
 import (
 	"errors"
+	"reflect"
 	"testing"
 	"unsafe"
 
@@ -133,6 +134,45 @@ func FuzzDecodeResponseGetModel(f *testing.F) {
 			checkFeatureMapBounds(t, buf, r.FeatureMaps)
 			dst := model.New(m.Layout)
 			_, _ = r.FeatureMaps.CopyTo(dst)
+		}
+	})
+}
+
+// FuzzDecodeResponseHeads feeds the first cut bytes of buf, claimed to be
+// the start of a message of len(buf)+extra bytes, to both head decoders;
+// a message the full decoder accepts must give its head decoder the same
+// fields.
+func FuzzDecodeResponseHeads(f *testing.F) {
+	m := smallModel()
+	var block ModelBlock
+	block.Set(m)
+	b := flatbuffers.NewBuilder(0)
+	head := append([]byte(nil), BuildResponseGetModel(b, &GetModelReply{Retcode: Succeed, Reason: "r", Iteration: 1, Block: &block, Timestamp: "1", Split: true})...)
+	f.Add(append(head, block.Tail()...), uint32(len(head)), uint32(0))
+	head = append([]byte(nil), BuildResponseFLJob(b, &FLJobReply{Retcode: Succeed, Reason: ReasonStartFLJobSuccess, Iteration: 2, NextReqTime: "2",
+		Plan: &Plan{FLName: "n", Iterations: 3}, Block: &block, Split: true})...)
+	f.Add(append(head, block.Tail()...), uint32(len(head)), uint32(0))
+	f.Add([]byte(BodyJobDisabled), uint32(len(BodyJobDisabled)), uint32(0))
+	f.Fuzz(func(t *testing.T, buf []byte, cut, extra uint32) {
+		h := buf[:min(int(cut), len(buf))]
+		size := len(buf) + int(extra%(1<<20))
+		_, err := DecodeResponseFLJobHead(h, size)
+		checkDecodeErr(t, err)
+		_, err = DecodeResponseGetModelHead(h, size)
+		checkDecodeErr(t, err)
+		if r, err := DecodeResponseFLJob(buf); err == nil {
+			got, err := DecodeResponseFLJobHead(buf, len(buf))
+			r.FeatureMaps = FeatureMaps{}
+			if err != nil || !reflect.DeepEqual(got, r) {
+				t.Fatalf("head decoder: %+v, %v; full decoder: %+v", got, err, r)
+			}
+		}
+		if r, err := DecodeResponseGetModel(buf); err == nil {
+			got, err := DecodeResponseGetModelHead(buf, len(buf))
+			r.FeatureMaps = FeatureMaps{}
+			if err != nil || !reflect.DeepEqual(got, r) {
+				t.Fatalf("head decoder: %+v, %v; full decoder: %+v", got, err, r)
+			}
 		}
 	})
 }

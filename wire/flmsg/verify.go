@@ -29,6 +29,9 @@ const (
 	kStringVector             // offset to a vector of offsets to strings
 	kTable                    // offset to a table of type fieldSpec.sub
 	kTableVector              // offset to a vector of offsets to tables of type fieldSpec.sub
+	// kDetached is an offset into the part of a message that was not read
+	// (verifyHead): checked against the message's length, not followed.
+	kDetached
 )
 
 // fieldSpec describes one vtable slot.
@@ -64,6 +67,7 @@ func tblVec(name string, t *tableSpec) fieldSpec {
 // further checks. It allocates nothing unless it fails.
 type verifier struct {
 	buf    []byte
+	size   int // the whole message's length: len(buf), or more in verifyHead
 	depth  int
 	tables int
 }
@@ -71,13 +75,23 @@ type verifier struct {
 // verify checks buf as a root table of type t, finished without file
 // identifier or size prefix, as MindSpore sends it.
 func verify(buf []byte, t *tableSpec) error {
-	if len(buf) > MaxBufferSize {
-		return fmt.Errorf("buffer of %d bytes exceeds the %d-byte FlatBuffers limit", len(buf), MaxBufferSize)
+	return verifyHead(buf, len(buf), t)
+}
+
+// verifyHead checks the first bytes, buf, of a message of size bytes:
+// every field of t must lie in buf, except kDetached ones, whose offsets
+// must point inside the message.
+func verifyHead(buf []byte, size int, t *tableSpec) error {
+	if size > MaxBufferSize {
+		return fmt.Errorf("buffer of %d bytes exceeds the %d-byte FlatBuffers limit", size, MaxBufferSize)
+	}
+	if len(buf) > size {
+		return fmt.Errorf("head of %d bytes is longer than its %d-byte message", len(buf), size)
 	}
 	if len(buf) < 8 {
 		return fmt.Errorf("buffer of %d bytes is shorter than a root offset and a table (8 bytes)", len(buf))
 	}
-	v := verifier{buf: buf}
+	v := verifier{buf: buf, size: size}
 	root, err := v.offset(0)
 	if err != nil {
 		return fmt.Errorf("root: %w", err)
@@ -180,6 +194,13 @@ func (v *verifier) field(pos, tsize, fo int, f *fieldSpec) error {
 		return fmt.Errorf("field at %d is not %d-byte aligned", fp, inline)
 	}
 	if f.kind == kScalar {
+		return nil
+	}
+	if f.kind == kDetached {
+		o := v.u32(fp)
+		if o == 0 || uint64(fp)+uint64(o) >= uint64(v.size) || (fp+int(o))%4 != 0 {
+			return fmt.Errorf("offset %d at %d does not point at a 4-byte aligned position inside the %d-byte message", o, fp, v.size)
+		}
 		return nil
 	}
 	tgt, err := v.offset(fp)

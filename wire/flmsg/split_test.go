@@ -1,0 +1,177 @@
+package flmsg
+
+import (
+	"encoding/binary"
+	"errors"
+	"reflect"
+	"testing"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/fbs"
+	"github.com/fedcluster/fedcluster/wire/fbs/r15"
+)
+
+// join is a split message as it goes on the wire, in a buffer of its own
+// starting at an address ≡ shift (mod 8).
+func join(head []byte, mb *ModelBlock, shift int) []byte {
+	return copyAt(append(append([]byte(nil), head...), mb.Tail()...), shift)
+}
+
+func splitModels() []*model.Model {
+	return []*model.Model{
+		smallModel(),
+		model.InitLeNet5(3),
+		randomModel(2, []model.Spec{{Name: "odd", Shape: []int{1}}, {Name: "name-of-odd-length", Shape: []int{3}}}),
+	}
+}
+
+// A split startFLJob answer, joined, is read by our decoder and by the
+// generated ≈r1.7 and r1.5 readers exactly as the spliced one is, and its
+// head alone decodes to the same fields.
+func TestSplitResponseFLJob(t *testing.T) {
+	plan := &Plan{ServerMode: "FEDERATED_LEARNING", FLName: "lenet", Iterations: 25, Epochs: 1, MiniBatch: 32, LR: 0.01}
+	for _, m := range splitModels() {
+		var block ModelBlock
+		block.Set(m)
+		rep := FLJobReply{Retcode: Succeed, Reason: ReasonStartFLJobSuccess, Iteration: 7, IsSelected: true,
+			NextReqTime: "1700000000000", Plan: plan, Block: &block, Timestamp: "ts"}
+		whole := append([]byte(nil), BuildResponseFLJob(flatbuffers.NewBuilder(0), &rep)...)
+		want, err := DecodeResponseFLJob(whole)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep.Split = true
+		head := BuildResponseFLJob(flatbuffers.NewBuilder(0), &rep)
+		if len(head) > 512 {
+			t.Fatalf("head of %d bytes: the model was copied into it", len(head))
+		}
+		for shift := 0; shift < 8; shift += 4 {
+			buf := join(head, &block, shift)
+			r, err := DecodeResponseFLJob(buf)
+			if err != nil {
+				t.Fatalf("cannot decode the joined message: %s", err)
+			}
+			checkFeatureMaps(t, r.FeatureMaps, modelTensors(m))
+			r.FeatureMaps, want.FeatureMaps = FeatureMaps{}, FeatureMaps{}
+			if !reflect.DeepEqual(r, want) {
+				t.Fatalf("joined: %+v, spliced: %+v", r, want)
+			}
+			g, o := fbs.GetRootAsResponseFLJob(buf, 0), r15.GetRootAsResponseFLJob(buf, 0)
+			if g.Iteration() != 7 || o.Iteration() != 7 || string(o.NextReqTime()) != rep.NextReqTime ||
+				g.FeatureMapLength() != len(m.Layout.Params) || o.FeatureMapLength() != len(m.Layout.Params) ||
+				g.FlPlanConfig(nil).Lr() != plan.LR {
+				t.Fatalf("generated readers disagree")
+			}
+			var fm r15.FeatureMap
+			for i, p := range m.Layout.Params {
+				o.FeatureMap(&fm, i)
+				if string(fm.WeightFullname()) != p.Name || fm.DataLength() != p.Len || fm.Data(p.Len-1) != m.Data[p.Offset+p.Len-1] {
+					t.Fatalf("r1.5 reader: bad feature map %d", i)
+				}
+			}
+			h, err := DecodeResponseFLJobHead(buf[:len(head)], len(buf))
+			if err != nil || !reflect.DeepEqual(h, want) {
+				t.Fatalf("head: %+v, %v; want %+v", h, err, want)
+			}
+		}
+	}
+}
+
+func TestSplitResponseGetModel(t *testing.T) {
+	for _, m := range splitModels() {
+		var block ModelBlock
+		block.Set(m)
+		rep := GetModelReply{Retcode: Succeed, Reason: "Get model for iteration 3", Iteration: 4, Block: &block, Timestamp: "17", Split: true}
+		head := append([]byte(nil), BuildResponseGetModel(flatbuffers.NewBuilder(0), &rep)...)
+		buf := join(head, &block, 4)
+		r, err := DecodeResponseGetModel(buf)
+		if err != nil {
+			t.Fatalf("cannot decode the joined message: %s", err)
+		}
+		checkFeatureMaps(t, r.FeatureMaps, modelTensors(m))
+		dst := model.New(m.Layout)
+		if n, err := r.FeatureMaps.CopyTo(dst); err != nil || n != len(m.Layout.Params) || dst.SHA256() != m.SHA256() {
+			t.Fatalf("CopyTo: %d, %v", n, err)
+		}
+		if o := fbs.GetRootAsResponseGetModel(buf, 0); o.Iteration() != 4 || string(o.Timestamp()) != "17" || o.FeatureMapLength() != len(m.Layout.Params) {
+			t.Fatalf("generated reader disagrees")
+		}
+		h, err := DecodeResponseGetModelHead(buf[:len(head)], len(buf))
+		r.FeatureMaps = FeatureMaps{}
+		if err != nil || !reflect.DeepEqual(h, r) {
+			t.Fatalf("head: %+v, %v; want %+v", h, err, r)
+		}
+	}
+}
+
+// A split update is what the server's decoder reads: the block's weights,
+// as they are (already scaled), and the head's fields.
+func TestSplitRequestUpdateModel(t *testing.T) {
+	for _, m := range splitModels() {
+		var block ModelBlock
+		block.Set(m)
+		args := UpdateModelArgs{FLName: "lenet", FLID: "device-1", Iteration: 9, Timestamp: "1700000000000", UploadLoss: 0.5,
+			Block: &block, Split: true, Scale: 32}
+		head := append([]byte(nil), BuildRequestUpdateModel(flatbuffers.NewBuilder(0), &args)...)
+		r, err := DecodeRequestUpdateModel(join(head, &block, 0))
+		if err != nil {
+			t.Fatalf("cannot decode the joined update: %s", err)
+		}
+		if string(r.FLName) != "lenet" || string(r.FLID) != "device-1" || r.Iteration != 9 || string(r.Timestamp) != args.Timestamp || r.UploadLoss != 0.5 {
+			t.Fatalf("got %+v", r)
+		}
+		checkFeatureMaps(t, r.FeatureMaps, modelTensors(m))
+
+		// spliced, the same update
+		args.Split = false
+		r, err = DecodeRequestUpdateModel(BuildRequestUpdateModel(flatbuffers.NewBuilder(0), &args))
+		if err != nil {
+			t.Fatalf("cannot decode the spliced update: %s", err)
+		}
+		checkFeatureMaps(t, r.FeatureMaps, modelTensors(m))
+	}
+}
+
+// Head decoding takes only what it can verify: a head cut short, a message
+// too short for the offset into the model, a misaligned model offset, a
+// plain-text refusal.
+func TestDecodeHeadRefusesWhatItCannotVerify(t *testing.T) {
+	m := model.InitLeNet5(1)
+	var block ModelBlock
+	block.Set(m)
+	head := append([]byte(nil), BuildResponseGetModel(flatbuffers.NewBuilder(0),
+		&GetModelReply{Retcode: Succeed, Reason: "Get model for iteration 1", Iteration: 1, Block: &block, Timestamp: "17", Split: true})...)
+	size := len(head) + len(block.Tail())
+	if _, err := DecodeResponseGetModelHead(head, size); err != nil {
+		t.Fatalf("valid head: %s", err)
+	}
+	for _, cut := range []int{0, 7, 8, len(head) / 2, len(head) - 4} { // the last 3 bytes: NUL and padding
+		if _, err := DecodeResponseGetModelHead(head[:cut], size); err == nil {
+			t.Fatalf("a head cut at %d bytes of %d decoded", cut, len(head))
+		}
+	}
+	// The model's vector lies len(tail)-off bytes past the head: a message
+	// that ends before it is refused.
+	if _, err := DecodeResponseGetModelHead(head, len(head)+len(block.Tail())-int(block.off)); err == nil {
+		t.Fatal("a message ending at the model's vector decoded")
+	}
+	if _, err := DecodeResponseGetModelHead(head, len(head)-1); err == nil {
+		t.Fatal("a head longer than its message decoded")
+	}
+	// The model's offset moved by 2 bytes: misaligned.
+	bad := append([]byte(nil), head...)
+	fp := rootTable(bad).field(slotRspGetFeatureMap)
+	binary.LittleEndian.PutUint32(bad[fp:], binary.LittleEndian.Uint32(bad[fp:])+2)
+	if _, err := DecodeResponseGetModelHead(bad, size); err == nil {
+		t.Fatal("a misaligned model offset decoded")
+	}
+	if _, err := DecodeResponseGetModelHead([]byte(BodySafemode), len(BodySafemode)); err == nil || !errors.Is(err, ErrRefused) {
+		t.Fatalf("plain refusal: %v", err)
+	}
+	// A refusal's text is the whole body: a prefix of a longer one is not.
+	if _, err := DecodeResponseGetModelHead([]byte(BodySafemode), len(BodySafemode)+10); err == nil || errors.Is(err, ErrRefused) {
+		t.Fatalf("prefix of a longer body: %v", err)
+	}
+}

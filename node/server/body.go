@@ -10,6 +10,9 @@ import (
 
 	flatbuffers "github.com/google/flatbuffers/go"
 	"github.com/valyala/fasthttp"
+
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
 // Request bodies are streamed (fasthttp's StreamRequestBody) and read into
@@ -137,24 +140,82 @@ type respKey struct {
 	plan        [4]float64
 }
 
-// respCache keeps the last built response of one kind: between two changes
-// of its key (an iteration switch, a round's first count) every device gets
-// the same bytes, served without copying (SetBodyRaw).
+// respCache keeps the head of the last built answer of one kind: between
+// two changes of its key (an iteration switch, a round's first count)
+// every device gets the same head followed by the same model block, and
+// neither is copied (flmsg's split messages).
 type respCache struct {
-	mu   sync.Mutex
-	key  respKey
-	body []byte
+	mu    sync.Mutex
+	key   respKey
+	block *flmsg.ModelBlock
+	head  []byte
 }
 
-func (c *respCache) get(key respKey, size int, build func(b *flatbuffers.Builder) []byte) []byte {
+func (c *respCache) get(key respKey, block *flmsg.ModelBlock, build func(b *flatbuffers.Builder) []byte) []byte {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.body == nil || c.key != key {
-		// A builder of its own, sized for the model, whose bytes become the
-		// cached body: responses still being written keep the old body alive
-		// and unchanged, and no second copy is made.
-		c.body = build(flatbuffers.NewBuilder(size))
-		c.key = key
+	if c.head == nil || c.key != key || c.block != block {
+		// Answers still being written keep the old head: never reuse it.
+		c.head = append([]byte(nil), build(flatbuffers.NewBuilder(512))...)
+		c.key, c.block = key, block
 	}
-	return c.body
+	return c.head
+}
+
+// blockCache serializes the model being served once, for every answer of
+// both kinds that carries it. It keeps one: a second would double the
+// memory of a large model, and only stragglers ask for an older one.
+type blockCache struct {
+	mu    sync.Mutex
+	m     *model.Model
+	block *flmsg.ModelBlock
+}
+
+func (c *blockCache) get(m *model.Model) *flmsg.ModelBlock {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m != m {
+		// A new block each time: answers being written keep the old one.
+		b := new(flmsg.ModelBlock)
+		b.Set(m)
+		c.m, c.block = m, b
+	}
+	return c.block
+}
+
+// splitBody is an answer's body: its head, then its model block's bytes,
+// each written to the connection as it is.
+type splitBody struct {
+	head, tail []byte
+}
+
+func serveSplit(ctx *fasthttp.RequestCtx, head []byte, block *flmsg.ModelBlock) {
+	tail := block.Tail()
+	ctx.Response.SetBodyStream(&splitBody{head: head, tail: tail}, len(head)+len(tail))
+}
+
+// WriteTo is what fasthttp uses to send the body (io.WriterTo).
+func (s *splitBody) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for _, p := range [][]byte{s.head, s.tail} {
+		n, err := w.Write(p)
+		total += int64(n)
+		if err != nil {
+			return total, err
+		}
+	}
+	s.head, s.tail = nil, nil
+	return total, nil
+}
+
+// Read serves readers that do not use WriteTo.
+func (s *splitBody) Read(p []byte) (int, error) {
+	if len(s.head) == 0 && len(s.tail) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, s.head)
+	s.head = s.head[n:]
+	m := copy(p[n:], s.tail)
+	s.tail = s.tail[m:]
+	return n + m, nil
 }

@@ -137,7 +137,8 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	pl := st.plan
 	key := respKey{kind: 1, iteration: a.Iteration, modelIter: it, nextReqTime: a.NextReqTime,
 		plan: [4]float64{float64(pl.FLIterationNum), float64(pl.ClientEpochNum), float64(pl.ClientBatchSize), pl.ClientLearningRate}}
-	ctx.Response.SetBodyRaw(s.startCache.get(key, s.plane.responseSize(), func(b *flatbuffers.Builder) []byte {
+	block := s.blocks.get(m)
+	serveSplit(ctx, s.startCache.get(key, block, func(b *flatbuffers.Builder) []byte {
 		return flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
 			Retcode:     flmsg.Succeed,
 			Reason:      flmsg.ReasonStartFLJobSuccess,
@@ -146,9 +147,10 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 			NextReqTime: s.nextReq(a.NextReqTime),
 			Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(pl.FLIterationNum),
 				Epochs: int32(pl.ClientEpochNum), MiniBatch: int32(pl.ClientBatchSize), LR: float32(pl.ClientLearningRate)},
-			Model: m,
+			Block: block,
+			Split: true,
 		})
-	}))
+	}), block)
 }
 
 // bodyError answers a body that could not be read.
@@ -348,8 +350,9 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 	}
 	s.count("getModel", "succeed")
 	key := respKey{kind: 2, iteration: st.iteration, modelIter: it, nextReqTime: st.nextReqTime}
-	ctx.Response.SetBodyRaw(s.getCache.get(key, s.plane.responseSize(), func(b *flatbuffers.Builder) []byte {
+	block := s.blocks.get(m)
+	serveSplit(ctx, s.getCache.get(key, block, func(b *flatbuffers.Builder) []byte {
 		return flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
-			Iteration: int32(st.iteration), Model: m, Timestamp: s.nextReq(st.nextReqTime)})
-	}))
+			Iteration: int32(st.iteration), Block: block, Split: true, Timestamp: s.nextReq(st.nextReqTime)})
+	}), block)
 }

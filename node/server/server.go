@@ -43,9 +43,11 @@ type Server struct {
 	plane   *plane
 	metrics *metrics
 	uploads *uploads
-	// startCache and getModelCache hold the responses every device gets.
+	// startCache and getCache hold the heads of the answers every device
+	// gets, blocks the model they carry.
 	startCache respCache
 	getCache   respCache
+	blocks     blockCache
 
 	mu         sync.Mutex
 	rank       int

@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"encoding/binary"
+	"io"
 	"math"
 	"runtime"
 	"strconv"
@@ -13,6 +15,8 @@ import (
 	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fedcluster/fedcluster/node/agg"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
 func TestCheckTimestamp(t *testing.T) {
@@ -105,14 +109,48 @@ func TestRespCacheBuildsOncePerKey(t *testing.T) {
 	var c respCache
 	builds := 0
 	build := func(b *flatbuffers.Builder) []byte { builds++; return []byte{byte(builds)} }
-	a := c.get(respKey{kind: 1, iteration: 1}, 16, build)
-	b := c.get(respKey{kind: 1, iteration: 1}, 16, build)
+	block := new(flmsg.ModelBlock)
+	a := c.get(respKey{kind: 1, iteration: 1}, block, build)
+	b := c.get(respKey{kind: 1, iteration: 1}, block, build)
 	if builds != 1 || &a[0] != &b[0] {
 		t.Fatalf("same key built %d times", builds)
 	}
-	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, 16, build)
+	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, block, build)
 	if builds != 2 {
 		t.Fatalf("a changed key was not rebuilt")
+	}
+	c.get(respKey{kind: 1, iteration: 1, nextReqTime: 5}, new(flmsg.ModelBlock), build)
+	if builds != 3 {
+		t.Fatalf("a head was reused for another block")
+	}
+}
+
+// A model is serialized once for every answer carrying it, and a new
+// model gets a new block: answers still being sent keep theirs intact.
+func TestBlockCache(t *testing.T) {
+	var c blockCache
+	m1, m2 := model.InitLeNet5(1), model.InitLeNet5(2)
+	b1 := c.get(m1)
+	if c.get(m1) != b1 {
+		t.Fatal("the same model was serialized twice")
+	}
+	tail := append([]byte(nil), b1.Tail()...)
+	b2 := c.get(m2)
+	if b2 == b1 || !bytes.Equal(b1.Tail(), tail) || bytes.Equal(b2.Tail(), tail) {
+		t.Fatal("a new model overwrote the block of the old one")
+	}
+}
+
+// splitBody sends head then tail, through WriteTo or Read.
+func TestSplitBody(t *testing.T) {
+	head, tail := []byte("head-"), []byte("and-the-tail")
+	var w bytes.Buffer
+	if n, err := (&splitBody{head: head, tail: tail}).WriteTo(&w); err != nil || n != 17 || w.String() != "head-and-the-tail" {
+		t.Fatalf("WriteTo: %d, %v, %q", n, err, w.String())
+	}
+	got, err := io.ReadAll(io.LimitReader(&splitBody{head: head, tail: tail}, 100))
+	if err != nil || string(got) != "head-and-the-tail" {
+		t.Fatalf("Read: %q, %v", got, err)
 	}
 }
 

@@ -178,10 +178,10 @@ func checkResponseHead(head []byte, size int, t *tableSpec) error {
 	return nil
 }
 
-// detach is t with its model field slot verified as kDetached.
+// detach is t with its model field, slot, detached (verifyHead).
 func detach(t *tableSpec, slot int) *tableSpec {
 	fields := append([]fieldSpec(nil), t.fields...)
-	fields[slot] = fieldSpec{name: fields[slot].name, kind: kDetached}
+	fields[slot].detached = true
 	return &tableSpec{name: t.name, fields: fields}
 }
 
@@ -204,9 +204,10 @@ func DecodeResponseFLJob(body []byte) (r ResponseFLJob, err error) {
 
 // DecodeResponseFLJobHead decodes a startFLJob answer of size bytes from
 // its first bytes, head (HeadSize of them are enough): every field but
-// feature_map is verified and decoded as DecodeResponseFLJob does, the
-// feature_map's offset is only checked to point inside the message, and
-// FeatureMaps stays empty. For load generators, which drop the model.
+// feature_map is verified and decoded as DecodeResponseFLJob does; of the
+// feature_map, what lies in head is verified and the rest must lie inside
+// the message; FeatureMaps stays empty. For load generators, which drop
+// the model.
 func DecodeResponseFLJobHead(head []byte, size int) (r ResponseFLJob, err error) {
 	defer backstop(responseFLJobSpec, &err)
 	if err := checkResponseHead(head, size, responseFLJobHeadSpec); err != nil {

@@ -2,6 +2,7 @@ package flmsg
 
 import (
 	"encoding/binary"
+	"io"
 
 	flatbuffers "github.com/google/flatbuffers/go"
 )
@@ -86,4 +87,40 @@ func (f *featureMap) add(b *flatbuffers.Builder, slot int) {
 // finish returns the finished bytes of b, patched for a detached block.
 func (f *featureMap) finish(b *flatbuffers.Builder) []byte {
 	return f.det.finish(b.FinishedBytes())
+}
+
+// Joined reads a split message: its head, then its block's tail, without
+// joining them. WriteTo (what fasthttp uses to send a body stream) writes
+// each whole.
+type Joined struct {
+	Head, Tail []byte
+}
+
+// Len is the message's length.
+func (j *Joined) Len() int { return len(j.Head) + len(j.Tail) }
+
+// WriteTo writes what is left of the message to w.
+func (j *Joined) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for _, p := range []*[]byte{&j.Head, &j.Tail} {
+		n, err := w.Write(*p)
+		total += int64(n)
+		*p = (*p)[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// Read reads the message.
+func (j *Joined) Read(p []byte) (int, error) {
+	if len(j.Head) == 0 && len(j.Tail) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, j.Head)
+	j.Head = j.Head[n:]
+	m := copy(p[n:], j.Tail)
+	j.Tail = j.Tail[m:]
+	return n + m, nil
 }

@@ -1,8 +1,10 @@
 package flmsg
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"io"
 	"reflect"
 	"testing"
 
@@ -167,11 +169,39 @@ func TestDecodeHeadRefusesWhatItCannotVerify(t *testing.T) {
 	if _, err := DecodeResponseGetModelHead(bad, size); err == nil {
 		t.Fatal("a misaligned model offset decoded")
 	}
+	// What of the model lies in the head's bytes is verified against the
+	// message's length: a message cut short is refused, whole it is not.
+	full := append([]byte(nil), BuildResponseGetModel(flatbuffers.NewBuilder(0),
+		&GetModelReply{Retcode: Succeed, Reason: "r", Iteration: 1, Model: m, Timestamp: "17"})...)
+	if _, err := DecodeResponseGetModelHead(full[:HeadSize], len(full)); err != nil {
+		t.Fatalf("the first HeadSize bytes of a whole answer: %s", err)
+	}
+	half := full[:len(full)/2]
+	if _, err := DecodeResponseGetModelHead(half[:HeadSize], len(half)); err == nil {
+		t.Fatal("the first bytes of half an answer decoded")
+	}
 	if _, err := DecodeResponseGetModelHead([]byte(BodySafemode), len(BodySafemode)); err == nil || !errors.Is(err, ErrRefused) {
 		t.Fatalf("plain refusal: %v", err)
 	}
 	// A refusal's text is the whole body: a prefix of a longer one is not.
 	if _, err := DecodeResponseGetModelHead([]byte(BodySafemode), len(BodySafemode)+10); err == nil || errors.Is(err, ErrRefused) {
 		t.Fatalf("prefix of a longer body: %v", err)
+	}
+}
+
+// Joined sends head then tail, through WriteTo or Read.
+func TestJoined(t *testing.T) {
+	head, tail := []byte("head-"), []byte("and-the-tail")
+	var w bytes.Buffer
+	j := &Joined{Head: head, Tail: tail}
+	if j.Len() != 17 {
+		t.Fatalf("Len %d", j.Len())
+	}
+	if n, err := j.WriteTo(&w); err != nil || n != 17 || w.String() != "head-and-the-tail" || j.Len() != 0 {
+		t.Fatalf("WriteTo: %d, %v, %q", n, err, w.String())
+	}
+	got, err := io.ReadAll(io.LimitReader(&Joined{Head: head, Tail: tail}, 100))
+	if err != nil || string(got) != "head-and-the-tail" {
+		t.Fatalf("Read: %q, %v", got, err)
 	}
 }

@@ -29,9 +29,6 @@ const (
 	kStringVector             // offset to a vector of offsets to strings
 	kTable                    // offset to a table of type fieldSpec.sub
 	kTableVector              // offset to a vector of offsets to tables of type fieldSpec.sub
-	// kDetached is an offset into the part of a message that was not read
-	// (verifyHead): checked against the message's length, not followed.
-	kDetached
 )
 
 // fieldSpec describes one vtable slot.
@@ -40,6 +37,9 @@ type fieldSpec struct {
 	kind kind
 	size int        // scalar or vector element size in bytes
 	sub  *tableSpec // for kTable and kTableVector
+	// detached: verifyHead checks what it read of the field's subtree and
+	// that the rest lies inside the message.
+	detached bool
 }
 
 // tableSpec describes a table: fields[i] is vtable slot i. Slots past the
@@ -67,7 +67,8 @@ func tblVec(name string, t *tableSpec) fieldSpec {
 // further checks. It allocates nothing unless it fails.
 type verifier struct {
 	buf    []byte
-	size   int // the whole message's length: len(buf), or more in verifyHead
+	size   int  // the whole message's length: len(buf), or more in verifyHead
+	inTail bool // verifying a detached field's subtree
 	depth  int
 	tables int
 }
@@ -79,8 +80,8 @@ func verify(buf []byte, t *tableSpec) error {
 }
 
 // verifyHead checks the first bytes, buf, of a message of size bytes:
-// every field of t must lie in buf, except kDetached ones, whose offsets
-// must point inside the message.
+// every field of t must lie in buf, except detached ones, of which what
+// lies in buf is verified and what does not must lie inside the message.
 func verifyHead(buf []byte, size int, t *tableSpec) error {
 	if size > MaxBufferSize {
 		return fmt.Errorf("buffer of %d bytes exceeds the %d-byte FlatBuffers limit", size, MaxBufferSize)
@@ -99,6 +100,23 @@ func verifyHead(buf []byte, size int, t *tableSpec) error {
 	return v.table(root, t)
 }
 
+// limit is where what is being verified must end: the end of buf, or of
+// the whole message within a detached subtree.
+func (v *verifier) limit() int {
+	if v.inTail {
+		return v.size
+	}
+	return len(v.buf)
+}
+
+// unread reports, within a detached subtree, that the k bytes at pos lie
+// inside the message but not (all) in buf: they cannot be checked, and
+// nothing reads them.
+func (v *verifier) unread(pos, k int) bool {
+	end := int64(pos) + int64(k)
+	return v.inTail && pos >= 0 && end > int64(len(v.buf)) && end <= int64(v.size)
+}
+
 func (v *verifier) u16(pos int) int    { return int(binary.LittleEndian.Uint16(v.buf[pos:])) }
 func (v *verifier) u32(pos int) uint32 { return binary.LittleEndian.Uint32(v.buf[pos:]) }
 
@@ -113,8 +131,8 @@ func (v *verifier) offset(pos int) (int, error) {
 	if o > MaxBufferSize {
 		return 0, fmt.Errorf("offset %d at %d is negative as a signed 32-bit offset", o, pos)
 	}
-	if uint64(o) >= uint64(len(v.buf)-pos) {
-		return 0, fmt.Errorf("offset %d at %d points past the end of the %d-byte buffer", o, pos, len(v.buf))
+	if uint64(o) >= uint64(v.limit()-pos) {
+		return 0, fmt.Errorf("offset %d at %d points past the end of the %d-byte buffer", o, pos, v.limit())
 	}
 	return pos + int(o), nil
 }
@@ -138,9 +156,12 @@ func (v *verifier) tableFields(pos int, t *tableSpec) error {
 	if v.tables > maxTables {
 		return fmt.Errorf("more than %d tables in the message", maxTables)
 	}
-	n := len(v.buf)
+	n := v.limit()
 	if pos%4 != 0 {
 		return fmt.Errorf("table at %d is not 4-byte aligned", pos)
+	}
+	if v.unread(pos, 4) {
+		return nil
 	}
 	if pos > n-4 {
 		return fmt.Errorf("table at %d runs past the end of the %d-byte buffer", pos, n)
@@ -153,6 +174,9 @@ func (v *verifier) tableFields(pos int, t *tableSpec) error {
 	if vt%2 != 0 {
 		return fmt.Errorf("vtable at %d is not 2-byte aligned", vt)
 	}
+	if v.unread(vt, 4) {
+		return nil
+	}
 	vsize, tsize := v.u16(vt), v.u16(vt+2)
 	if vsize < 4 || vsize%2 != 0 {
 		return fmt.Errorf("vtable at %d has invalid size %d", vt, vsize)
@@ -162,6 +186,9 @@ func (v *verifier) tableFields(pos int, t *tableSpec) error {
 	}
 	if tsize < 4 || tsize > n-pos {
 		return fmt.Errorf("table at %d of %d bytes runs past the end of the %d-byte buffer", pos, tsize, n)
+	}
+	if v.unread(vt, vsize) || v.unread(pos, tsize) {
+		return nil
 	}
 	for i := range t.fields {
 		vo := 4 + 2*i
@@ -196,12 +223,9 @@ func (v *verifier) field(pos, tsize, fo int, f *fieldSpec) error {
 	if f.kind == kScalar {
 		return nil
 	}
-	if f.kind == kDetached {
-		o := v.u32(fp)
-		if o == 0 || uint64(fp)+uint64(o) >= uint64(v.size) || (fp+int(o))%4 != 0 {
-			return fmt.Errorf("offset %d at %d does not point at a 4-byte aligned position inside the %d-byte message", o, fp, v.size)
-		}
-		return nil
+	if f.detached && !v.inTail {
+		v.inTail = true
+		defer func() { v.inTail = false }()
 	}
 	tgt, err := v.offset(fp)
 	if err != nil {
@@ -218,7 +242,7 @@ func (v *verifier) field(pos, tsize, fo int, f *fieldSpec) error {
 		if err != nil {
 			return err
 		}
-		for j := 0; j < cnt; j++ {
+		for j := 0; j < cnt && !v.unread(tgt+4+4*j, 4); j++ {
 			s, err := v.offset(tgt + 4 + 4*j)
 			if err == nil {
 				err = v.string(s)
@@ -235,7 +259,7 @@ func (v *verifier) field(pos, tsize, fo int, f *fieldSpec) error {
 		if err != nil {
 			return err
 		}
-		for j := 0; j < cnt; j++ {
+		for j := 0; j < cnt && !v.unread(tgt+4+4*j, 4); j++ {
 			s, err := v.offset(tgt + 4 + 4*j)
 			if err == nil {
 				err = v.table(s, f.sub)
@@ -250,12 +274,15 @@ func (v *verifier) field(pos, tsize, fo int, f *fieldSpec) error {
 }
 
 // vector checks the vector of elem-byte elements at pos and returns its
-// length. The length word is 4-byte aligned, so elements of up to 4 bytes are
-// aligned relative to the buffer start.
+// length (0 for an unread one). The length word is 4-byte aligned, so
+// elements of up to 4 bytes are aligned relative to the buffer start.
 func (v *verifier) vector(pos, elem int) (int, error) {
-	n := len(v.buf)
+	n := v.limit()
 	if pos%4 != 0 {
 		return 0, fmt.Errorf("vector at %d is not 4-byte aligned", pos)
+	}
+	if v.unread(pos, 4) {
+		return 0, nil
 	}
 	if pos > n-4 {
 		return 0, fmt.Errorf("vector at %d runs past the end of the %d-byte buffer", pos, n)
@@ -273,9 +300,12 @@ func (v *verifier) vector(pos, elem int) (int, error) {
 // string checks the string at pos: length, bytes and the terminating NUL
 // inside the buffer.
 func (v *verifier) string(pos int) error {
-	n := len(v.buf)
+	n := v.limit()
 	if pos%4 != 0 {
 		return fmt.Errorf("string at %d is not 4-byte aligned", pos)
+	}
+	if v.unread(pos, 4) {
+		return nil
 	}
 	if pos > n-4 {
 		return fmt.Errorf("string at %d runs past the end of the %d-byte buffer", pos, n)
@@ -283,6 +313,9 @@ func (v *verifier) string(pos int) error {
 	l := v.u32(pos)
 	if uint64(l) >= uint64(n-pos-4) {
 		return fmt.Errorf("string of %d bytes at %d and its NUL run past the end of the %d-byte buffer", l, pos, n)
+	}
+	if v.unread(pos+4+int(l), 1) {
+		return nil
 	}
 	if v.buf[pos+4+int(l)] != 0 {
 		return fmt.Errorf("string of %d bytes at %d is not NUL-terminated", l, pos)

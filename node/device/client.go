@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -38,6 +40,11 @@ type Client struct {
 	resp  fasthttp.Response
 	ts    []byte
 	timer *time.Timer
+
+	// With LoadBlock: the request body being sent (head and block) and
+	// the first bytes of the last answer.
+	send flmsg.Joined
+	head []byte
 
 	// What the next build writes: sending's weights are uploaded
 	// × DataSize.
@@ -113,15 +120,20 @@ type StartResult struct {
 // error; errors are transport failures past the bound, ErrJobFinished, bad
 // answers and the context's.
 func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
-	body, err := c.exchange(ctx, EndpointStartFLJob)
+	body, size, err := c.exchange(ctx, EndpointStartFLJob)
 	if err != nil {
 		return StartResult{}, err
 	}
-	r, err := flmsg.DecodeResponseFLJob(body)
+	var r flmsg.ResponseFLJob
+	if c.o.LoadBlock != nil {
+		r, err = flmsg.DecodeResponseFLJobHead(body, size)
+	} else {
+		r, err = flmsg.DecodeResponseFLJob(body)
+	}
 	if err != nil {
 		return StartResult{}, c.badAnswer(err)
 	}
-	if r.Retcode == flmsg.Succeed {
+	if r.Retcode == flmsg.Succeed && c.o.LoadBlock == nil {
 		if err := c.adopt(r.FeatureMaps); err != nil {
 			return StartResult{}, c.badAnswer(err)
 		}
@@ -147,7 +159,8 @@ type UpdateResult struct {
 
 // UpdateModel uploads m's weights × DataSize for iteration, as MindSpore
 // clients do (the server divides the sum by the sum of data sizes), with
-// loss as upload_loss (written when non-zero). m is only read.
+// loss as upload_loss (written when non-zero). m is only read. A load
+// generator (Options.LoadBlock) uploads its block instead.
 func (c *Client) UpdateModel(ctx context.Context, iteration int32, m *model.Model, loss float32) (UpdateResult, error) {
 	return c.sendUpdate(ctx, iteration, m, loss)
 }
@@ -163,7 +176,7 @@ func (c *Client) updateServed(ctx context.Context, iteration int32, loss float32
 func (c *Client) sendUpdate(ctx context.Context, iteration int32, m *model.Model, loss float32) (UpdateResult, error) {
 	c.iteration, c.loss, c.sending = iteration, loss, m
 	defer func() { c.sending = nil }()
-	body, err := c.exchange(ctx, EndpointUpdateModel)
+	body, _, err := c.exchange(ctx, EndpointUpdateModel)
 	if err != nil {
 		return UpdateResult{}, err
 	}
@@ -190,15 +203,20 @@ type GetResult struct {
 // of iteration. On SUCCEED the model is in Model().
 func (c *Client) GetModel(ctx context.Context, iteration int32) (GetResult, error) {
 	c.iteration = iteration
-	body, err := c.exchange(ctx, EndpointGetModel)
+	body, size, err := c.exchange(ctx, EndpointGetModel)
 	if err != nil {
 		return GetResult{}, err
 	}
-	r, err := flmsg.DecodeResponseGetModel(body)
+	var r flmsg.ResponseGetModel
+	if c.o.LoadBlock != nil {
+		r, err = flmsg.DecodeResponseGetModelHead(body, size)
+	} else {
+		r, err = flmsg.DecodeResponseGetModel(body)
+	}
 	if err != nil {
 		return GetResult{}, c.badAnswer(err)
 	}
-	if r.Retcode == flmsg.Succeed {
+	if r.Retcode == flmsg.Succeed && c.o.LoadBlock == nil {
 		if err := c.adopt(r.FeatureMaps); err != nil {
 			return GetResult{}, c.badAnswer(err)
 		}
@@ -239,75 +257,92 @@ func (c *Client) PollModel(ctx context.Context, iteration int32) (GetResult, err
 
 // exchange sends the request of ep, built afresh for each attempt, and
 // returns the body of an HTTP 200 answer that is not a retryable
-// plain-text refusal. The body is valid until the next exchange. For an
-// answer it returns, c.obs is filled and waits for emit or badAnswer.
-func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, error) {
+// plain-text refusal, with the body's size: a load generator's answers
+// carrying a model are only read in part (their first flmsg.HeadSize
+// bytes). The body is valid until the next exchange. For an answer it
+// returns, c.obs is filled and waits for emit or badAnswer.
+func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, int, error) {
 	server := c.pick(-1)
 	attempts, refusals := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		body := c.build(ep)
-		status, err := c.do(ctx, server, ep, body)
-		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body)}
+		body, tail := c.build(ep)
+		status, err := c.do(ctx, server, ep, body, tail)
+		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body) + len(tail)}
+		var answer []byte
+		var size int
 		if err == nil {
-			c.obs.Received = len(c.resp.Body())
+			answer, size, err = c.answer(ep)
+			c.obs.Received = size
 		}
 		if err == nil && (status == fasthttp.StatusBadGateway || status == fasthttp.StatusServiceUnavailable || status == fasthttp.StatusGatewayTimeout) {
-			err = &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(c.resp.Body())}
+			err = &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(answer)}
 		}
 		if err != nil {
 			c.obs.Outcome, c.obs.Err = OutcomeTransport, err
 			c.observe()
 			attempts++
 			if attempts >= c.o.MaxAttempts {
-				return nil, fmt.Errorf("cannot send %s: %d attempts failed, the last to %s: %w: %w",
+				return nil, 0, fmt.Errorf("cannot send %s: %d attempts failed, the last to %s: %w: %w",
 					ep, attempts, c.o.Servers[server], ErrGaveUp, err)
 			}
 			c.suspend(server)
 			if err := c.sleep(ctx, c.backoff(attempts)); err != nil {
-				return nil, err
+				return nil, 0, err
 			}
 			server = c.pick(server)
 			continue
 		}
 		if status != fasthttp.StatusOK {
-			herr := &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(c.resp.Body())}
+			herr := &HTTPError{Endpoint: ep, Server: c.o.Servers[server], Status: status, Body: clip(answer)}
 			c.obs.Outcome, c.obs.Err = OutcomeHTTP, herr
 			c.observe()
-			return nil, herr
+			return nil, 0, herr
 		}
-		text, ok := flmsg.PlainRefusal(c.resp.Body())
+		text, ok := "", false
+		if size == len(answer) {
+			text, ok = flmsg.PlainRefusal(answer)
+		}
 		if !ok {
-			return c.resp.Body(), nil
+			return answer, size, nil
 		}
 		c.obs.Outcome, c.obs.Refusal = OutcomeRefusal, text
 		c.observe()
 		if text == flmsg.BodyJobDisabled {
-			return nil, fmt.Errorf("%s at %s: %w", ep, c.o.Servers[server], ErrJobFinished)
+			return nil, 0, fmt.Errorf("%s at %s: %w", ep, c.o.Servers[server], ErrJobFinished)
 		}
 		// Safemode or not ready: the same request again after a while.
 		refusals++
 		if refusals > c.o.MaxRefusals {
-			return nil, fmt.Errorf("cannot send %s: refused %d times, last %q: %w", ep, refusals, text, ErrGaveUp)
+			return nil, 0, fmt.Errorf("cannot send %s: refused %d times, last %q: %w", ep, refusals, text, ErrGaveUp)
 		}
 		if text == flmsg.BodySafemode {
 			c.suspend(server) // cut off from the scheduler, or scaled in
 		}
 		if err := c.sleep(ctx, c.jitter(c.o.RefusalDelay)); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		server = c.pick(-1)
 	}
 }
 
-// do sends body to server's ep and waits for the answer, at most
-// RequestTimeout and not past ctx's deadline.
-func (c *Client) do(ctx context.Context, server int, ep Endpoint, body []byte) (int, error) {
+// do sends body (followed by tail, when not nil) to server's ep and waits
+// for the answer, at most RequestTimeout and not past ctx's deadline. The
+// answer's body is then read by answer.
+func (c *Client) do(ctx context.Context, server int, ep Endpoint, body, tail []byte) (int, error) {
 	c.req.SetRequestURI(c.urls[server][ep])
-	c.req.SetBodyRaw(body)
+	if tail != nil {
+		c.send = flmsg.Joined{Head: body, Tail: tail}
+		c.req.SetBodyStream(&c.send, c.send.Len())
+	} else {
+		c.req.SetBodyRaw(body)
+	}
 	c.resp.Reset()
+	// A load generator streams the answers that carry a model, to read
+	// their head and drop the rest.
+	c.resp.StreamBody = c.o.LoadBlock != nil && ep != EndpointUpdateModel
 	start := time.Now()
 	deadline := start.Add(c.o.RequestTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -321,8 +356,60 @@ func (c *Client) do(ctx context.Context, server int, ep Endpoint, body []byte) (
 	return c.resp.StatusCode(), nil
 }
 
-// build writes the request of ep into c.b.
-func (c *Client) build(ep Endpoint) []byte {
+// answer returns the body of the answer do received, and its size. A
+// streamed body (a load generator's) is read in part: its first
+// flmsg.HeadSize bytes are returned, the rest is read and dropped.
+func (c *Client) answer(ep Endpoint) ([]byte, int, error) {
+	if !c.resp.StreamBody {
+		b := c.resp.Body()
+		return b, len(b), nil
+	}
+	s := c.resp.BodyStream()
+	if s == nil {
+		b := c.resp.Body()
+		return b, len(b), nil
+	}
+	defer c.resp.CloseBodyStream()
+	if c.head == nil {
+		c.head = make([]byte, flmsg.HeadSize)
+	}
+	n, err := io.ReadFull(s, c.head)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return c.head[:n], n, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("cannot read the %s answer: %w", ep, err)
+	}
+	rest, err := discard(s)
+	if err != nil {
+		return nil, 0, fmt.Errorf("cannot read the %s answer: %w", ep, err)
+	}
+	return c.head[:n], n + rest, nil
+}
+
+// drainBuffers are what load generators read dropped answers into.
+var drainBuffers = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
+// discard reads r to its end and returns how many bytes it read.
+func discard(r io.Reader) (int, error) {
+	p := drainBuffers.Get().(*[]byte)
+	defer drainBuffers.Put(p)
+	total := 0
+	for {
+		n, err := r.Read(*p)
+		total += n
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// build writes the request of ep into c.b. A load generator's update is
+// c.b's head followed by the tail it returns.
+func (c *Client) build(ep Endpoint) (body, tail []byte) {
 	c.ts = strconv.AppendInt(c.ts[:0], time.Now().UnixMilli(), 10)
 	// The builders copy the string at once, so it may alias c.ts.
 	ts := unsafe.String(unsafe.SliceData(c.ts), len(c.ts))
@@ -330,16 +417,21 @@ func (c *Client) build(ep Endpoint) []byte {
 	case EndpointStartFLJob:
 		return flmsg.BuildRequestFLJob(c.b, &flmsg.FLJobArgs{
 			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, DataSize: c.o.DataSize, Timestamp: ts,
-		})
+		}), nil
 	case EndpointUpdateModel:
+		if lb := c.o.LoadBlock; lb != nil {
+			return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
+				FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Block: lb, Split: true,
+			}), lb.Tail()
+		}
 		return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
 			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.sending,
 			Scale: float32(c.o.DataSize),
-		})
+		}), nil
 	case EndpointGetModel:
 		return flmsg.BuildRequestGetModel(c.b, &flmsg.GetModelArgs{
 			FLName: c.o.FLName, Iteration: c.iteration, Timestamp: ts,
-		})
+		}), nil
 	}
 	panic("BUG: unknown endpoint " + ep.String())
 }

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -499,5 +500,84 @@ func TestSingleRounds(t *testing.T) {
 	}
 	if r := fc.requests()[1]; r.first != 2*4 {
 		t.Fatalf("uploaded %g, want weight × data size = 8", r.first)
+	}
+}
+
+// A load generator uploads its shared block after a head of its own,
+// reads the served models' answers in part and keeps no model; a broken
+// answer is still reported, not used.
+func TestLoadGenerator(t *testing.T) {
+	up := testModel(7)
+	var block flmsg.ModelBlock
+	block.Set(up)
+	bigLayout, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{100_000}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := model.New(bigLayout)
+	bigBody := flmsg.BuildResponseGetModel(flatbuffers.NewBuilder(0), &flmsg.GetModelReply{
+		Retcode: flmsg.Succeed, Reason: "big", Iteration: 2, Model: big, Timestamp: millisFromNow(time.Second)})
+	if len(bigBody) <= flmsg.HeadSize {
+		t.Fatal("the big answer must be longer than what a load generator reads")
+	}
+	getBig := step{ep: "getModel", body: func() []byte { return bigBody }}
+
+	run := func(script ...step) (*Client, *fakeCluster, IterationResult, []Observation, error) {
+		t.Helper()
+		fc := newFakeCluster(t, 1, script...)
+		o := fastOptions(fc.urls)
+		o.LoadBlock = &block
+		var mu sync.Mutex
+		var obs []Observation
+		o.Observe = func(ob Observation) { mu.Lock(); obs = append(obs, ob); mu.Unlock() }
+		c, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := c.RunIteration(context.Background(), TrainerFunc(func(_ context.Context, job *Job) (float32, error) {
+			if job.Model != nil {
+				t.Error("a load generator's trainer got a model")
+			}
+			return 0.25, nil
+		}))
+		return c, fc, res, obs, err
+	}
+
+	c, fc, res, obs, err := run(startOK(1), updateOK(), getNotReady(1), getBig)
+	if err != nil {
+		t.Fatalf("RunIteration: %v", err)
+	}
+	if c.Model() != nil || res.Model != nil || res.Iteration != 1 || res.ServerIteration != 2 {
+		t.Fatalf("result %+v, model %v", res, c.Model())
+	}
+	reqs := fc.requests()
+	if len(reqs) != 4 || reqs[1].ep != "updateModel" || reqs[1].first != up.Data[0] || reqs[1].flID != "fl_lenet_0" || reqs[1].iter != 1 {
+		t.Fatalf("requests %+v: the update is not the block", reqs)
+	}
+	last := obs[len(obs)-1]
+	if last.Endpoint != EndpointGetModel || last.Received != len(bigBody) || last.Sent == 0 {
+		t.Fatalf("last observation %+v: received %d, want %d", last, last.Received, len(bigBody))
+	}
+	if obs[1].Sent <= len(block.Tail()) {
+		t.Fatalf("update observed as %d bytes, the block alone is %d", obs[1].Sent, len(block.Tail()))
+	}
+
+	// An answer cut short, or with a corrupted head, is reported.
+	half := step{ep: "getModel", body: func() []byte { return bigBody[:len(bigBody)/2] }}
+	if _, _, _, _, err := run(startOK(1), updateOK(), half); !errors.Is(err, ErrBadResponse) {
+		t.Fatalf("half an answer: %v", err)
+	}
+	if _, _, _, _, err := run(corrupted(startOK(1))); !errors.Is(err, ErrBadResponse) {
+		t.Fatalf("corrupted answer: %v", err)
+	}
+	// Plain-text refusals are still told apart.
+	if _, _, _, _, err := run(textStep("startFLJob", flmsg.BodyJobDisabled)); !errors.Is(err, ErrJobFinished) {
+		t.Fatalf("job finished: %v", err)
+	}
+
+	o := fastOptions([]string{"http://127.0.0.1:1"})
+	o.LoadBlock = new(flmsg.ModelBlock)
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "LoadBlock") {
+		t.Fatalf("an empty LoadBlock validated: %v", err)
 	}
 }

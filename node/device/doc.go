@@ -57,4 +57,14 @@
 // are pooled per server. Options.Observe sees every HTTP exchange with its
 // endpoint, server, latency, outcome and retcode, which is what load
 // benchmarks turn into per-endpoint percentiles.
+//
+// # Load generators
+//
+// With Options.LoadBlock a Client simulates a device without holding a
+// model: every update is a head of its own followed by the shared block
+// (one serialized update for all devices of a process), and the answers
+// that carry a model are read to their end but only their first
+// flmsg.HeadSize bytes are kept and verified (the model's part of them
+// against the answer's length). A thousand such devices of a 10M-parameter
+// model hold a few hundred KiB each instead of three copies of the model.
 package device

@@ -7,6 +7,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
 // Options configure one device Client. Start from DefaultOptions and set
@@ -79,6 +80,14 @@ type Options struct {
 	// model, each tensor flat.
 	Layout *model.Layout
 
+	// LoadBlock makes the Client a load generator: every updateModel
+	// uploads these bytes (a FeatureMap block already scaled by DataSize,
+	// which any number of Clients may share) after a head of its own, and
+	// served models are read and dropped: only the fields before the
+	// model are decoded, from the answer's first flmsg.HeadSize bytes.
+	// Model() stays nil and a Trainer gets a nil Job.Model.
+	LoadBlock *flmsg.ModelBlock
+
 	// Observe, when set, is called after every HTTP exchange (including
 	// failed attempts) from the goroutine that made it. It must be cheap
 	// and safe for concurrent use when devices share it.
@@ -145,6 +154,8 @@ func (o *Options) Validate() error {
 		return bad("OutOfTimeMinWait", "need 0 < OutOfTimeMinWait <= OutOfTimeMaxWait")
 	case o.MaxRestarts < 0:
 		return bad("MaxRestarts", "must not be negative")
+	case o.LoadBlock != nil && o.LoadBlock.Size() == 0:
+		return bad("LoadBlock", "holds no model (ModelBlock.Set was not called)")
 	}
 	for i, s := range o.Servers {
 		if len(s) < len("http://x") || (s[:7] != "http://" && (len(s) < 8 || s[:8] != "https://")) {

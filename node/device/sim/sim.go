@@ -6,10 +6,12 @@
 // fasthttp client. In ModeTrain a device trains LeNet-5 on its own MNIST
 // shard (IID or non-IID, seeded) with the FLPlan's epochs, mini-batch and
 // learning rate, and reports its shard size as data_size; at most
-// GOMAXPROCS devices train at once. In ModeLoad a device uploads random
-// weights of the served model's shapes (one shared random vector, copied)
-// with a fixed data_size and never trains, so the servers are the
-// bottleneck.
+// GOMAXPROCS devices train at once. In ModeLoad the devices are load
+// generators (device.Options.LoadBlock): each uploads the same random
+// weights, in the shapes of the model the servers serve (learned from one
+// getModel before the devices start) and serialized once, with a fixed
+// data_size, never trains and keeps no model, so the servers are the
+// bottleneck and a thousand devices of a large model fit in memory.
 //
 // When a device is first to get the global model of an iteration from
 // getModel, the host clones it and one evaluator goroutine computes its
@@ -39,6 +41,7 @@ import (
 	"github.com/fedcluster/fedcluster/node/device/lenet"
 	"github.com/fedcluster/fedcluster/node/device/mnist"
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
 // Mode is what simulated devices do between startFLJob and updateModel.
@@ -209,7 +212,6 @@ type run struct {
 	cnt   counters
 
 	trainSem chan struct{}
-	noise    loadNoise
 
 	mu       sync.Mutex
 	iters    map[int32]*iterStat
@@ -246,18 +248,25 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		evalWake: make(chan struct{}, 1),
 		evalNext: -1 << 31,
 	}
-	r.noise.seed = cfg.Seed
 
 	// Build the devices before starting any goroutine, so a bad option
 	// fails the whole run.
 	devs := make([]*simDevice, cfg.Devices)
 	httpc := device.NewHTTPClient(cfg.Devices)
+	defer httpc.CloseIdleConnections()
 	var test *mnist.Subset
 	if cfg.Mode == ModeTrain && cfg.Evaluate {
 		test = mnist.Test().All().Take(cfg.EvalSize)
 	}
+	var block *flmsg.ModelBlock
+	if cfg.Mode == ModeLoad {
+		var err error
+		if block, err = r.loadBlock(ctx, httpc); err != nil {
+			return nil, err
+		}
+	}
 	for i := range devs {
-		d, err := r.newDevice(i, httpc)
+		d, err := r.newDevice(i, httpc, block)
 		if err != nil {
 			return nil, err
 		}
@@ -288,7 +297,6 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	r.mu.Unlock()
 	r.wakeEvaluator()
 	evalWG.Wait()
-	httpc.CloseIdleConnections()
 
 	s := r.summary()
 	switch {
@@ -316,7 +324,37 @@ type simDevice struct {
 	tr        *lenet.Trainer
 }
 
-func (r *run) newDevice(i int, httpc *fasthttp.Client) (*simDevice, error) {
+// loadBlock builds the update every load device sends: random weights in
+// the shapes of the model a server serves, × DataSize (devices upload
+// weight × data_size), serialized once.
+func (r *run) loadBlock(ctx context.Context, httpc *fasthttp.Client) (*flmsg.ModelBlock, error) {
+	o := r.cfg.Device
+	o.FLID = r.cfg.FLIDPrefix + "shapes"
+	o.Servers, o.URLPrefix, o.HTTP, o.DataSize = r.cfg.Servers, r.cfg.URLPrefix, httpc, r.cfg.DataSize
+	o.Layout, o.LoadBlock, o.Observe = nil, nil, nil
+	c, err := device.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("cannot create the device that learns the model's shapes: %w", err)
+	}
+	g, err := c.PollModel(ctx, 0)
+	if err == nil && g.Retcode != flmsg.Succeed {
+		err = &device.RetcodeError{Endpoint: device.EndpointGetModel, Retcode: g.Retcode, Reason: g.Reason}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("cannot learn the served model's shapes: %w", err)
+	}
+	m := c.Model() // the Client is dropped: its model becomes the update
+	rng := rand.New(rand.NewPCG(r.cfg.Seed, 0x10ad))
+	scale := float64(r.cfg.DataSize)
+	for i := range m.Data {
+		m.Data[i] = float32(rng.NormFloat64() * 0.05 * scale)
+	}
+	block := new(flmsg.ModelBlock)
+	block.Set(m)
+	return block, nil
+}
+
+func (r *run) newDevice(i int, httpc *fasthttp.Client, block *flmsg.ModelBlock) (*simDevice, error) {
 	cfg := &r.cfg
 	d := &simDevice{r: r, i: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))}
 	o := cfg.Device
@@ -326,6 +364,7 @@ func (r *run) newDevice(i int, httpc *fasthttp.Client) (*simDevice, error) {
 	o.Seed = cfg.Seed*1_000_003 + uint64(i) + 1
 	o.DataSize = cfg.DataSize
 	o.Layout = nil
+	o.LoadBlock = block
 	if cfg.Mode == ModeTrain {
 		shard, err := mnist.Shard(cfg.Devices, i, cfg.Seed, cfg.IID)
 		if err != nil {
@@ -424,8 +463,7 @@ func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error)
 	}
 	d.r.admitted(d, job.Iteration)
 	if d.r.cfg.Mode == ModeLoad {
-		d.r.noise.fill(job.Model.Data)
-		return 0, nil
+		return 0, nil // the update is the run's shared block
 	}
 	select {
 	case d.r.trainSem <- struct{}{}:
@@ -442,34 +480,4 @@ func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error)
 	}
 	loss, err := d.tr.Train(job.Model, d.shard, epochs, batch, lr, d.rng)
 	return float32(loss), err
-}
-
-// loadNoise is one random weight vector shared by every load device.
-type loadNoise struct {
-	mu   sync.RWMutex
-	seed uint64
-	v    []float32
-}
-
-// fill copies the shared random weights into dst, growing them first
-// when dst is longer.
-func (n *loadNoise) fill(dst []float32) {
-	n.mu.RLock()
-	if len(n.v) >= len(dst) {
-		copy(dst, n.v)
-		n.mu.RUnlock()
-		return
-	}
-	n.mu.RUnlock()
-	n.mu.Lock()
-	if len(n.v) < len(dst) {
-		rng := rand.New(rand.NewPCG(n.seed, 0x10ad))
-		v := make([]float32, len(dst))
-		for i := range v {
-			v[i] = float32(rng.NormFloat64() * 0.05)
-		}
-		n.v = v
-	}
-	copy(dst, n.v)
-	n.mu.Unlock()
 }

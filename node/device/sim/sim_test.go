@@ -295,9 +295,15 @@ func TestRunContextEnds(t *testing.T) {
 }
 
 func TestRunDeviceErrors(t *testing.T) {
-	// A server that always answers RequestError: each device stops after
-	// MaxDeviceErrors iterations, Run reports it.
+	// A server that answers startFLJob with RequestError (and serves its
+	// model, from which load devices learn its shapes): each device stops
+	// after MaxDeviceErrors iterations, Run reports it.
+	l, _ := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{4}}})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/getModel") {
+			w.Write(flmsg.BuildResponseGetModel(flatbuffers.NewBuilder(0), &flmsg.GetModelReply{Retcode: flmsg.Succeed, Model: model.New(l)}))
+			return
+		}
 		w.Write(flmsg.BuildResponseFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobReply{Retcode: flmsg.RequestError, Reason: "no"}))
 	}))
 	defer srv.Close()
@@ -344,5 +350,22 @@ func TestHistogram(t *testing.T) {
 	h.add(2 * time.Hour)
 	if h.quantile(0.5) <= time.Hour/2 {
 		t.Errorf("a 2 h latency reads %s", h.quantile(0.5))
+	}
+}
+
+// Load devices take the served model's shapes from one getModel before
+// they start: a cluster that cannot serve one fails the run, saying so.
+func TestRunLoadNeedsTheModelsShapes(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(flmsg.BuildResponseGetModel(flatbuffers.NewBuilder(0), &flmsg.GetModelReply{Retcode: flmsg.RequestError, Reason: "no model"}))
+	}))
+	defer srv.Close()
+	cfg := DefaultConfig(3, []string{srv.URL})
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	s, err := Run(context.Background(), cfg)
+	var rerr *device.RetcodeError
+	if s != nil || !errors.As(err, &rerr) || rerr.Retcode != flmsg.RequestError || !strings.Contains(err.Error(), "shapes") {
+		t.Fatalf("Run: %v, %v; want the getModel RequestError", s, err)
 	}
 }

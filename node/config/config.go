@@ -78,8 +78,8 @@ type Server struct {
 	MaxBodySize Bytes `toml:"max_body_size"`
 	// UploadMemory bounds the memory holding updateModel bodies being read
 	// and folded: uploads in flight are min(cores + 1, UploadMemory / the
-	// model's upload size), at least 1; the others wait in their
-	// connections.
+	// model's upload size), at least 1, and at most cores for a model of
+	// 16 MiB or more; the others wait in their connections.
 	UploadMemory Bytes `toml:"upload_memory"`
 	// ExitOnScaleIn makes a scaled-in server exit instead of waiting for
 	// SIGTERM as MindSpore's do.

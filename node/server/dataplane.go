@@ -139,10 +139,6 @@ func (p *plane) responseSize() int {
 // model in memory and collects garbage more often.
 const largeModel = 16 << 20
 
-// spareAccBytes bounds the accumulator kept for the next iteration: a
-// small one saves an allocation per iteration, a large one is memory.
-const spareAccBytes = 64 << 20
-
 // folded is how many updates are folded into iteration it's partial sum.
 func (p *plane) folded(it uint64) int {
 	p.mu.Lock()
@@ -157,7 +153,7 @@ func (p *plane) folded(it uint64) int {
 
 // dropPartials retires the partial sums of iterations up to upTo, once
 // the updates still being folded into them are done, and recycles their
-// accumulators (one is kept for the next iteration when small).
+// accumulators (one is kept for the next iteration).
 func (p *plane) dropPartials(upTo uint64) {
 	p.mu.Lock()
 	var gone []*partial
@@ -174,11 +170,14 @@ func (p *plane) dropPartials(upTo uint64) {
 	}
 }
 
-// recycle takes back an accumulator no one uses any more.
+// recycle takes back an accumulator no one uses any more. One is kept
+// for the next iteration whatever its size: a large model's server would
+// otherwise allocate a new one while the old one awaits the collector,
+// and hold both at its peak.
 func (p *plane) recycle(acc agg.Accumulator) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.free) == 0 && 8*p.layout.Size <= spareAccBytes {
+	if len(p.free) == 0 {
 		p.free = append(p.free, acc)
 		return
 	}

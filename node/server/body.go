@@ -31,6 +31,7 @@ var errBodyTooLarge = errors.New("request body exceeds max_body_size")
 // uploads lends the buffers updateModel bodies are read into.
 type uploads struct {
 	slots chan []byte
+	wait  time.Duration // slotWait
 }
 
 // uploadSlots is how many update bodies of size bytes may be held at once,
@@ -47,7 +48,7 @@ func uploadSlots(size, memory int) int {
 }
 
 func newUploads(n int) *uploads {
-	u := &uploads{slots: make(chan []byte, n)}
+	u := &uploads{slots: make(chan []byte, n), wait: slotWait}
 	for i := 0; i < n; i++ {
 		u.slots <- nil
 	}
@@ -56,8 +57,16 @@ func newUploads(n int) *uploads {
 
 // slotWait bounds the wait for an upload buffer: past it the device is
 // told to come back (HTTP 503, which clients retry on another server), so
-// slow uploaders cannot hold every other upload for a read timeout.
+// slow uploaders cannot hold every other upload for a read timeout. Short
+// on purpose: a waiting upload fills its connection's socket buffers, and
+// with 256 devices of a 10M model on one server a 30 s wait halved the
+// updates/s of this 5 s one (fewer retries, but megabytes of kernel
+// buffers per waiting device).
 const slotWait = 5 * time.Second
+
+// httpReadTimeout bounds reading a request, and again reading an update's
+// body once it has a buffer (the wait for one is not counted).
+const httpReadTimeout = 60 * time.Second
 
 var errBusy = errors.New("all upload buffers are busy; retry")
 
@@ -65,10 +74,15 @@ var errBusy = errors.New("all upload buffers are busy; retry")
 // the function that gives the slot back.
 func (u *uploads) read(ctx *fasthttp.RequestCtx, max int) ([]byte, func(), error) {
 	var buf []byte
+	t := time.NewTimer(u.wait)
 	select {
 	case buf = <-u.slots:
-	case <-time.After(slotWait):
+		t.Stop()
+	case <-t.C:
 		return nil, nil, errBusy
+	}
+	if c := ctx.Conn(); c != nil {
+		_ = c.SetReadDeadline(time.Now().Add(httpReadTimeout))
 	}
 	body, err := readBody(ctx, buf[:0], max)
 	release := func() { u.slots <- body[:0] }

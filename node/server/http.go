@@ -14,7 +14,7 @@ func (s *Server) newHTTP() *fasthttp.Server {
 		Name:               "fedcluster",
 		MaxRequestBodySize: int(s.cfg.Server.MaxBodySize),
 		StreamRequestBody:  true,
-		ReadTimeout:        60 * time.Second,
+		ReadTimeout:        httpReadTimeout,
 		WriteTimeout:       60 * time.Second,
 		IdleTimeout:        120 * time.Second,
 		Concurrency:        64 << 10,

@@ -3,6 +3,8 @@ package server
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"math"
 	"runtime"
 	"strconv"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	flatbuffers "github.com/google/flatbuffers/go"
+	"github.com/valyala/fasthttp"
 
 	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/node/model"
@@ -154,4 +157,47 @@ func TestUploadSlots(t *testing.T) {
 	f(40<<20, 256<<20, min(cores, 6)) // a 10M-parameter model
 	f(400<<20, 256<<20, 1)            // larger than the budget: one at a time
 	f(0, 1<<20, cores+1)
+}
+
+// An upload waits for a free buffer, and past the wait is turned away
+// (errBusy, HTTP 503) without its body being read; a buffer given back
+// serves the next one.
+func TestUploadsWaitForABuffer(t *testing.T) {
+	u := newUploads(1)
+	u.wait = 20 * time.Millisecond
+	req := func(body string) *fasthttp.RequestCtx {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetBodyString(body)
+		return &ctx
+	}
+	first, release, err := u.read(req("first"), 100)
+	if err != nil || string(first) != "first" {
+		t.Fatalf("first upload: %q, %v", first, err)
+	}
+	if _, _, err := u.read(req("second"), 100); !errors.Is(err, errBusy) {
+		t.Fatalf("second upload while the buffer is taken: %v, want errBusy", err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b, rel, err := u.read(req("third"), 100)
+		if err == nil {
+			if string(b) != "third" {
+				err = fmt.Errorf("read %q", b)
+			}
+			rel()
+		}
+		done <- err
+	}()
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("an upload waiting for the buffer: %v", err)
+	}
+	if _, _, err := u.read(req("too long"), 3); !errors.Is(err, errBodyTooLarge) {
+		t.Fatalf("a body over the limit: %v", err)
+	}
+	if _, rel, err := u.read(req("after"), 100); err != nil {
+		t.Fatalf("the buffer was not given back after a refused body: %v", err)
+	} else {
+		rel()
+	}
 }

@@ -45,7 +45,8 @@ type cycleModel struct {
 // updateModel counted → NextIteration pushed), the servers' peak RSS
 // (VmHWM) and its ratio to the model's float32 size, and the failed
 // requests (anything but SUCCEED, SucNotReady, OutOfTime and the
-// plain-text not-ready/safemode refusals).
+// plain-text not-ready/safemode refusals), of which busy are HTTP 503
+// answers of a server whose upload buffers stayed taken.
 //
 // The 10M-parameter model and 1,024 devices run only with
 // FEDCLUSTER_BENCH_HEAVY=1.
@@ -186,6 +187,11 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	// iteration milliseconds, not the device's MindSpore-like minute.
 	cfg.Device.OutOfTimeMaxWait = 20 * time.Millisecond
 	cfg.Device.RequestTimeout = 2 * time.Minute
+	// A server whose upload buffers stay taken for 5 s turns an upload
+	// away (HTTP 503, counted as busy); the device retries. Hundreds of
+	// 40 MB uploads at once take minutes to read on 2 cores: let a device
+	// be turned away many times before it gives up.
+	cfg.Device.MaxAttempts = 100
 	var ru0 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	devCPU0 := time.Duration(ru0.Utime.Nano() + ru0.Stime.Nano())
@@ -256,6 +262,11 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	b.ReportMetric(rssMax, "srvRSS-MB")
 	b.ReportMetric(rssMax/modelMB, "RSS/model")
 	b.ReportMetric(float64(failedRequests(sum)), "failed")
+	var busy int64
+	for _, st := range sum.Endpoints {
+		busy += st.Classes[sim.ClassBusy]
+	}
+	b.ReportMetric(float64(busy), "busy")
 	// CPU per device-iteration over the whole run (warm-up included): where
 	// the 2 cores went, servers against the devices' own process.
 	if n := sum.DeviceIterations; n > 0 {

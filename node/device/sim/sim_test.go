@@ -216,7 +216,7 @@ func TestRunLoad(t *testing.T) {
 	var safemode int64
 	for _, e := range s.Endpoints {
 		safemode += e.Classes[ClassSafemode]
-		if e.Classes[ClassTransport]+e.Classes[ClassCorrupt]+e.Classes[ClassHTTP] != 0 {
+		if e.Classes[ClassTransport]+e.Classes[ClassBusy]+e.Classes[ClassCorrupt]+e.Classes[ClassHTTP] != 0 {
 			t.Errorf("failures at %s: %+v", e.Endpoint, e)
 		}
 	}
@@ -367,5 +367,24 @@ func TestRunLoadNeedsTheModelsShapes(t *testing.T) {
 	var rerr *device.RetcodeError
 	if s != nil || !errors.As(err, &rerr) || rerr.Retcode != flmsg.RequestError || !strings.Contains(err.Error(), "shapes") {
 		t.Fatalf("Run: %v, %v; want the getModel RequestError", s, err)
+	}
+}
+
+// A 503 (a server shedding load) is told apart from a lost connection.
+func TestClassify(t *testing.T) {
+	f := func(o device.Observation, want Class) {
+		t.Helper()
+		if got := classify(&o); got != want {
+			t.Errorf("classify(%+v) = %s, want %s", o, got, want)
+		}
+	}
+	f(device.Observation{Outcome: device.OutcomeTransport, Status: 503}, ClassBusy)
+	f(device.Observation{Outcome: device.OutcomeTransport}, ClassTransport)
+	f(device.Observation{Outcome: device.OutcomeTransport, Status: 502}, ClassTransport)
+	f(device.Observation{Outcome: device.OutcomeHTTP, Status: 413}, ClassHTTP)
+	f(device.Observation{Outcome: device.OutcomeRetcode, Retcode: flmsg.SucNotReady}, ClassSucNotReady)
+	f(device.Observation{Outcome: device.OutcomeRefusal, Refusal: flmsg.BodySafemode}, ClassSafemode)
+	if ClassBusy.String() != "busy" || ClassCorrupt.String() != "corrupt" {
+		t.Errorf("class names out of step: %s, %s", ClassBusy, ClassCorrupt)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/fasthttp"
+
 	"github.com/fedcluster/fedcluster/node/device"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
@@ -26,6 +28,7 @@ const (
 	ClassNotReadyText
 	ClassOtherText
 	ClassTransport
+	ClassBusy // HTTP 503: a server shedding load (retried like a transport error)
 	ClassHTTP
 	ClassCorrupt
 	NumClasses
@@ -33,7 +36,7 @@ const (
 
 var classNames = [NumClasses]string{
 	"SUCCEED", "SucNotReady", "OutOfTime", "RequestError", "SystemError", "other-retcode",
-	"safemode", "job-finished", "not-ready", "other-text", "transport-error", "http-error", "corrupt",
+	"safemode", "job-finished", "not-ready", "other-text", "transport-error", "busy", "http-error", "corrupt",
 }
 
 func (c Class) String() string {
@@ -71,6 +74,9 @@ func classify(o *device.Observation) Class {
 		}
 		return ClassOtherText
 	case device.OutcomeTransport:
+		if o.Status == fasthttp.StatusServiceUnavailable {
+			return ClassBusy
+		}
 		return ClassTransport
 	case device.OutcomeHTTP:
 		return ClassHTTP

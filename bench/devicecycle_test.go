@@ -319,6 +319,9 @@ func classCounts(s *sim.Summary) string {
 			}
 		}
 		buf.WriteString(" ] ")
+		if st.FirstError != "" {
+			fmt.Fprintf(&buf, "(first failure: %s) ", st.FirstError)
+		}
 	}
 	return buf.String()
 }

@@ -388,3 +388,16 @@ func TestClassify(t *testing.T) {
 		t.Errorf("class names out of step: %s, %s", ClassBusy, ClassCorrupt)
 	}
 }
+
+// The first failure of each endpoint is kept as an example for the summary.
+func TestFirstErrorIsKept(t *testing.T) {
+	var c counters
+	c.observe(device.Observation{Endpoint: device.EndpointUpdateModel, Outcome: device.OutcomeTransport, Err: errors.New("first")})
+	c.observe(device.Observation{Endpoint: device.EndpointUpdateModel, Outcome: device.OutcomeTransport, Err: errors.New("second")})
+	if got := c.firstErr[device.EndpointUpdateModel].Load(); got == nil || *got != "first" {
+		t.Fatalf("first updateModel error %v", got)
+	}
+	if got := c.firstErr[device.EndpointGetModel].Load(); got != nil {
+		t.Fatalf("getModel had no failure, kept %q", *got)
+	}
+}

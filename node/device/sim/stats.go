@@ -146,6 +146,9 @@ type counters struct {
 	latency [device.NumEndpoints]histogram
 	// sent counts the request bytes of answered updateModel requests.
 	uploaded atomic.Int64
+	// firstErr is the first failed exchange's error per endpoint: what
+	// the failure classes counted looked like.
+	firstErr [device.NumEndpoints]atomic.Pointer[string]
 }
 
 func (c *counters) observe(o device.Observation) {
@@ -155,6 +158,10 @@ func (c *counters) observe(o device.Observation) {
 	cl := classify(&o)
 	c.classes[o.Endpoint][cl].Add(1)
 	c.latency[o.Endpoint].add(o.Latency)
+	if o.Err != nil && c.firstErr[o.Endpoint].Load() == nil {
+		msg := o.Err.Error()
+		c.firstErr[o.Endpoint].CompareAndSwap(nil, &msg)
+	}
 	if o.Endpoint == device.EndpointUpdateModel && o.Outcome == device.OutcomeRetcode {
 		c.uploaded.Add(int64(o.Sent))
 	}

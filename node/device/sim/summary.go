@@ -31,6 +31,9 @@ type EndpointStats struct {
 	Requests int64
 	Classes  [NumClasses]int64
 	P50, P99 time.Duration
+	// FirstError is the first failed exchange's error ("" if none), an
+	// example of what the failure classes counted.
+	FirstError string
 }
 
 // Summary is what a run did.
@@ -111,6 +114,9 @@ func (r *run) summary() *Summary {
 		}
 		e.P50 = r.cnt.latency[ep].quantile(0.50)
 		e.P99 = r.cnt.latency[ep].quantile(0.99)
+		if msg := r.cnt.firstErr[ep].Load(); msg != nil {
+			e.FirstError = *msg
+		}
 	}
 	s.Updates = s.Endpoints[device.EndpointUpdateModel].Classes[ClassSucceed]
 	return s
@@ -137,6 +143,11 @@ func (s *Summary) WriteText(w io.Writer) error {
 			}
 		}
 		fmt.Fprintf(&b, "%-12s %9d %10s %10s  %s\n", e.Endpoint, e.Requests, e.P50.Round(time.Microsecond), e.P99.Round(time.Microsecond), strings.Join(parts, " "))
+	}
+	for _, e := range s.Endpoints {
+		if e.FirstError != "" {
+			fmt.Fprintf(&b, "first %s failure: %s\n", e.Endpoint, e.FirstError)
+		}
 	}
 	fmt.Fprintf(&b, "\ndevice-iterations/s %.1f, updates/s %.1f, uploaded %.2f MB/s\n",
 		s.DeviceIterationsPerSec(), s.UpdatesPerSec(), s.UploadMBPerSec())

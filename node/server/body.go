@@ -56,13 +56,13 @@ func newUploads(n int) *uploads {
 }
 
 // slotWait bounds the wait for an upload buffer: past it the device is
-// told to come back (HTTP 503, which clients retry on another server), so
-// slow uploaders cannot hold every other upload for a read timeout. Short
-// on purpose: a waiting upload fills its connection's socket buffers, and
-// with 256 devices of a 10M model on one server a 30 s wait halved the
-// updates/s of this 5 s one (fewer retries, but megabytes of kernel
-// buffers per waiting device).
-const slotWait = 5 * time.Second
+// told to come back (HTTP 503, which clients retry on another server). A
+// waiting upload holds only its connection, whose kernel buffer is bounded
+// (deviceRecvBuffer), so devices queue in arrival order rather than retry:
+// with a 5 s wait, 1,024 devices of a 10M model on one server were turned
+// away and retried at random until some gave up, and their iteration
+// never completed.
+const slotWait = 2 * time.Minute
 
 // httpReadTimeout bounds reading a request, and again reading an update's
 // body once it has a buffer (the wait for one is not counted).

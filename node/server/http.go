@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -69,4 +70,23 @@ func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(b)
+}
+
+// deviceRecvBuffer bounds the kernel's receive buffer of a device
+// connection. An upload waiting for a buffer (uploads) keeps its
+// connection open with its body unread; with the kernel's autotuned
+// buffers, megabytes each, hundreds of waiting large uploads would put TCP
+// under memory pressure, where every connection slows down. On a
+// connection being read, 256 KiB in flight is plenty.
+const deviceRecvBuffer = 256 << 10
+
+// deviceListener sets deviceRecvBuffer on every device connection.
+type deviceListener struct{ net.Listener }
+
+func (l deviceListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(deviceRecvBuffer)
+	}
+	return c, err
 }

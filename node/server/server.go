@@ -99,6 +99,7 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on fl_server_port %s: %w", httpAddr, err)
 	}
+	ln = deviceListener{ln}
 	s.httpLn = ln
 	if s.plane, err = newPlane(s); err != nil {
 		ln.Close()

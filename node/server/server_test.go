@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,5 +201,39 @@ func TestUploadsWaitForABuffer(t *testing.T) {
 		t.Fatalf("the buffer was not given back after a refused body: %v", err)
 	} else {
 		rel()
+	}
+}
+
+// Device connections get a bounded kernel receive buffer, whatever the
+// system's autotuning would give them.
+func TestDeviceListenerBoundsTheReceiveBuffer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl := deviceListener{ln}
+	defer dl.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := dl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int
+	var serr error
+	if err := raw.Control(func(fd uintptr) { size, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) }); err != nil || serr != nil {
+		t.Fatal(err, serr)
+	}
+	// Linux reports twice the size asked for (its bookkeeping overhead).
+	if size < deviceRecvBuffer || size > 2*deviceRecvBuffer {
+		t.Fatalf("receive buffer %d bytes, want %d (or twice that)", size, deviceRecvBuffer)
 	}
 }

@@ -22,8 +22,20 @@ import (
 // not a phone's training set but an attempt to dominate the average.
 const maxDataSize = 100_000_000
 
-// rpcTimeout bounds a round trip to the scheduler on the request path.
-const rpcTimeout = 5 * time.Second
+// rpcTimeout bounds a round trip to the scheduler on the request path. A
+// scheduler that is gone is noticed sooner (the connection drops, and the
+// server answers safemode at once); this bounds a slow one, generously: an
+// admission whose answer is lost is a device the iteration waits for in
+// vain (the scheduler counted it, and refuses its second startFLJob as
+// MindSpore does).
+const rpcTimeout = 30 * time.Second
+
+// admitWait bounds how long a device admitted for the next iteration waits
+// for this server to switch to it: the scheduler opens the iteration as
+// soon as the servers agree on the aggregate, while each server still
+// commits its checkpoint (seconds, for a large model under load). Turning
+// the device away would strand its admission, as above.
+const admitWait = 30 * time.Second
 
 var builders = sync.Pool{New: func() any { return flatbuffers.NewBuilder(1 << 10) }}
 
@@ -121,7 +133,9 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	// Admitted for a.Iteration: serve the model of the iteration before it.
-	if !s.plane.waitIteration(a.Iteration, 5*time.Second) {
+	if !s.plane.waitIteration(a.Iteration, admitWait) {
+		s.logger().Warn("a device admitted for an iteration this server has not reached is turned away; the iteration will miss its update",
+			zap.Uint64("iteration", a.Iteration), zap.ByteString("fl_id", req.FLID))
 		plain(ctx, flmsg.BodySafemode)
 		return
 	}
@@ -129,6 +143,8 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	if it+1 < a.Iteration {
 		// This server lacks the model the iteration starts from (it could
 		// not fetch it): the device is better served elsewhere.
+		s.logger().Warn("a device admitted for an iteration whose starting model this server lacks is turned away; the iteration will miss its update",
+			zap.Uint64("iteration", a.Iteration), zap.Uint64("latest", it), zap.ByteString("fl_id", req.FLID))
 		plain(ctx, flmsg.BodySafemode)
 		return
 	}

@@ -205,7 +205,7 @@ func (s *Server) schedulerLoop() {
 			err = s.registerOn(c)
 			if err == nil {
 				backoff = 100 * time.Millisecond
-				err = s.heartbeat(c, interval)
+				err = s.heartbeat(c, interval, time.Duration(s.cfg.Cluster.HeartbeatTimeout))
 			}
 			c.Close()
 		}
@@ -270,8 +270,11 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	return nil
 }
 
-// heartbeat reports every interval until the link fails or the server stops.
-func (s *Server) heartbeat(c *transport.Conn, interval time.Duration) error {
+// heartbeat reports every interval until the link fails or the server
+// stops. A reply may take up to timeout (heartbeat_timeout, what the
+// scheduler allows the server): a busy scheduler or server is not a broken
+// link, and dropping the link loses every admission and count in flight.
+func (s *Server) heartbeat(c *transport.Conn, interval, timeout time.Duration) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -282,7 +285,7 @@ func (s *Server) heartbeat(c *transport.Conn, interval time.Duration) error {
 			return transport.ErrClosed
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 2*interval)
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		body, err := c.Call(ctx, ctl.KindHeartbeat, ctl.Encode(ctl.Heartbeat{NodeID: s.nodeID}))
 		cancel()
 		if err != nil {

@@ -20,7 +20,10 @@ import (
 
 	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
+	"github.com/fedcluster/fedcluster/wire/frame"
 )
 
 func TestCheckTimestamp(t *testing.T) {
@@ -235,5 +238,56 @@ func TestDeviceListenerBoundsTheReceiveBuffer(t *testing.T) {
 	// Linux reports twice the size asked for (its bookkeeping overhead).
 	if size < deviceRecvBuffer || size > 2*deviceRecvBuffer {
 		t.Fatalf("receive buffer %d bytes, want %d (or twice that)", size, deviceRecvBuffer)
+	}
+}
+
+// slowScheduler answers heartbeats after delay.
+type slowScheduler struct{ delay time.Duration }
+
+func (s slowScheduler) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
+	time.Sleep(s.delay)
+	return ctl.Encode(ctl.HeartbeatReply{}), nil
+}
+func (slowScheduler) Closed(*transport.Conn, error) {}
+
+// A heartbeat answered late, but within heartbeat_timeout, keeps the link:
+// dropping it would lose every admission and count in flight on it.
+func TestHeartbeatToleratesASlowScheduler(t *testing.T) {
+	sched, err := transport.New(transport.Options{Handler: slowScheduler{delay: 60 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sched.Close()
+	if err := sched.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := transport.New(transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c, err := cli.Dial(sched.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{stop: make(chan struct{}), nodeID: "0"}
+	done := make(chan error, 1)
+	go func() { done <- s.heartbeat(c, 10*time.Millisecond, time.Second) }()
+	select {
+	case err := <-done:
+		t.Fatalf("heartbeats 6 intervals late ended the link: %v", err)
+	case <-time.After(300 * time.Millisecond): // several late heartbeats
+	}
+	close(s.stop)
+	if err := <-done; err != nil {
+		t.Fatalf("heartbeat after stop: %v", err)
+	}
+
+	// Later than heartbeat_timeout: the link is given up.
+	s2 := &Server{stop: make(chan struct{}), nodeID: "0"}
+	defer close(s2.stop)
+	go func() { done <- s2.heartbeat(c, 10*time.Millisecond, 20*time.Millisecond) }()
+	if err := <-done; err == nil {
+		t.Fatal("a heartbeat later than the timeout kept the link")
 	}
 }

@@ -99,12 +99,16 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("cannot listen on fl_server_port %s: %w", httpAddr, err)
 	}
-	ln = deviceListener{ln}
-	s.httpLn = ln
 	if s.plane, err = newPlane(s); err != nil {
 		ln.Close()
 		return err
 	}
+	dl := deviceListener{Listener: ln}
+	if 4*s.plane.layout.Size >= largeModel {
+		dl.sendBuffer = largeModelSendBuffer
+	}
+	ln = dl
+	s.httpLn = ln
 	if 4*s.plane.layout.Size >= largeModel && os.Getenv("GOGC") == "" {
 		// A large model's heap is a few model-sized buffers without
 		// pointers: collections are cheap, and the default 100 % growth

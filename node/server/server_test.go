@@ -207,14 +207,14 @@ func TestUploadsWaitForABuffer(t *testing.T) {
 	}
 }
 
-// Device connections get a bounded kernel receive buffer, whatever the
-// system's autotuning would give them.
-func TestDeviceListenerBoundsTheReceiveBuffer(t *testing.T) {
+// Device connections get bounded kernel buffers (the send buffer for
+// large models only), whatever the system's autotuning would give them.
+func TestDeviceListenerBoundsTheBuffers(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dl := deviceListener{ln}
+	dl := deviceListener{Listener: ln, sendBuffer: largeModelSendBuffer}
 	defer dl.Close()
 	client, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -230,14 +230,19 @@ func TestDeviceListenerBoundsTheReceiveBuffer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var size int
-	var serr error
-	if err := raw.Control(func(fd uintptr) { size, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF) }); err != nil || serr != nil {
-		t.Fatal(err, serr)
-	}
-	// Linux reports twice the size asked for (its bookkeeping overhead).
-	if size < deviceRecvBuffer || size > 2*deviceRecvBuffer {
-		t.Fatalf("receive buffer %d bytes, want %d (or twice that)", size, deviceRecvBuffer)
+	for _, b := range []struct {
+		opt  int
+		want int
+	}{{syscall.SO_RCVBUF, deviceRecvBuffer}, {syscall.SO_SNDBUF, largeModelSendBuffer}} {
+		var size int
+		var serr error
+		if err := raw.Control(func(fd uintptr) { size, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, b.opt) }); err != nil || serr != nil {
+			t.Fatal(err, serr)
+		}
+		// Linux reports twice the size asked for (its bookkeeping overhead).
+		if size < b.want || size > 2*b.want {
+			t.Fatalf("socket option %d: %d bytes, want %d (or twice that)", b.opt, size, b.want)
+		}
 	}
 }
 

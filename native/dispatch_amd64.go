@@ -68,3 +68,12 @@ func scaleAsm(l Level, dst []float32, acc []float64, s float64) {
 	}
 	scaleAVX2(dst, acc, s)
 }
+
+// finiteAsm reports whether raw holds no NaN or Inf; len(raw) is a multiple
+// of the level's finiteBlock.
+func finiteAsm(l Level, raw []byte) bool {
+	if l == AVX512 {
+		return maxExponentAVX512(raw) != expMask
+	}
+	return maxExponentAVX2(raw) != expMask
+}

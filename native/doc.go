@@ -1,7 +1,8 @@
 // Package native holds the CPU aggregation kernels: float32 updates folded
 // with a weight into float64 accumulators, fused folds of up to 8 updates,
-// addition of partial sums received as little-endian float64 bytes, and the
-// final scale back to float32.
+// addition of partial sums received as little-endian float64 bytes, the
+// final scale back to float32, and the NaN/Inf check an update passes
+// before it is folded.
 //
 // Three levels implement every kernel: the pure-Go loop ([Generic], always
 // built and tested), AVX2+FMA and AVX-512 assembly generated with avo from

@@ -77,6 +77,20 @@ func (l Level) block() int {
 	return 1
 }
 
+// finiteBlock is how many bytes one pass of the level's finite check reads.
+func (l Level) finiteBlock() int {
+	switch l {
+	case AVX2:
+		return 128
+	case AVX512:
+		return 256
+	}
+	return 1
+}
+
+// expMask selects a float32's exponent bits: all ones only in NaN and ±Inf.
+const expMask = 0x7f800000
+
 func (l Level) check() {
 	if !l.Supported() {
 		panic("BUG: native: level " + l.String() + " used on a CPU or build without it")
@@ -170,7 +184,24 @@ func (l Level) Scale(dst []float32, acc []float64, s float64) {
 	run(opScale, l, acc, [MaxK][]float32{}, [MaxK]float64{s}, 0, nil, dst)
 }
 
-// Fold, FoldK, Add, Raw and Scale run the kernels of [Best].
+// Finite reports whether none of the little-endian float32s in raw is a NaN
+// or an Inf; a trailing partial float is ignored. It reads raw once,
+// without converting it, so an update can be checked in place before any of
+// it is folded.
+func (l Level) Finite(raw []byte) bool {
+	raw = raw[:len(raw)/4*4]
+	l.check()
+	m := 0
+	if l != Generic {
+		m = len(raw) / l.finiteBlock() * l.finiteBlock()
+	}
+	if m > 0 && !finiteAsm(l, raw[:m]) {
+		return false
+	}
+	return finiteGeneric(raw[m:])
+}
+
+// Fold, FoldK, Add, Raw, Scale and Finite run the kernels of [Best].
 func Fold(acc []float64, x []float32, w float32)        { Best.Fold(acc, x, w) }
 func FoldK(acc []float64, xs [][]float32, ws []float32) { Best.FoldK(acc, xs, ws) }
 
@@ -179,3 +210,4 @@ func FoldMany(acc []float64, xs [][]float32, ws []float32) { Best.FoldMany(acc, 
 func Add(acc, p []float64)                                 { Best.Add(acc, p) }
 func Raw(acc []float64, raw []byte)                        { Best.Raw(acc, raw) }
 func Scale(dst []float32, acc []float64, s float64)        { Best.Scale(dst, acc, s) }
+func Finite(raw []byte) bool                               { return Best.Finite(raw) }

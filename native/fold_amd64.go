@@ -54,6 +54,11 @@ func addAVX2(acc []float64, p []byte)
 //go:noescape
 func scaleAVX2(dst []float32, acc []float64, s float64)
 
+// maxExponentAVX2 returns the largest bits&0x7f800000 of the little-endian float32s in p; len(p) is a multiple of 128.
+//
+//go:noescape
+func maxExponentAVX2(p []byte) uint32
+
 // foldAVX512 folds x into acc with weight w; len(acc) is a multiple of 32 and len(x) >= len(acc).
 //
 //go:noescape
@@ -103,3 +108,8 @@ func addAVX512(acc []float64, p []byte)
 //
 //go:noescape
 func scaleAVX512(dst []float32, acc []float64, s float64)
+
+// maxExponentAVX512 returns the largest bits&0x7f800000 of the little-endian float32s in p; len(p) is a multiple of 256.
+//
+//go:noescape
+func maxExponentAVX512(p []byte) uint32

@@ -641,6 +641,49 @@ done:
 	VZEROUPPER
 	RET
 
+// func maxExponentAVX2(p []byte) uint32
+// Requires: AVX, AVX2, SSE2
+TEXT ·maxExponentAVX2(SB), NOSPLIT, $0-28
+	MOVQ         p_base+0(FP), AX
+	MOVQ         p_len+8(FP), CX
+	MOVL         $0x7f800000, DX
+	MOVD         DX, X0
+	VPBROADCASTD X0, Y0
+	VPXOR        Y1, Y1, Y1
+	VPXOR        Y2, Y2, Y2
+	VPXOR        Y3, Y3, Y3
+	VPXOR        Y4, Y4, Y4
+	XORQ         DX, DX
+
+loop:
+	CMPQ    DX, CX
+	JAE     done
+	VPAND   (AX)(DX*1), Y0, Y5
+	VPMAXUD Y5, Y1, Y1
+	VPAND   32(AX)(DX*1), Y0, Y5
+	VPMAXUD Y5, Y2, Y2
+	VPAND   64(AX)(DX*1), Y0, Y5
+	VPMAXUD Y5, Y3, Y3
+	VPAND   96(AX)(DX*1), Y0, Y5
+	VPMAXUD Y5, Y4, Y4
+	ADDQ    $0x00000080, DX
+	JMP     loop
+
+done:
+	VPMAXUD      Y2, Y1, Y1
+	VPMAXUD      Y4, Y3, Y3
+	VPMAXUD      Y3, Y1, Y1
+	VEXTRACTI128 $0x01, Y1, X0
+	VPMAXUD      X0, X1, X1
+	VPSHUFD      $0x4e, X1, X0
+	VPMAXUD      X0, X1, X1
+	VPSHUFD      $0xb1, X1, X0
+	VPMAXUD      X0, X1, X1
+	MOVD         X1, AX
+	MOVL         AX, ret+24(FP)
+	VZEROUPPER
+	RET
+
 // func foldAVX512(acc []float64, x []float32, w float64)
 // Requires: AVX, AVX512F, SSE2
 TEXT ·foldAVX512(SB), NOSPLIT, $0-56
@@ -1275,5 +1318,50 @@ loop:
 	JMP       loop
 
 done:
+	VZEROUPPER
+	RET
+
+// func maxExponentAVX512(p []byte) uint32
+// Requires: AVX, AVX2, AVX512F, SSE2
+TEXT ·maxExponentAVX512(SB), NOSPLIT, $0-28
+	MOVQ         p_base+0(FP), AX
+	MOVQ         p_len+8(FP), CX
+	MOVL         $0x7f800000, DX
+	MOVD         DX, X0
+	VPBROADCASTD X0, Z0
+	VPXORD       Z1, Z1, Z1
+	VPXORD       Z2, Z2, Z2
+	VPXORD       Z3, Z3, Z3
+	VPXORD       Z4, Z4, Z4
+	XORQ         DX, DX
+
+loop:
+	CMPQ    DX, CX
+	JAE     done
+	VPANDD  (AX)(DX*1), Z0, Z5
+	VPMAXUD Z5, Z1, Z1
+	VPANDD  64(AX)(DX*1), Z0, Z5
+	VPMAXUD Z5, Z2, Z2
+	VPANDD  128(AX)(DX*1), Z0, Z5
+	VPMAXUD Z5, Z3, Z3
+	VPANDD  192(AX)(DX*1), Z0, Z5
+	VPMAXUD Z5, Z4, Z4
+	ADDQ    $0x00000100, DX
+	JMP     loop
+
+done:
+	VPMAXUD       Z2, Z1, Z1
+	VPMAXUD       Z4, Z3, Z3
+	VPMAXUD       Z3, Z1, Z1
+	VEXTRACTI64X4 $0x01, Z1, Y0
+	VPMAXUD       Y0, Y1, Y1
+	VEXTRACTI128  $0x01, Y1, X0
+	VPMAXUD       X0, X1, X1
+	VPSHUFD       $0x4e, X1, X0
+	VPMAXUD       X0, X1, X1
+	VPSHUFD       $0xb1, X1, X0
+	VPMAXUD       X0, X1, X1
+	MOVD          X1, AX
+	MOVL          AX, ret+24(FP)
 	VZEROUPPER
 	RET

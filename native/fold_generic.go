@@ -52,3 +52,21 @@ func scaleGeneric(dst []float32, acc []float64, s float64) {
 		dst[i] = float32(acc[i] * s)
 	}
 }
+
+// finiteGeneric reports whether no little-endian float32 in raw is a NaN or
+// an Inf, whose exponent bits are all ones; two floats per step.
+func finiteGeneric(raw []byte) bool {
+	i := 0
+	for ; i+8 <= len(raw); i += 8 {
+		v := binary.LittleEndian.Uint64(raw[i:])
+		if v&expMask == expMask || v&(expMask<<32) == expMask<<32 {
+			return false
+		}
+	}
+	for ; i+4 <= len(raw); i += 4 {
+		if binary.LittleEndian.Uint32(raw[i:])&expMask == expMask {
+			return false
+		}
+	}
+	return true
+}

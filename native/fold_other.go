@@ -21,3 +21,7 @@ func addAsm(Level, []float64, []byte) {
 func scaleAsm(Level, []float32, []float64, float64) {
 	panic("BUG: native: assembly scale called in a build without assembly")
 }
+
+func finiteAsm(Level, []byte) bool {
+	panic("BUG: native: assembly finite check called in a build without assembly")
+}

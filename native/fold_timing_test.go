@@ -171,3 +171,31 @@ func BenchmarkFedAvg100x1MStreamed(b *testing.B) {
 	}
 	Sink += float64(out[0])
 }
+
+func benchFinite(b *testing.B, l Level, bytes int) {
+	if !l.Supported() {
+		b.Skipf("%v not supported", l)
+	}
+	raw := f32Bytes(filled(bytes / 4))
+	b.SetBytes(int64(bytes))
+	b.ReportAllocs()
+	for b.Loop() {
+		if !l.Finite(raw) {
+			b.Fatal("finite data reported as NaN or Inf")
+		}
+	}
+}
+
+// BenchmarkFinite: the NaN/Inf check every update passes before it is
+// folded, with the start-up level; BenchmarkFinitePureGo is its baseline.
+func BenchmarkFinite(b *testing.B) {
+	for _, s := range benchSizes {
+		b.Run(s.name, func(b *testing.B) { benchFinite(b, Best, s.bytes) })
+	}
+}
+
+func BenchmarkFinitePureGo(b *testing.B) {
+	for _, s := range benchSizes {
+		b.Run(s.name, func(b *testing.B) { benchFinite(b, Generic, s.bytes) })
+	}
+}

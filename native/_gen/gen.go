@@ -26,13 +26,14 @@ type isa struct {
 	vec   func() VecVirtual // a fresh register of the width
 	half  func() VecVirtual // a register holding lanes float32s
 	cvt   func(m, d Op)     // float64 vector -> float32 half vector
+	and   func(m, a, d Op)  // 32-bit lane AND (VPAND has no EVEX form)
 }
 
 const unroll = 4
 
 var isas = []isa{
-	{name: "AVX2", lanes: 4, vec: YMM, half: XMM, cvt: func(m, d Op) { VCVTPD2PSY(m, d) }},
-	{name: "AVX512", lanes: 8, vec: ZMM, half: YMM, cvt: func(m, d Op) { VCVTPD2PS(m, d) }},
+	{name: "AVX2", lanes: 4, vec: YMM, half: XMM, cvt: func(m, d Op) { VCVTPD2PSY(m, d) }, and: func(m, a, d Op) { VPAND(m, a, d) }},
+	{name: "AVX512", lanes: 8, vec: ZMM, half: YMM, cvt: func(m, d Op) { VCVTPD2PS(m, d) }, and: func(m, a, d Op) { VPANDD(m, a, d) }},
 }
 
 func main() {
@@ -44,6 +45,7 @@ func main() {
 		}
 		add(a)
 		scale(a)
+		maxExponent(a)
 	}
 	Generate()
 }
@@ -193,6 +195,75 @@ func scale(a isa) {
 	ADDQ(U32(block(a)), i)
 	JMP(LabelRef("loop"))
 	Label("done")
+	VZEROUPPER()
+	RET()
+}
+
+// expMask selects a float32's exponent bits; they are all ones only in NaN
+// and ±Inf.
+const expMask = 0x7f800000
+
+// maxExponent: the largest bits&expMask over the float32s in p, so p holds
+// a NaN or an Inf exactly when the result is expMask. Unsigned max instead
+// of a compare per vector: one instruction, and no mask registers on
+// AVX-512.
+func maxExponent(a isa) {
+	name := "maxExponent" + a.name
+	vbytes := 8 * a.lanes
+	TEXT(name, NOSPLIT, "func(p []byte) uint32")
+	Pragma("noescape")
+	Doc(fmt.Sprintf("%s returns the largest bits&0x7f800000 of the little-endian float32s in p; len(p) is a multiple of %d.", name, vbytes*unroll))
+	pP := Load(Param("p").Base(), GP64())
+	n := Load(Param("p").Len(), GP64())
+	m32 := GP32()
+	MOVL(U32(expMask), m32)
+	mx := XMM()
+	MOVD(m32, mx)
+	mask := a.vec()
+	VPBROADCASTD(mx, mask)
+	var acc [unroll]VecVirtual
+	for j := range acc {
+		acc[j] = a.vec()
+		if a.lanes == 8 {
+			VPXORD(acc[j], acc[j], acc[j])
+		} else {
+			VPXOR(acc[j], acc[j], acc[j])
+		}
+	}
+	i := GP64()
+	XORQ(i, i)
+	Label("loop")
+	CMPQ(i, n)
+	JAE(LabelRef("done"))
+	for j := range acc {
+		t := a.vec()
+		a.and(Mem{Base: pP, Index: i, Scale: 1, Disp: vbytes * j}, mask, t)
+		VPMAXUD(t, acc[j], acc[j])
+	}
+	ADDQ(U32(vbytes*unroll), i)
+	JMP(LabelRef("loop"))
+	Label("done")
+	// Reduce the unrolled maxima, then the lanes, to one value.
+	VPMAXUD(acc[1], acc[0], acc[0])
+	VPMAXUD(acc[3], acc[2], acc[2])
+	VPMAXUD(acc[2], acc[0], acc[0])
+	y := acc[0].AsY()
+	if a.lanes == 8 {
+		hi := YMM()
+		VEXTRACTI64X4(U8(1), acc[0], hi)
+		VPMAXUD(hi, y, y)
+	}
+	x := acc[0].AsX()
+	hx := XMM()
+	VEXTRACTI128(U8(1), y, hx)
+	VPMAXUD(hx, x, x)
+	VPSHUFD(U8(0x4e), x, hx)
+	VPMAXUD(hx, x, x)
+	VPSHUFD(U8(0xb1), x, hx)
+	VPMAXUD(hx, x, x)
+	r := GP32()
+	MOVD(x, r)
+	Store(r, ReturnIndex(0))
 	VZEROUPPER()
 	RET()
 }

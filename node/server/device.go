@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
+	"github.com/fedcluster/fedcluster/native"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/frame"
@@ -303,29 +303,11 @@ func (s *Server) validateUpdate(fms flmsg.FeatureMaps) string {
 		if fm.Len() != p.Len {
 			return fmt.Sprintf("Weight %q has %d values, the model's has %d.", p.Name, fm.Len(), p.Len)
 		}
-		if !finite(fm.Raw) {
+		if !native.Finite(fm.Raw) {
 			return fmt.Sprintf("Weight %q holds NaN or Inf values.", p.Name)
 		}
 	}
 	return ""
-}
-
-// finite reports whether every little-endian float32 in raw is finite: the
-// exponent bits of NaN and ±Inf are all ones. Two floats per step.
-func finite(raw []byte) bool {
-	i := 0
-	for ; i+8 <= len(raw); i += 8 {
-		v := binary.LittleEndian.Uint64(raw[i:])
-		if v&0x7f800000 == 0x7f800000 || v&(0x7f800000<<32) == 0x7f800000<<32 {
-			return false
-		}
-	}
-	for ; i+4 <= len(raw); i += 4 {
-		if binary.LittleEndian.Uint32(raw[i:])&0x7f800000 == 0x7f800000 {
-			return false
-		}
-	}
-	return true
 }
 
 func (s *Server) getModel(ctx *fasthttp.RequestCtx) {

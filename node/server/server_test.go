@@ -2,10 +2,8 @@ package server
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"runtime"
 	"strconv"
@@ -47,28 +45,6 @@ func TestCheckTimestamp(t *testing.T) {
 	f("-9223372036854775808", false, "replay_attack_time_diff") // the most negative stamp
 }
 
-func TestFinite(t *testing.T) {
-	f := func(vals []float32, want bool) {
-		t.Helper()
-		raw := make([]byte, 4*len(vals))
-		for i, v := range vals {
-			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
-		}
-		if got := finite(raw); got != want {
-			t.Fatalf("finite(%v) = %v", vals, got)
-		}
-	}
-	nan, inf := float32(math.NaN()), float32(math.Inf(1))
-	f(nil, true)
-	f([]float32{0, -0, 1, -1e38, math.MaxFloat32, math.SmallestNonzeroFloat32}, true)
-	for pos := 0; pos < 5; pos++ { // odd and even positions, and the scalar tail
-		for _, bad := range []float32{nan, inf, -inf} {
-			v := []float32{1, 2, 3, 4, 5}
-			v[pos] = bad
-			f(v, false)
-		}
-	}
-}
 
 // TestPartialConcurrentFolds: many goroutines fold into one partial sum at
 // once; the result is exact and waitIdle waits for all of them.

@@ -45,7 +45,6 @@ func TestCheckTimestamp(t *testing.T) {
 	f("-9223372036854775808", false, "replay_attack_time_diff") // the most negative stamp
 }
 
-
 // TestPartialConcurrentFolds: many goroutines fold into one partial sum at
 // once; the result is exact and waitIdle waits for all of them.
 func TestPartialConcurrentFolds(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/panjf2000/gnet/v2/pkg/pool/byteslice"
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/node/agg"
@@ -296,8 +297,11 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	if err != nil {
 		return nil, 0, err
 	}
-	// Our own partial, through a small buffer, beside the peers' pieces.
-	buf := make([]byte, 0, 8*min(partialPiece, cnt))
+	// Our own partial, through a small recycled buffer, beside the peers'
+	// pieces.
+	pieceBuf := byteslice.Get(8 * min(partialPiece, cnt))
+	defer byteslice.Put(pieceBuf)
+	buf := pieceBuf[:0]
 	for o := 0; o < cnt; o += partialPiece {
 		k := min(partialPiece, cnt-o)
 		buf = pa.acc.AppendPartial(buf[:0], off+o, k)

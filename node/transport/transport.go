@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/panjf2000/gnet/v2/pkg/pool/byteslice"
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/wire/ctl"
@@ -289,16 +290,25 @@ func (c *Conn) closeErr() error {
 	return c.err
 }
 
+// frames recycles the buffers frames are built in. An all-reduce sends
+// a model's worth of pieces per iteration; allocated afresh they were the
+// servers' largest source of garbage. gnet is done with a buffer once the
+// AsyncWrite callback has run: what it cannot write at once it copies.
+var frames byteslice.Pool
+
+// newFrame returns an empty buffer for a frame of an n-byte body.
+func newFrame(n int) []byte { return frames.Get(frame.Size(n))[:0] }
+
 // Send writes a frame that expects no reply.
 func (c *Conn) Send(kind frame.Kind, body []byte) error {
-	return c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), kind, 0, body))
+	return c.write(frame.AppendFrame(newFrame(len(body)), kind, 0, body))
 }
 
 // SendBuilt sends a frame whose body build appends to its argument, so a
 // large body is written once, in place, instead of built and then copied
 // by Send. n is the body size, a capacity hint.
 func (c *Conn) SendBuilt(kind frame.Kind, n int, build func(dst []byte) []byte) error {
-	b := build(frame.AppendHeader(make([]byte, 0, frame.Size(n)), kind, 0))
+	b := build(frame.AppendHeader(newFrame(n), kind, 0))
 	frame.FinishFrame(b)
 	return c.write(b)
 }
@@ -308,7 +318,7 @@ func (c *Conn) Reply(id uint64, body []byte, err error) error {
 	if err != nil {
 		return c.write(frame.AppendFrame(nil, ctl.KindError, id, ctl.Encode(ctl.Error{Message: err.Error()})))
 	}
-	return c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), ctl.KindReply, id, body))
+	return c.write(frame.AppendFrame(newFrame(len(body)), ctl.KindReply, id, body))
 }
 
 // RemoteError is an error returned by the peer's handler.
@@ -329,7 +339,7 @@ func (c *Conn) Call(ctx context.Context, kind frame.Kind, body []byte) ([]byte, 
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-	if err := c.write(frame.AppendFrame(make([]byte, 0, frame.Size(len(body))), kind, id, body)); err != nil {
+	if err := c.write(frame.AppendFrame(newFrame(len(body)), kind, id, body)); err != nil {
 		return nil, err
 	}
 	select {
@@ -352,7 +362,9 @@ func (c *Conn) write(b []byte) error {
 	if gc == nil {
 		return ErrClosed
 	}
-	if err := (*gc).AsyncWrite(b, nil); err != nil {
+	// On an error the write may still be queued: b is left to the
+	// collector rather than recycled.
+	if err := (*gc).AsyncWrite(b, func(gnet.Conn, error) error { frames.Put(b); return nil }); err != nil {
 		return fmt.Errorf("cannot write to %s: %w", c.remote, err)
 	}
 	return nil

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,5 +198,43 @@ func TestInlineKindsSkipTheQueue(t *testing.T) {
 	case <-h.fast:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the inline push waited behind the blocked handler")
+	}
+}
+
+// TestRecycledFramesKeepTheirBytes: frame buffers go back to a pool once
+// gnet has written them. Many goroutines sending bodies of their own bytes
+// and sizes at once, some larger than a socket write takes in one go, must
+// each get their own bytes back: a buffer reused while gnet still held it
+// would mix them (and -race would see it).
+func TestRecycledFramesKeepTheirBytes(t *testing.T) {
+	srv, cli, _ := pair(t, 64<<20)
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 20 {
+				n := []int{1, 700, 5000, 70 << 10, 1 << 20}[(g+i)%5] + g
+				body := bytes.Repeat([]byte{byte(g*31 + i)}, n)
+				got, err := c.Call(ctx, kindEcho, body)
+				if err == nil && !bytes.Equal(got, body) {
+					err = fmt.Errorf("goroutine %d, call %d: %d bytes sent, %d came back, or other bytes", g, i, n, len(got))
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -113,8 +113,7 @@ func checkMeta(m *model.Model, mm map[string]string) (*model.Model, Meta, error)
 	return m, meta, nil
 }
 
-// encodeTo streams m as safetensors to w.
-func encodeTo(w interface{ Write([]byte) (int, error) }, m *model.Model, meta Meta) error {
-	_, err := safetensors.Encode(w, m, meta.Map())
-	return err
+// encodeTo streams m as safetensors to w and returns the bytes written.
+func encodeTo(w interface{ Write([]byte) (int, error) }, m *model.Model, meta Meta) (int64, error) {
+	return safetensors.Encode(w, m, meta.Map())
 }

@@ -21,9 +21,11 @@ const (
 	OpReadDir
 	OpMkdirAll
 	OpSyncDir
+	OpOpenWrite
+	OpTruncate
 )
 
-var opNames = [...]string{"create", "open", "read", "write", "sync", "close", "rename", "remove", "readdir", "mkdirall", "syncdir"}
+var opNames = [...]string{"create", "open", "read", "write", "sync", "close", "rename", "remove", "readdir", "mkdirall", "syncdir", "openwrite", "truncate"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {
@@ -84,6 +86,18 @@ func (e *ErrorFS) Create(name string) (File, error) {
 		return nil, err
 	}
 	f, err := e.fs.Create(name)
+	if err != nil {
+		return nil, err
+	}
+	return &errorFile{File: f, e: e, path: name}, nil
+}
+
+// OpenWrite implements FS.
+func (e *ErrorFS) OpenWrite(name string) (File, error) {
+	if err := e.check(OpOpenWrite, name); err != nil {
+		return nil, err
+	}
+	f, err := e.fs.OpenWrite(name)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +174,13 @@ func (f *errorFile) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return f.File.Write(p)
+}
+
+func (f *errorFile) Truncate(size int64) error {
+	if err := f.e.check(OpTruncate, f.path); err != nil {
+		return err
+	}
+	return f.File.Truncate(size)
 }
 
 func (f *errorFile) Sync() error {

@@ -15,6 +15,8 @@ type File interface {
 	Sync() error
 	// Size is the file's current length in bytes.
 	Size() (int64, error)
+	// Truncate sets the file's length.
+	Truncate(size int64) error
 }
 
 // FS is the little of a file system the store needs, so that tests can run it
@@ -25,6 +27,9 @@ type FS interface {
 	Create(name string) (File, error)
 	// Open opens name for reading.
 	Open(name string) (File, error)
+	// OpenWrite opens the existing file name for writing from its start,
+	// keeping its contents and blocks until overwritten (no truncation).
+	OpenWrite(name string) (File, error)
 	// Rename atomically replaces newname with oldname.
 	Rename(oldname, newname string) error
 	// Remove deletes name.
@@ -54,6 +59,14 @@ func (f osFile) Size() (int64, error) {
 
 func (osFS) Create(name string) (File, error) {
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	return osFile{f}, nil
+}
+
+func (osFS) OpenWrite(name string) (File, error) {
+	f, err := os.OpenFile(name, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -92,6 +92,17 @@ func (m *MemFS) Create(name string) (File, error) {
 	return &memFile{n: n, write: true}, nil
 }
 
+// OpenWrite implements FS.
+func (m *MemFS) OpenWrite(name string) (File, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, ok := m.files[filepath.Clean(name)]
+	if !ok {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
+	}
+	return &memFile{n: n, write: true}, nil
+}
+
 // Open implements FS.
 func (m *MemFS) Open(name string) (File, error) {
 	m.mu.Lock()
@@ -211,8 +222,28 @@ func (f *memFile) Write(p []byte) (int, error) {
 	}
 	f.n.mu.Lock()
 	defer f.n.mu.Unlock()
-	f.n.data = append(f.n.data, p...)
+	// Overwrite from the offset, growing the file past its end.
+	k := copy(f.n.data[min(f.off, len(f.n.data)):], p)
+	f.n.data = append(f.n.data, p[k:]...)
+	f.off += len(p)
 	return len(p), nil
+}
+
+func (f *memFile) Truncate(size int64) error {
+	if f.closed {
+		return fs.ErrClosed
+	}
+	if !f.write {
+		return fs.ErrPermission
+	}
+	f.n.mu.Lock()
+	defer f.n.mu.Unlock()
+	if int(size) <= len(f.n.data) {
+		f.n.data = f.n.data[:size]
+	} else {
+		f.n.data = append(f.n.data, make([]byte, int(size)-len(f.n.data))...)
+	}
+	return nil
 }
 
 func (f *memFile) Sync() error {

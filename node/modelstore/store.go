@@ -19,7 +19,10 @@
 // nothing and returns the error: the caller fails the iteration. Stage does
 // the slow half (write and fsync under the temporary name) ahead of time, so
 // that Commit at the iteration switch is only the rename and the directory
-// fsync; a crash between them leaves a temporary file that recovery removes. Each
+// fsync; a crash between them leaves a temporary file that recovery removes.
+// Prune keeps one evicted checkpoint as a spare under a temporary name
+// (renamed, directory fsynced) and the next checkpoint overwrites it in
+// place, so a steady job allocates no inode and no blocks. Each
 // checkpoint carries fl_name, iteration and the sha256 of its weights in the
 // safetensors metadata; recovery checks all three.
 //
@@ -124,6 +127,9 @@ type Store struct {
 	tmpSeq atomic.Uint64
 
 	writeMu sync.Mutex // serializes Put
+
+	spareMu sync.Mutex
+	spare   string // an evicted checkpoint's file under a temporary name, for the next writeTemp; "" if none
 
 	mu     sync.RWMutex
 	models map[uint64]*model.Model
@@ -330,21 +336,23 @@ func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	return st
 }
 
-// writeTemp writes and fsyncs iteration iter's checkpoint under a fresh
+// writeTemp writes and fsyncs iteration iter's checkpoint under a
 // temporary name, which it returns.
 func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, err error) {
-	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
-	tmp = final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
-	f, err := s.fs.Create(tmp)
+	f, tmp, err := s.tempFile(iter)
 	if err != nil {
-		return "", fmt.Errorf("cannot create checkpoint %s: %w", tmp, err)
+		return "", err
 	}
 	defer func() {
 		if err != nil {
 			s.removeTemp(tmp)
 		}
 	}()
-	if err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum}); err != nil {
+	n, err := encodeTo(f, m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
+	if err == nil {
+		err = f.Truncate(n) // a recycled file may have been longer
+	}
+	if err != nil {
 		f.Close()
 		return "", fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
 	}
@@ -356,6 +364,38 @@ func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, 
 		return "", fmt.Errorf("cannot close checkpoint %s: %w", tmp, err)
 	}
 	return tmp, nil
+}
+
+// tempName is a fresh temporary name for iteration iter's checkpoint.
+func (s *Store) tempName(iter uint64) string {
+	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
+	return final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
+}
+
+// tempFile opens the file a checkpoint is written in: the spare Prune set
+// aside, overwritten in place, or else a new one. Overwriting allocates
+// no inode and no blocks: with a checkpoint every few milliseconds,
+// creating and deleting files cost a server more CPU than hashing the
+// model, and as long again in the checkpoint's write and fsync.
+func (s *Store) tempFile(iter uint64) (File, string, error) {
+	s.spareMu.Lock()
+	spare := s.spare
+	s.spare = ""
+	s.spareMu.Unlock()
+	if spare != "" {
+		f, err := s.fs.OpenWrite(spare)
+		if err == nil {
+			return f, spare, nil
+		}
+		s.log.Warn("cannot reuse a spare checkpoint file; creating one", zap.String("path", spare), zap.Error(err))
+		_ = s.fs.Remove(spare)
+	}
+	tmp := s.tempName(iter)
+	f, err := s.fs.Create(tmp)
+	if err != nil {
+		return nil, "", fmt.Errorf("cannot create checkpoint %s: %w", tmp, err)
+	}
+	return f, tmp, nil
 }
 
 // rename gives a synced temporary checkpoint its final name and fsyncs the
@@ -488,8 +528,9 @@ func (s *Store) evictLocked() {
 	}
 }
 
-// Prune removes checkpoint files beyond the newest Keep. Failures are
-// logged: the new checkpoint is already durable.
+// Prune removes checkpoint files beyond the newest Keep, except that one
+// is kept under a temporary name as the spare the next checkpoint
+// overwrites. Failures are logged: the new checkpoint is already durable.
 func (s *Store) Prune() {
 	if s.opts.Dir == "" {
 		return
@@ -509,11 +550,40 @@ func (s *Store) Prune() {
 		return
 	}
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	s.spareMu.Lock()
+	haveSpare := s.spare != ""
+	s.spareMu.Unlock()
+	spare := ""
 	for _, it := range iters[s.opts.Keep:] {
 		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
+		if !haveSpare && spare == "" {
+			tmp := s.tempName(it)
+			if err := s.fs.Rename(p, tmp); err == nil {
+				spare = tmp
+				continue
+			}
+		}
 		if err := s.fs.Remove(p); err != nil {
 			s.log.Warn("cannot remove old checkpoint", zap.String("path", p), zap.Error(err))
 		}
+	}
+	if spare == "" {
+		return
+	}
+	// The old name must be durably gone before its file holds another
+	// iteration: after a crash it would name the wrong model.
+	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+		s.log.Warn("cannot sync checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))
+		s.removeTemp(spare)
+		return
+	}
+	s.spareMu.Lock()
+	if s.spare == "" {
+		s.spare, spare = spare, ""
+	}
+	s.spareMu.Unlock()
+	if spare != "" {
+		s.removeTemp(spare)
 	}
 }
 

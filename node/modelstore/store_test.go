@@ -40,6 +40,19 @@ func open(t *testing.T, fsys FS, mod func(*Options)) *Store {
 	return s
 }
 
+// checkpoints lists the checkpoint files, without the spare a store keeps
+// under a temporary name.
+func checkpoints(t *testing.T, fsys FS) string {
+	t.Helper()
+	var cs []string
+	for _, n := range strings.Fields(names(t, fsys)) {
+		if strings.HasSuffix(n, ckptSuffix) {
+			cs = append(cs, n)
+		}
+	}
+	return strings.Join(cs, " ")
+}
+
 func names(t *testing.T, fsys FS) string {
 	t.Helper()
 	ns, err := fsys.ReadDir(dir)
@@ -87,7 +100,7 @@ func TestPutGetEvict(t *testing.T) {
 			t.Fatalf("sum of %d", i)
 		}
 	}
-	if got := names(t, fsys); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
+	if got := checkpoints(t, fsys); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
 		t.Fatalf("files %q", got)
 	}
 	if got := s.Iterations(); len(got) != 4 || got[0] != 0 || got[1] != 3 || got[3] != 5 {
@@ -141,7 +154,7 @@ func TestKeep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := names(t, fsys); got != "lenet_iteration_3.safetensors" {
+	if got := checkpoints(t, fsys); got != "lenet_iteration_3.safetensors" {
 		t.Fatalf("files %q", got)
 	}
 	if got := s.Iterations(); len(got) != 2 || got[0] != 0 || got[1] != 3 {
@@ -403,7 +416,8 @@ func TestOSFS(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(d, "lenet_iteration_4.safetensors.tmp1"), []byte("partial"), 0o644)
 	es, _ := os.ReadDir(d)
-	if len(es) != 3 {
+	if len(es) != 4 { // 2 checkpoints, the spare, the partial file
+
 		t.Fatalf("%d files", len(es))
 	}
 	b, err := os.ReadFile(filepath.Join(d, "lenet_iteration_3.safetensors"))
@@ -559,7 +573,7 @@ func TestMemKeep(t *testing.T) {
 	if got := s.Iterations(); len(got) != 1 || got[0] != 4 {
 		t.Fatalf("in memory: %v, want [4]", got)
 	}
-	if got := names(t, fsys); got != "lenet_iteration_2.safetensors lenet_iteration_3.safetensors lenet_iteration_4.safetensors" {
+	if got := checkpoints(t, fsys); got != "lenet_iteration_2.safetensors lenet_iteration_3.safetensors lenet_iteration_4.safetensors" {
 		t.Fatalf("on disk: %q", got)
 	}
 	r := open(t, fsys, func(o *Options) { o.Keep, o.MemKeep = 3, 1 })
@@ -600,5 +614,138 @@ func TestMemKeep(t *testing.T) {
 	}
 	if err := (&Options{FLName: "x", MemKeep: -1}).Validate(); err == nil {
 		t.Fatal("negative MemKeep accepted")
+	}
+}
+
+// TestCheckpointFilesAreRecycled: once Keep checkpoints exist, a Put
+// overwrites the spare file the previous Prune set aside instead of
+// creating one, every checkpoint still reads back as its own model, and
+// at most one spare sits beside the Keep checkpoints.
+func TestCheckpointFilesAreRecycled(t *testing.T) {
+	mem := NewMemFS()
+	var creates atomic.Int64
+	efs := NewErrorFS(mem, func(op Op, _ string) error {
+		if op == OpCreate {
+			creates.Add(1)
+		}
+		return nil
+	})
+	s := open(t, efs, func(o *Options) { o.Keep = 2 })
+	_, m := s.Latest()
+	models := map[uint64]*model.Model{0: m}
+	for i := uint64(1); i <= 8; i++ {
+		m = next(m, 1)
+		models[i] = m
+		before := creates.Load()
+		if err := s.Put(i, m); err != nil {
+			t.Fatal(err)
+		}
+		// Iteration 0's file is evicted by Put(2) and reused by Put(3).
+		if i >= 3 && creates.Load() != before {
+			t.Fatalf("Put(%d) created a file instead of reusing the spare", i)
+		}
+		ns := strings.Fields(names(t, mem))
+		if len(ns) > 3 {
+			t.Fatalf("after Put(%d): %v", i, ns)
+		}
+		for _, n := range ns {
+			it, ckpt, _ := s.parseName(n)
+			if !ckpt {
+				continue
+			}
+			got, meta, err := read(mem, filepath.Join(dir, n), s.layout)
+			if err != nil || meta.Iteration != it || got.SHA256() != models[it].SHA256() {
+				t.Fatalf("after Put(%d): %s holds iteration %d (%v)", i, n, meta.Iteration, err)
+			}
+		}
+	}
+}
+
+// TestRecycledFileIsCutToItsContent: a spare longer than the checkpoint
+// written over it is truncated, so no stale tail follows the new model.
+func TestRecycledFileIsCutToItsContent(t *testing.T) {
+	mem := NewMemFS()
+	s := open(t, mem, nil)
+	spare := filepath.Join(dir, "lenet_iteration_9.safetensors.tmp99")
+	mem.WriteFile(spare, make([]byte, 2<<20)) // longer than a LeNet checkpoint
+	s.spare = spare
+	_, m := s.Latest()
+	m = next(m, 1)
+	if err := s.Put(1, m); err != nil {
+		t.Fatal(err)
+	}
+	b, ok := mem.ReadFile(filepath.Join(dir, "lenet_iteration_1.safetensors"))
+	if !ok {
+		t.Fatal("no checkpoint")
+	}
+	if got, _, err := safetensors.Decode(b, nil); err != nil || got.SHA256() != m.SHA256() {
+		t.Fatalf("checkpoint of %d bytes does not decode to the model: %v", len(b), err)
+	}
+	if _, ok := mem.ReadFile(spare); ok {
+		t.Fatal("the spare is still there under its own name")
+	}
+}
+
+// TestRecycleFaults fails each file-system operation of a Put that reuses
+// a spare (and of the Prune after it) in turn, then recovers from what a
+// crash would leave: the store holds the new or the previous model, never
+// one under another's number, and recovery leaves no temporary file.
+func TestRecycleFaults(t *testing.T) {
+	for n := int64(0); ; n++ {
+		mem := NewMemFS()
+		var armed atomic.Bool
+		inj, count := OnIndex(n)
+		efs := NewErrorFS(mem, func(op Op, p string) error {
+			if !armed.Load() {
+				return nil
+			}
+			return inj(op, p)
+		})
+		s := open(t, efs, func(o *Options) { o.Keep, o.Logger = 1, zap.NewNop() })
+		_, m := s.Latest()
+		for i := uint64(1); i <= 2; i++ { // leaves a spare
+			m = next(m, 1)
+			if err := s.Put(i, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s.spare == "" {
+			t.Fatal("no spare after two Puts with Keep 1")
+		}
+		m3 := next(m, 1)
+		armed.Store(true)
+		err := s.Put(3, m3)
+		armed.Store(false)
+		if count.Load() <= n {
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("covered %d fault points", n)
+			return
+		}
+		wantIter, want := uint64(3), m3
+		if err != nil {
+			if !errors.Is(err, ErrInjected) {
+				t.Fatalf("fault %d: %v", n, err)
+			}
+			wantIter, want = 2, m
+		}
+		for _, c := range []*MemFS{mem, mem.CrashClone()} {
+			// Every file under a checkpoint's name holds that iteration.
+			for _, name := range strings.Fields(names(t, c)) {
+				if it, ckpt, _ := s.parseName(name); ckpt {
+					if _, meta, err := read(c, filepath.Join(dir, name), s.layout); err != nil || meta.Iteration != it {
+						t.Fatalf("fault %d: %s holds iteration %d (%v)", n, name, meta.Iteration, err)
+					}
+				}
+			}
+			r := open(t, c, func(o *Options) { o.Keep, o.Logger = 1, zap.NewNop() })
+			if it, got := r.Latest(); it != wantIter || got.SHA256() != want.SHA256() {
+				t.Fatalf("fault %d (err %v): recovered iteration %d, want %d", n, err, it, wantIter)
+			}
+			if ns := names(t, c); strings.Contains(ns, "tmp") || strings.Contains(ns, corruptSuffix) {
+				t.Fatalf("fault %d: temporary or corrupt file after recovery: %s", n, ns)
+			}
+		}
 	}
 }

@@ -187,10 +187,10 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	// iteration milliseconds, not the device's MindSpore-like minute.
 	cfg.Device.OutOfTimeMaxWait = 20 * time.Millisecond
 	cfg.Device.RequestTimeout = 2 * time.Minute
-	// A server whose upload buffers stay taken for 5 s turns an upload
-	// away (HTTP 503, counted as busy); the device retries. Hundreds of
-	// 40 MB uploads at once take minutes to read on 2 cores: let a device
-	// be turned away many times before it gives up.
+	// A server whose upload buffers stay taken for 2 minutes turns an
+	// upload away (HTTP 503, counted as busy); the device retries.
+	// Hundreds of 40 MB uploads at once take minutes to read on 2 cores:
+	// let a device be turned away many times before it gives up.
 	cfg.Device.MaxAttempts = 100
 	var ru0 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)

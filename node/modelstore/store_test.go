@@ -292,20 +292,27 @@ func TestInitialModelSources(t *testing.T) {
 	}
 }
 
+// armedOnIndex wraps mem in an ErrorFS that fails the n-th operation
+// counted while armed is set, and only that one: the set-up before arming
+// runs untouched.
+func armedOnIndex(mem *MemFS, n int64) (*ErrorFS, *atomic.Bool, *atomic.Int64) {
+	armed := new(atomic.Bool)
+	inj, count := OnIndex(n)
+	return NewErrorFS(mem, func(op Op, p string) error {
+		if !armed.Load() {
+			return nil
+		}
+		return inj(op, p)
+	}), armed, count
+}
+
 // TestPutFaults fails each file-system operation of a Put in turn, then
 // simulates a crash: a failed Put publishes nothing and leaves the previous
 // model recoverable; a successful one survives the crash.
 func TestPutFaults(t *testing.T) {
 	for n := int64(0); ; n++ {
 		mem := NewMemFS()
-		var armed atomic.Bool
-		inj, count := OnIndex(n)
-		efs := NewErrorFS(mem, func(op Op, p string) error {
-			if !armed.Load() {
-				return nil
-			}
-			return inj(op, p)
-		})
+		efs, armed, count := armedOnIndex(mem, n)
 		s := open(t, efs, func(o *Options) { o.Logger = zap.NewNop() })
 		_, m0 := s.Latest()
 		m1 := next(m0, 1)
@@ -693,14 +700,7 @@ func TestRecycledFileIsCutToItsContent(t *testing.T) {
 func TestRecycleFaults(t *testing.T) {
 	for n := int64(0); ; n++ {
 		mem := NewMemFS()
-		var armed atomic.Bool
-		inj, count := OnIndex(n)
-		efs := NewErrorFS(mem, func(op Op, p string) error {
-			if !armed.Load() {
-				return nil
-			}
-			return inj(op, p)
-		})
+		efs, armed, count := armedOnIndex(mem, n)
 		s := open(t, efs, func(o *Options) { o.Keep, o.Logger = 1, zap.NewNop() })
 		_, m := s.Latest()
 		for i := uint64(1); i <= 2; i++ { // leaves a spare

@@ -360,12 +360,11 @@ func (c *Client) do(ctx context.Context, server int, ep Endpoint, body, tail []b
 // streamed body (a load generator's) is read in part: its first
 // flmsg.HeadSize bytes are returned, the rest is read and dropped.
 func (c *Client) answer(ep Endpoint) ([]byte, int, error) {
-	if !c.resp.StreamBody {
-		b := c.resp.Body()
-		return b, len(b), nil
+	var s io.Reader
+	if c.resp.StreamBody {
+		s = c.resp.BodyStream()
 	}
-	s := c.resp.BodyStream()
-	if s == nil {
+	if s == nil { // not streamed, or fasthttp read it whole
 		b := c.resp.Body()
 		return b, len(b), nil
 	}

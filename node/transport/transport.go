@@ -303,10 +303,11 @@ const maxPooledFrame = 256 << 10
 
 // newFrame returns an empty buffer for a frame of an n-byte body.
 func newFrame(n int) []byte {
-	if size := frame.Size(n); size <= maxPooledFrame {
+	size := frame.Size(n)
+	if size <= maxPooledFrame {
 		return frames.Get(size)[:0]
 	}
-	return make([]byte, 0, frame.Size(n))
+	return make([]byte, 0, size)
 }
 
 // recycle returns a written frame's buffer to frames if it is small.

@@ -270,7 +270,7 @@ func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, int, error)
 		}
 		body, tail := c.build(ep)
 		status, err := c.do(ctx, server, ep, body, tail)
-		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body) + len(tail)}
+		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body) + tail.Size()}
 		var answer []byte
 		var size int
 		if err == nil {
@@ -328,13 +328,13 @@ func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, int, error)
 	}
 }
 
-// do sends body (followed by tail, when not nil) to server's ep and waits
+// do sends body (followed by tail's bytes, when not nil) to server's ep and waits
 // for the answer, at most RequestTimeout and not past ctx's deadline. The
 // answer's body is then read by answer.
-func (c *Client) do(ctx context.Context, server int, ep Endpoint, body, tail []byte) (int, error) {
+func (c *Client) do(ctx context.Context, server int, ep Endpoint, body []byte, tail *flmsg.ModelBlock) (int, error) {
 	c.req.SetRequestURI(c.urls[server][ep])
 	if tail != nil {
-		c.send = flmsg.Joined{Head: body, Tail: tail}
+		c.send = flmsg.Joined{Head: body, Tail: tail.Pieces()}
 		c.req.SetBodyStream(&c.send, c.send.Len())
 	} else {
 		c.req.SetBodyRaw(body)
@@ -407,8 +407,8 @@ func discard(r io.Reader) (int, error) {
 }
 
 // build writes the request of ep into c.b. A load generator's update is
-// c.b's head followed by the tail it returns.
-func (c *Client) build(ep Endpoint) (body, tail []byte) {
+// c.b's head followed by the block it returns.
+func (c *Client) build(ep Endpoint) (body []byte, tail *flmsg.ModelBlock) {
 	c.ts = strconv.AppendInt(c.ts[:0], time.Now().UnixMilli(), 10)
 	// The builders copy the string at once, so it may alias c.ts.
 	ts := unsafe.String(unsafe.SliceData(c.ts), len(c.ts))
@@ -421,7 +421,7 @@ func (c *Client) build(ep Endpoint) (body, tail []byte) {
 		if lb := c.o.LoadBlock; lb != nil {
 			return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
 				FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Block: lb, Split: true,
-			}), lb.Tail()
+			}), lb
 		}
 		return flmsg.BuildRequestUpdateModel(c.b, &flmsg.UpdateModelArgs{
 			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, Timestamp: ts, UploadLoss: c.loss, Model: c.sending,

@@ -1,8 +1,10 @@
 package flmsg
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math"
+	"slices"
 	"unsafe"
 
 	flatbuffers "github.com/google/flatbuffers/go"
@@ -69,13 +71,18 @@ func scaleFloats(raw []byte, s float32) {
 
 // featureMapVector writes n FeatureMaps, tensor i given by at(i), and the
 // vector of them. It allocates only for models of more than 64 tensors.
-func featureMapVector(b *flatbuffers.Builder, n int, scale float32, at func(i int) (string, []float32)) flatbuffers.UOffsetT {
+// When dataOffs is not nil, dataOffs[i] receives the offset of tensor i's
+// float vector.
+func featureMapVector(b *flatbuffers.Builder, n int, scale float32, at func(i int) (string, []float32), dataOffs []flatbuffers.UOffsetT) flatbuffers.UOffsetT {
 	var stack [64]flatbuffers.UOffsetT
 	offs := stack[:0]
 	for i := 0; i < n; i++ {
 		name, data := at(i)
 		nameOff := b.CreateString(name)
 		dataOff := floatVector(b, data, scale)
+		if dataOffs != nil {
+			dataOffs[i] = dataOff
+		}
 		fbs.FeatureMapStart(b)
 		fbs.FeatureMapAddWeightFullname(b, nameOff)
 		fbs.FeatureMapAddData(b, dataOff)
@@ -93,13 +100,13 @@ func modelFeatureMaps(b *flatbuffers.Builder, m *model.Model, scale float32) fla
 	return featureMapVector(b, len(ps), scale, func(i int) (string, []float32) {
 		p := &ps[i]
 		return p.Name, m.Data[p.Offset : p.Offset+p.Len]
-	})
+	}, nil)
 }
 
 func tensorFeatureMaps(b *flatbuffers.Builder, ts []Tensor, scale float32) flatbuffers.UOffsetT {
 	return featureMapVector(b, len(ts), scale, func(i int) (string, []float32) {
 		return ts[i].Name, ts[i].Data
-	})
+	}, nil)
 }
 
 // ModelBlock is a model serialized once as a [FeatureMap] vector, ready to
@@ -112,13 +119,17 @@ func tensorFeatureMaps(b *flatbuffers.Builder, ts []Tensor, scale float32) flatb
 // response builder that starts by copying the block to its end can refer
 // to the vector at the block's own offset.
 //
+// A block is one run of bytes (Set), or a [BlockFrame]'s bytes around a
+// model's own float data (BlockFrame.Block), which copies nothing.
+//
 // Set is not safe to call concurrently with responses being built from the
 // block; between calls to Set any number of goroutines may use it.
 type ModelBlock struct {
 	b      *flatbuffers.Builder
-	tail   []byte               // b's written bytes: the vector and its children
-	off    flatbuffers.UOffsetT // the vector's offset from the end of tail
-	floats int
+	tail   []byte               // b's written bytes: the vector and its children (Set)
+	pieces [][]byte             // the block's bytes in order, never modified
+	off    flatbuffers.UOffsetT // the vector's offset from the end of the block
+	size   int
 }
 
 // Set serializes m into the block, reusing the block's memory.
@@ -129,11 +140,83 @@ func (mb *ModelBlock) Set(m *model.Model) {
 	mb.b.Reset()
 	mb.off = modelFeatureMaps(mb.b, m, 1)
 	mb.tail = mb.b.Bytes[mb.b.Head():]
-	mb.floats = m.Layout.Size
+	mb.pieces = [][]byte{mb.tail}
+	mb.size = len(mb.tail)
 }
 
-// Size is the block's size in bytes (0 before Set).
-func (mb *ModelBlock) Size() int { return len(mb.tail) }
+// Size is the block's size in bytes (0 before Set or for a nil block).
+func (mb *ModelBlock) Size() int {
+	if mb == nil {
+		return 0
+	}
+	return mb.size
+}
+
+// Pieces are the block's bytes in order. They must not be modified.
+func (mb *ModelBlock) Pieces() [][]byte { return mb.pieces }
+
+// BlockFrame is what every block of one layout shares: the serialized
+// [FeatureMap] vector's names, tables, offsets and length words, which
+// depend only on the parameters' names and sizes. A block made from a
+// frame is the frame's bytes around the model's float data, so a large
+// model is served from its own memory instead of a serialized copy, and a
+// new model costs no serialization at all.
+type BlockFrame struct {
+	layout *model.Layout
+	segs   [][]byte // segs[k] comes before region k's floats, the last after all
+	params []int    // region k holds the data of parameter params[k]
+	off    flatbuffers.UOffsetT
+	size   int
+}
+
+// NewBlockFrame serializes a zero model of l once and keeps the bytes
+// between its float vectors.
+func NewBlockFrame(l *model.Layout) *BlockFrame {
+	zero := model.New(l)
+	b := flatbuffers.NewBuilder(4*l.Size + 64*len(l.Params) + 64)
+	dataOffs := make([]flatbuffers.UOffsetT, len(l.Params))
+	off := featureMapVector(b, len(l.Params), 1, func(i int) (string, []float32) {
+		p := &l.Params[i]
+		return p.Name, zero.Data[p.Offset : p.Offset+p.Len]
+	}, dataOffs)
+	tail := b.Bytes[b.Head():]
+	f := &BlockFrame{layout: l, off: off, size: len(tail), params: make([]int, len(l.Params))}
+	// A vector's offset points at its length word; its floats follow. The
+	// builder writes the first parameter last in the buffer.
+	start := func(i int) int { return len(tail) - int(dataOffs[i]) + 4 }
+	for k := range f.params {
+		f.params[k] = k
+	}
+	slices.SortFunc(f.params, func(a, b int) int { return start(a) - start(b) })
+	at := 0
+	for _, i := range f.params {
+		f.segs = append(f.segs, append([]byte(nil), tail[at:start(i)]...))
+		at = start(i) + 4*l.Params[i].Len
+	}
+	f.segs = append(f.segs, append([]byte(nil), tail[at:]...))
+	return f
+}
+
+// Block returns m's block: the frame's bytes with m's float data between
+// them, m's memory not copied. m must not change while the block is used.
+func (f *BlockFrame) Block(m *model.Model) *ModelBlock {
+	if !m.Layout.Equal(f.layout) {
+		panic("BUG: BlockFrame used for a model of another layout")
+	}
+	if !hostLittleEndian {
+		mb := new(ModelBlock)
+		mb.Set(m)
+		return mb
+	}
+	mb := &ModelBlock{off: f.off, size: f.size, pieces: make([][]byte, 0, 2*len(f.params)+1)}
+	for k, i := range f.params {
+		p := &f.layout.Params[i]
+		data := m.Data[p.Offset : p.Offset+p.Len]
+		mb.pieces = append(mb.pieces, f.segs[k], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
+	}
+	mb.pieces = append(mb.pieces, f.segs[len(f.params)])
+	return mb
+}
 
 // splice copies the block to the end of b, which must be empty (just
 // Reset), and returns the offset of its [FeatureMap] vector in b.
@@ -141,14 +224,18 @@ func (mb *ModelBlock) splice(b *flatbuffers.Builder) flatbuffers.UOffsetT {
 	if b.Offset() != 0 {
 		panic("BUG: ModelBlock spliced into a non-empty builder")
 	}
-	if mb.tail == nil {
+	if mb.pieces == nil {
 		panic("BUG: ModelBlock used before Set")
 	}
-	// len(tail) is a multiple of 4 (it ends with a vector's length word), so
-	// the byte vector puts tail at the very end with no padding; its own
-	// 4-byte length word in front of it is never referenced.
-	b.CreateByteVector(mb.tail)
-	if int(b.Offset()) != len(mb.tail)+4 {
+	// The size is a multiple of 4 (the block ends with a vector's length
+	// word), so the byte vector puts the block at the very end with no
+	// padding; its own 4-byte length word in front of it is never referenced.
+	tail := mb.tail
+	if len(mb.pieces) > 1 {
+		tail = bytes.Join(mb.pieces, nil)
+	}
+	b.CreateByteVector(tail)
+	if int(b.Offset()) != mb.size+4 {
 		panic("BUG: ModelBlock was not placed at the end of the builder")
 	}
 	return mb.off

@@ -30,7 +30,7 @@ type FLJobReply struct {
 	Block *ModelBlock
 	Model *model.Model
 	// Split, with Block, builds only the message's head: the message is
-	// the result followed by Block.Tail() (split.go).
+	// the result followed by the bytes of Block.Pieces() (split.go).
 	Split bool
 	// Timestamp is written only when non-empty (MindSpore never sets it).
 	Timestamp string
@@ -53,7 +53,7 @@ type GetModelReply struct {
 	Block *ModelBlock
 	Model *model.Model
 	// Split, with Block, builds only the message's head: the message is
-	// the result followed by Block.Tail() (split.go).
+	// the result followed by the bytes of Block.Pieces() (split.go).
 	Split bool
 	// Timestamp carries the next-request time (epoch ms), as MindSpore does.
 	Timestamp string

@@ -33,7 +33,7 @@ type UpdateModelArgs struct {
 	Scale float32
 	// Block is sent as it is (already scaled). With Split only the
 	// message's head is built: the message is the result followed by
-	// Block.Tail() (split.go).
+	// the bytes of Block.Pieces() (split.go).
 	Block *ModelBlock
 	Split bool
 }

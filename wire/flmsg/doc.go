@@ -73,9 +73,13 @@
 // two iteration switches gets byte-identical responses, so a server can
 // build one per (iteration, next_req_time) and serve those bytes as they
 // are. With Split, a builder writes only the message's head and points its
-// feature_map past its own end: head ++ block.Tail() is the message, so
-// the server keeps one serialized model for both answers that carry it and
-// a load generator one update for all its devices (split.go).
+// feature_map past its own end: head ++ the block's bytes is the message,
+// so the server keeps one serialized model for both answers that carry it
+// and a load generator one update for all its devices (split.go). A
+// BlockFrame goes further for large models: the block's names, tables and
+// length words depend only on the layout, so a frame keeps those bytes
+// once and a model's block is the frame around the model's own float data,
+// with no serialized copy at all.
 // DecodeResponseFLJobHead and DecodeResponseGetModelHead read such an
 // answer's fields from its first bytes without the model.
 //

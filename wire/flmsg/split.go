@@ -10,7 +10,7 @@ import (
 // Split messages. A message built with Split set and a Block is only its
 // head: every table and string except the model, with its feature_map
 // offset pointing past its own end into the block's bytes. Sent as
-// head ++ Block.Tail() it is an ordinary FlatBuffer (any reader decodes
+// head ++ the block's bytes it is an ordinary FlatBuffer (any reader decodes
 // it), and the tail, the bulk of the message, is never copied: a server
 // keeps one serialized model for every answer that carries it, a load
 // generator one update for all its devices.
@@ -21,9 +21,9 @@ import (
 // their length is a multiple of 4, so every position keeps its alignment
 // when the two are joined.
 
-// Tail is the block's serialized [FeatureMap] vector with its tables,
-// names and data: what follows a split message's head. It must not be
-// modified.
+// Tail is the serialized [FeatureMap] vector with its tables, names and
+// data of a block made by Set: what follows a split message's head. It
+// must not be modified. A frame's block has no single tail: use Pieces.
 func (mb *ModelBlock) Tail() []byte { return mb.tail }
 
 // detached is a feature_map field whose vector lies in a block after the
@@ -36,7 +36,7 @@ type detached struct {
 // add writes the field into the table being built, as a placeholder that
 // finish patches once the head's length is known.
 func (d *detached) add(b *flatbuffers.Builder, slot int) {
-	if d.mb.tail == nil {
+	if d.mb.pieces == nil {
 		panic("BUG: ModelBlock used before Set")
 	}
 	b.PrependUint32Slot(slot, 1, 0)
@@ -49,7 +49,7 @@ func (d *detached) add(b *flatbuffers.Builder, slot int) {
 func (d *detached) finish(head []byte) []byte {
 	if d.mb != nil {
 		p := len(head) - int(d.at)
-		binary.LittleEndian.PutUint32(head[p:], uint32(len(d.mb.tail)-int(d.mb.off)+int(d.at)))
+		binary.LittleEndian.PutUint32(head[p:], uint32(d.mb.size-int(d.mb.off)+int(d.at)))
 	}
 	return head
 }
@@ -89,23 +89,40 @@ func (f *featureMap) finish(b *flatbuffers.Builder) []byte {
 	return f.det.finish(b.FinishedBytes())
 }
 
-// Joined reads a split message: its head, then its block's tail, without
+// Joined reads a split message: its head, then its block's pieces, without
 // joining them. WriteTo (what fasthttp uses to send a body stream) writes
 // each whole.
 type Joined struct {
-	Head, Tail []byte
+	Head []byte
+	Tail [][]byte // not modified: reading advances next and at instead
+	next int      // the piece of Tail being read
+	at   int      // bytes of Tail[next] already read
 }
 
-// Len is the message's length.
-func (j *Joined) Len() int { return len(j.Head) + len(j.Tail) }
+// Len is what is left of the message.
+func (j *Joined) Len() int {
+	n := len(j.Head) - j.at // at counts into Tail[next], summed below
+	for _, p := range j.Tail[j.next:] {
+		n += len(p)
+	}
+	return n
+}
 
 // WriteTo writes what is left of the message to w.
 func (j *Joined) WriteTo(w io.Writer) (int64, error) {
 	var total int64
-	for _, p := range []*[]byte{&j.Head, &j.Tail} {
-		n, err := w.Write(*p)
+	if len(j.Head) > 0 {
+		n, err := w.Write(j.Head)
 		total += int64(n)
-		*p = (*p)[n:]
+		j.Head = j.Head[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	for ; j.next < len(j.Tail); j.next, j.at = j.next+1, 0 {
+		n, err := w.Write(j.Tail[j.next][j.at:])
+		total += int64(n)
+		j.at += n
 		if err != nil {
 			return total, err
 		}
@@ -115,12 +132,17 @@ func (j *Joined) WriteTo(w io.Writer) (int64, error) {
 
 // Read reads the message.
 func (j *Joined) Read(p []byte) (int, error) {
-	if len(j.Head) == 0 && len(j.Tail) == 0 {
-		return 0, io.EOF
-	}
 	n := copy(p, j.Head)
 	j.Head = j.Head[n:]
-	m := copy(p[n:], j.Tail)
-	j.Tail = j.Tail[m:]
-	return n + m, nil
+	for n < len(p) && j.next < len(j.Tail) {
+		m := copy(p[n:], j.Tail[j.next][j.at:])
+		n += m
+		if j.at += m; j.at == len(j.Tail[j.next]) {
+			j.next, j.at = j.next+1, 0
+		}
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return n, nil
 }

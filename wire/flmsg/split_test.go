@@ -18,7 +18,48 @@ import (
 // join is a split message as it goes on the wire, in a buffer of its own
 // starting at an address ≡ shift (mod 8).
 func join(head []byte, mb *ModelBlock, shift int) []byte {
-	return copyAt(append(append([]byte(nil), head...), mb.Tail()...), shift)
+	return copyAt(append(append([]byte(nil), head...), bytes.Join(mb.Pieces(), nil)...), shift)
+}
+
+// blocksOf are m's two kinds of block: serialized by Set, and its layout's
+// frame around m's own data.
+func blocksOf(m *model.Model) []*ModelBlock {
+	set := new(ModelBlock)
+	set.Set(m)
+	return []*ModelBlock{set, NewBlockFrame(m.Layout).Block(m)}
+}
+
+// A frame's block is Set's bytes, in pieces whose float data is the
+// model's own memory, for every model of the layout.
+func TestBlockFrameHasSetsBytes(t *testing.T) {
+	for _, m := range splitModels() {
+		frame := NewBlockFrame(m.Layout)
+		for _, x := range []*model.Model{m, randomModel(9, m.Layout.Specs()), model.New(m.Layout)} {
+			x.Layout = m.Layout
+			var set ModelBlock
+			set.Set(x)
+			got := frame.Block(x)
+			if !bytes.Equal(bytes.Join(got.Pieces(), nil), set.Tail()) || got.Size() != set.Size() || got.off != set.off {
+				t.Fatalf("frame's block differs from Set's (%d bytes against %d)", got.Size(), set.Size())
+			}
+			if len(got.Pieces()) != 2*len(m.Layout.Params)+1 {
+				t.Fatalf("%d pieces for %d parameters", len(got.Pieces()), len(m.Layout.Params))
+			}
+			// the weights are sent from the model, not from a copy
+			x.Data[len(x.Data)-1] = 12345
+			set.Set(x)
+			if !bytes.Equal(bytes.Join(got.Pieces(), nil), set.Tail()) {
+				t.Fatal("the frame's block holds a copy of the weights")
+			}
+		}
+	}
+	other := model.InitLeNet5(1)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a frame made a block for a model of another layout")
+		}
+	}()
+	NewBlockFrame(smallModel().Layout).Block(other)
 }
 
 func splitModels() []*model.Model {
@@ -35,10 +76,17 @@ func splitModels() []*model.Model {
 func TestSplitResponseFLJob(t *testing.T) {
 	plan := &Plan{ServerMode: "FEDERATED_LEARNING", FLName: "lenet", Iterations: 25, Epochs: 1, MiniBatch: 32, LR: 0.01}
 	for _, m := range splitModels() {
-		var block ModelBlock
-		block.Set(m)
+		for _, block := range blocksOf(m) {
+			checkSplitResponseFLJob(t, plan, m, block)
+		}
+	}
+}
+
+func checkSplitResponseFLJob(t *testing.T, plan *Plan, m *model.Model, block *ModelBlock) {
+	t.Helper()
+	{
 		rep := FLJobReply{Retcode: Succeed, Reason: ReasonStartFLJobSuccess, Iteration: 7, IsSelected: true,
-			NextReqTime: "1700000000000", Plan: plan, Block: &block, Timestamp: "ts"}
+			NextReqTime: "1700000000000", Plan: plan, Block: block, Timestamp: "ts"}
 		whole := append([]byte(nil), BuildResponseFLJob(flatbuffers.NewBuilder(0), &rep)...)
 		want, err := DecodeResponseFLJob(whole)
 		if err != nil {
@@ -50,7 +98,7 @@ func TestSplitResponseFLJob(t *testing.T) {
 			t.Fatalf("head of %d bytes: the model was copied into it", len(head))
 		}
 		for shift := 0; shift < 8; shift += 4 {
-			buf := join(head, &block, shift)
+			buf := join(head, block, shift)
 			r, err := DecodeResponseFLJob(buf)
 			if err != nil {
 				t.Fatalf("cannot decode the joined message: %s", err)
@@ -83,11 +131,18 @@ func TestSplitResponseFLJob(t *testing.T) {
 
 func TestSplitResponseGetModel(t *testing.T) {
 	for _, m := range splitModels() {
-		var block ModelBlock
-		block.Set(m)
-		rep := GetModelReply{Retcode: Succeed, Reason: "Get model for iteration 3", Iteration: 4, Block: &block, Timestamp: "17", Split: true}
+		for _, block := range blocksOf(m) {
+			checkSplitResponseGetModel(t, m, block)
+		}
+	}
+}
+
+func checkSplitResponseGetModel(t *testing.T, m *model.Model, block *ModelBlock) {
+	t.Helper()
+	{
+		rep := GetModelReply{Retcode: Succeed, Reason: "Get model for iteration 3", Iteration: 4, Block: block, Timestamp: "17", Split: true}
 		head := append([]byte(nil), BuildResponseGetModel(flatbuffers.NewBuilder(0), &rep)...)
-		buf := join(head, &block, 4)
+		buf := join(head, block, 4)
 		r, err := DecodeResponseGetModel(buf)
 		if err != nil {
 			t.Fatalf("cannot decode the joined message: %s", err)
@@ -145,7 +200,7 @@ func TestDecodeHeadRefusesWhatItCannotVerify(t *testing.T) {
 	block.Set(m)
 	head := append([]byte(nil), BuildResponseGetModel(flatbuffers.NewBuilder(0),
 		&GetModelReply{Retcode: Succeed, Reason: "Get model for iteration 1", Iteration: 1, Block: &block, Timestamp: "17", Split: true})...)
-	size := len(head) + len(block.Tail())
+	size := len(head) + block.Size()
 	if _, err := DecodeResponseGetModelHead(head, size); err != nil {
 		t.Fatalf("valid head: %s", err)
 	}
@@ -156,7 +211,7 @@ func TestDecodeHeadRefusesWhatItCannotVerify(t *testing.T) {
 	}
 	// The model's vector lies len(tail)-off bytes past the head: a message
 	// that ends before it is refused.
-	if _, err := DecodeResponseGetModelHead(head, len(head)+len(block.Tail())-int(block.off)); err == nil {
+	if _, err := DecodeResponseGetModelHead(head, len(head)+block.Size()-int(block.off)); err == nil {
 		t.Fatal("a message ending at the model's vector decoded")
 	}
 	if _, err := DecodeResponseGetModelHead(head, len(head)-1); err == nil {
@@ -189,9 +244,10 @@ func TestDecodeHeadRefusesWhatItCannotVerify(t *testing.T) {
 	}
 }
 
-// Joined sends head then tail, through WriteTo or Read.
+// Joined sends head then tail's pieces, through WriteTo or Read, and a
+// write that fails part way resumes where it stopped.
 func TestJoined(t *testing.T) {
-	head, tail := []byte("head-"), []byte("and-the-tail")
+	head, tail := []byte("head-"), [][]byte{[]byte("and-"), nil, []byte("the-"), []byte("tail")}
 	var w bytes.Buffer
 	j := &Joined{Head: head, Tail: tail}
 	if j.Len() != 17 {
@@ -200,8 +256,58 @@ func TestJoined(t *testing.T) {
 	if n, err := j.WriteTo(&w); err != nil || n != 17 || w.String() != "head-and-the-tail" || j.Len() != 0 {
 		t.Fatalf("WriteTo: %d, %v, %q", n, err, w.String())
 	}
-	got, err := io.ReadAll(io.LimitReader(&Joined{Head: head, Tail: tail}, 100))
-	if err != nil || string(got) != "head-and-the-tail" {
-		t.Fatalf("Read: %q, %v", got, err)
+	if string(tail[0]) != "and-" || string(tail[3]) != "tail" {
+		t.Fatal("Joined modified its pieces")
 	}
+	for _, size := range []int{1, 3, 100} {
+		got, err := readIn(&Joined{Head: head, Tail: tail}, size)
+		if err != nil || string(got) != "head-and-the-tail" {
+			t.Fatalf("Read in %d: %q, %v", size, got, err)
+		}
+	}
+	for cut := 0; cut <= 17; cut++ {
+		j := &Joined{Head: head, Tail: tail}
+		w := &failingWriter{left: cut}
+		n, err := j.WriteTo(w)
+		if int(n) != cut || (cut < 17) != (err != nil) || j.Len() != 17-cut {
+			t.Fatalf("write failing after %d bytes: %d, %v, %d left", cut, n, err, j.Len())
+		}
+		w.left = 100
+		if _, err := j.WriteTo(w); err != nil || w.got.String() != "head-and-the-tail" {
+			t.Fatalf("resumed after %d bytes: %q, %v", cut, w.got.String(), err)
+		}
+	}
+}
+
+// readIn reads r to its end in reads of at most n bytes.
+func readIn(r io.Reader, n int) ([]byte, error) {
+	var out []byte
+	buf := make([]byte, n)
+	for {
+		k, err := r.Read(buf)
+		out = append(out, buf[:k]...)
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+}
+
+// failingWriter takes left bytes, then fails.
+type failingWriter struct {
+	left int
+	got  bytes.Buffer
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if len(p) <= w.left {
+		w.left -= len(p)
+		return w.got.Write(p)
+	}
+	n := w.left
+	w.got.Write(p[:n])
+	w.left = 0
+	return n, errors.New("connection reset")
 }

@@ -116,10 +116,12 @@ func TestFedAvgAcrossServers(t *testing.T) {
 }
 
 // TestFedAvgLargeModel: the same with a model whose all-reduce shares span
-// several pieces and wait for acknowledgements (2.2M floats over 2 servers:
-// 1.1M elements per share, 9 partial pieces and 5 reduced ones).
+// several pieces and wait for acknowledgements (4.2M floats over 2 servers:
+// 2.1M elements per share, 17 partial pieces and 9 reduced ones), and which
+// is over 16 MiB, so servers take their large-model paths (answers sent
+// from the stored weights through a block frame, one model in memory).
 func TestFedAvgLargeModel(t *testing.T) {
-	l, err := model.NewLayout([]model.Spec{{Name: "dense1.weight", Shape: []int{1100, 1000}}, {Name: "dense2.weight", Shape: []int{1_100_003}}})
+	l, err := model.NewLayout([]model.Spec{{Name: "dense1.weight", Shape: []int{2100, 1000}}, {Name: "dense2.weight", Shape: []int{2_100_003}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -186,9 +186,12 @@ func (c *respCache) get(key respKey, block *flmsg.ModelBlock, build func(b *flat
 
 // blockCache serializes the model being served once, for every answer of
 // both kinds that carries it. It keeps one: a second would double the
-// memory of a large model, and only stragglers ask for an older one.
+// memory of a large model, and only stragglers ask for an older one. With
+// a frame (large models), a block is the frame around the model's own
+// data: nothing is serialized and the model is not held twice.
 type blockCache struct {
 	mu    sync.Mutex
+	frame *flmsg.BlockFrame
 	m     *model.Model
 	block *flmsg.ModelBlock
 }
@@ -198,15 +201,19 @@ func (c *blockCache) get(m *model.Model) *flmsg.ModelBlock {
 	defer c.mu.Unlock()
 	if c.m != m {
 		// A new block each time: answers being written keep the old one.
-		b := new(flmsg.ModelBlock)
-		b.Set(m)
-		c.m, c.block = m, b
+		if c.frame != nil {
+			c.block = c.frame.Block(m)
+		} else {
+			c.block = new(flmsg.ModelBlock)
+			c.block.Set(m)
+		}
+		c.m = m
 	}
 	return c.block
 }
 
 // serveSplit answers with head followed by block's bytes, neither copied.
 func serveSplit(ctx *fasthttp.RequestCtx, head []byte, block *flmsg.ModelBlock) {
-	j := &flmsg.Joined{Head: head, Tail: block.Tail()}
+	j := &flmsg.Joined{Head: head, Tail: block.Pieces()}
 	ctx.Response.SetBodyStream(j, j.Len())
 }

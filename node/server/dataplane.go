@@ -136,7 +136,8 @@ func (p *plane) responseSize() int {
 }
 
 // largeModel is the float32 size from which a server keeps only the newest
-// model in memory and collects garbage more often.
+// model in memory, serves it without a serialized copy and collects
+// garbage more often.
 const largeModel = 16 << 20
 
 // folded is how many updates are folded into iteration it's partial sum.

@@ -24,6 +24,7 @@ import (
 	"github.com/fedcluster/fedcluster/node/membership"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/frame"
 )
 
@@ -106,6 +107,10 @@ func (s *Server) Start() error {
 	dl := deviceListener{Listener: ln}
 	if 4*s.plane.layout.Size >= largeModel {
 		dl.sendBuffer = largeModelSendBuffer
+		// Answers of a large model send its stored weights as they are.
+		// A small model keeps a serialized copy: its answers then go out
+		// in one write each, where a frame's would take several.
+		s.blocks.frame = flmsg.NewBlockFrame(s.plane.layout)
 	}
 	ln = dl
 	s.httpLn = ln

@@ -109,17 +109,28 @@ func TestRespCacheBuildsOncePerKey(t *testing.T) {
 
 // A model is serialized once for every answer carrying it, and a new
 // model gets a new block: answers still being sent keep theirs intact.
+// With a frame (large models) the block is the model's own data.
 func TestBlockCache(t *testing.T) {
-	var c blockCache
 	m1, m2 := model.InitLeNet5(1), model.InitLeNet5(2)
-	b1 := c.get(m1)
-	if c.get(m1) != b1 {
-		t.Fatal("the same model was serialized twice")
-	}
-	tail := append([]byte(nil), b1.Tail()...)
-	b2 := c.get(m2)
-	if b2 == b1 || !bytes.Equal(b1.Tail(), tail) || bytes.Equal(b2.Tail(), tail) {
-		t.Fatal("a new model overwrote the block of the old one")
+	for _, frame := range []*flmsg.BlockFrame{nil, flmsg.NewBlockFrame(m1.Layout)} {
+		c := blockCache{frame: frame}
+		b1 := c.get(m1)
+		if c.get(m1) != b1 {
+			t.Fatal("the same model was serialized twice")
+		}
+		tail := bytes.Join(b1.Pieces(), nil)
+		b2 := c.get(m2)
+		if b2 == b1 || !bytes.Equal(bytes.Join(b1.Pieces(), nil), tail) || bytes.Equal(bytes.Join(b2.Pieces(), nil), tail) {
+			t.Fatal("a new model overwrote the block of the old one")
+		}
+		var set flmsg.ModelBlock
+		set.Set(m2)
+		if !bytes.Equal(bytes.Join(b2.Pieces(), nil), set.Tail()) {
+			t.Fatal("the cached block is not the model's")
+		}
+		if framed := len(b2.Pieces()) > 1; framed != (frame != nil) {
+			t.Fatalf("block in %d pieces with frame %v", len(b2.Pieces()), frame != nil)
+		}
 	}
 }
 

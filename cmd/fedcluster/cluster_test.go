@@ -108,6 +108,69 @@ func TestClusterMembership(t *testing.T) {
 	}
 }
 
+// A scale-out whose servers do not all come is rolled back with the ones
+// that did, and a server gone for good is scaled in while the cluster waits
+// for it (NODE_TIMEOUT): the cluster is ready again either way.
+func TestScaleOutRollbackAndDeadServerScaleIn(t *testing.T) {
+	c := startCluster(t, 2, "--heartbeat_interval=100ms", "--heartbeat_timeout=1s")
+	post := func(path, body, want string) {
+		t.Helper()
+		resp, err := http.Post(c.ManageURL()+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var m rest.Message
+		if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != 200 || m.Code != 0 || m.Message != want {
+			t.Fatalf("POST %s: %d %+v %v, want %q", path, resp.StatusCode, m, err, want)
+		}
+	}
+	waitReady := func(servers int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		var st rest.State
+		err := local.Poll(ctx, func() (bool, error) {
+			err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
+			return err == nil && st.ClusterState == "CLUSTER_READY" && st.ServerNum == servers, nil
+		})
+		if err != nil {
+			t.Fatalf("never ready with %d servers: %v (last /state %+v)", servers, err, st)
+		}
+	}
+
+	post("/scaleout", `{"worker_num":0,"server_num":2}`, "Cluster begin to scale out.")
+	port, err := local.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartServer("new", port[0], "--server_num=4"); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, c, "new", "true", "2")
+	var st rest.State
+	if err := local.GetJSON(context.Background(), c.ManageURL()+"/state", &st); err != nil || st.ClusterState != "CLUSTER_SCALE_OUT" {
+		t.Fatalf("one of two new servers registered: %+v, %v", st, err)
+	}
+	post("/scaleoutRollback", "", "Cluster scale out rollback success.")
+	waitReady(3)
+
+	if err := c.Kill("1", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.WaitState(ctx, "NODE_TIMEOUT"); err != nil {
+		t.Fatal(err)
+	}
+	post("/scalein", `{"node_ids":["1"]}`, "Cluster begin to scale in.")
+	waitReady(2)
+	got := nodes(t, c)
+	if got["SERVER/0"].RankID != "0" || got["SERVER/new"].RankID != "1" || got["SERVER/new"].Alive != "true" {
+		t.Fatalf("after scaling in the dead server /nodes lists %v", got)
+	}
+}
+
 func TestRESTErrors(t *testing.T) {
 	c := startCluster(t, 1)
 	f := func(method, path, body string, wantStatus int, wantMsg string) {
@@ -135,6 +198,7 @@ func TestRESTErrors(t *testing.T) {
 	f("POST", "/scaleout", `{"worker_num":0,"server_num":-1}`, 400, "The value should not be less than 0.")
 	f("POST", "/scalein", `{"node_ids":[]}`, 400, "The node ids should not be empty.")
 	f("POST", "/scalein", `{"node_ids":["x"]}`, 400, "The node id:x is illegal.")
+	f("POST", "/scaleoutRollback", "", 400, "The cluster state is not CLUSTER_SCALE_OUT, does not need to rollback.")
 }
 
 // TestLaunchAndStop drives the seed's workflow: launch the scheduler, launch

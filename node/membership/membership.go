@@ -186,6 +186,27 @@ func (m *Machine) ScaleOut(k int) error {
 	return nil
 }
 
+// RollbackScaleOut ends a pending scale-out with the servers registered so
+// far: the ones that never came are no longer expected, and those that did
+// stay (they already take part in iterations). It returns how many servers
+// it stopped waiting for.
+func (m *Machine) RollbackScaleOut() (int, error) {
+	if m.scaleOutTarget == 0 {
+		//lint:ignore ST1005 worded like MindSpore's REST messages
+		return 0, fmt.Errorf("The cluster state is not CLUSTER_SCALE_OUT, does not need to rollback.")
+	}
+	registered := 0
+	for _, n := range m.nodes {
+		if !n.ScaledIn {
+			registered++
+		}
+	}
+	dropped := m.serverNum - registered
+	m.serverNum, m.scaleOutTarget = registered, 0
+	m.changed()
+	return dropped, nil
+}
+
 // CheckScaleIn validates a scale-in request without applying it.
 func (m *Machine) CheckScaleIn(ids []string) (map[string]bool, error) {
 	if len(ids) == 0 {

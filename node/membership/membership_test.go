@@ -121,6 +121,44 @@ func TestScaleOutAndIn(t *testing.T) {
 	}
 }
 
+// A rolled-back scale-out keeps the servers that came and stops waiting for
+// the others; a late one is then turned away as for any full cluster.
+func TestRollbackScaleOut(t *testing.T) {
+	m := New(2, time.Minute)
+	m.Register(t0, reg("a"))
+	m.Register(t0, reg("b"))
+	if _, err := m.RollbackScaleOut(); err == nil {
+		t.Fatal("rolled back a scale-out that was never asked for")
+	}
+	if err := m.ScaleOut(3); err != nil {
+		t.Fatal(err)
+	}
+	if rank, err := m.Register(t0, reg("c")); err != nil || rank != 2 {
+		t.Fatalf("scale-out register: rank %d, %v", rank, err)
+	}
+	v := m.Version()
+	dropped, err := m.RollbackScaleOut()
+	if err != nil || dropped != 2 {
+		t.Fatalf("rollback: %d dropped, %v", dropped, err)
+	}
+	if m.State() != ClusterReady || m.ServerNum() != 3 || m.Version() == v {
+		t.Fatalf("after rollback: state %s, server_num %d, version %d (was %d)", m.State(), m.ServerNum(), m.Version(), v)
+	}
+	if _, err := m.Register(t0, reg("d")); err == nil || !strings.Contains(err.Error(), "already has its 3 servers") {
+		t.Fatalf("a server of the abandoned scale-out registered: %v", err)
+	}
+	if _, err := m.RollbackScaleOut(); err == nil {
+		t.Fatal("rolled back twice")
+	}
+	// A scale-out during which an old server died rolls back to a cluster
+	// that waits for that server.
+	m.ScaleOut(1)
+	m.Tick(t0.Add(2 * time.Minute))
+	if _, err := m.RollbackScaleOut(); err != nil || m.State() != NodeTimeout || m.ServerNum() != 3 {
+		t.Fatalf("rollback with dead servers: %v, state %s, server_num %d", err, m.State(), m.ServerNum())
+	}
+}
+
 func TestSnapshotRestore(t *testing.T) {
 	m := New(2, time.Minute)
 	m.Register(t0, reg("a"))

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/node/iteration"
+	"github.com/fedcluster/fedcluster/node/membership"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
@@ -42,6 +43,8 @@ func (s *Scheduler) routes() map[string]route {
 		"/scaleout": {post, s.handleScaleOut},
 		"/scalein":  {post, s.handleScaleIn},
 		"/members":  {get, s.handleMembers},
+
+		"/scaleoutRollback": {post, s.handleScaleOutRollback},
 
 		"/newInstance":   {post, s.handleNewInstance},
 		"/queryInstance": {both, s.handleQueryInstance},
@@ -203,6 +206,20 @@ func (s *Scheduler) handleScaleOut(ctx *fasthttp.RequestCtx) (any, error) {
 	return rest.Message{Code: rest.CodeOK, Message: "Cluster begin to scale out."}, nil
 }
 
+// handleScaleOutRollback gives up the part of a scale-out whose servers
+// have not registered, e.g. because they failed to start.
+func (s *Scheduler) handleScaleOutRollback(ctx *fasthttp.RequestCtx) (any, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dropped, err := s.members.RollbackScaleOut()
+	if err != nil {
+		return nil, errBad("%v", err)
+	}
+	s.log.Info("scale-out rolled back", zap.Int("not_started", dropped), zap.Int("server_num", s.members.ServerNum()))
+	s.broadcastLocked()
+	return rest.Message{Code: rest.CodeOK, Message: "Cluster scale out rollback success."}, nil
+}
+
 func (s *Scheduler) handleScaleIn(ctx *fasthttp.RequestCtx) (any, error) {
 	var req rest.ScaleIn
 	if err := decodeBody(ctx, &req); err != nil {
@@ -210,7 +227,10 @@ func (s *Scheduler) handleScaleIn(ctx *fasthttp.RequestCtx) (any, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st := s.clusterStateLocked(); st != "CLUSTER_READY" {
+	// Unlike MindSpore, a cluster with a dead server (NODE_TIMEOUT) can
+	// scale it, or any other, in: a host that is gone for good must not
+	// block every later scaling.
+	if st := s.clusterStateLocked(); st != membership.ClusterReady && st != membership.NodeTimeout {
 		return nil, errBad("The cluster is not ready.")
 	}
 	s.log.Info("scale-in requested", zap.Strings("node_ids", req.NodeIDs))

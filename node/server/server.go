@@ -114,7 +114,8 @@ func (s *Server) Start() error {
 	}
 	ln = dl
 	s.httpLn = ln
-	if 4*s.plane.layout.Size >= largeModel && os.Getenv("GOGC") == "" {
+	returnMemory := 4*s.plane.layout.Size >= largeModel && os.Getenv("GOGC") == ""
+	if returnMemory {
 		// A large model's heap is a few model-sized buffers without
 		// pointers: collections are cheap, and the default 100 % growth
 		// would let the resident size reach twice the live heap.
@@ -149,7 +150,33 @@ func (s *Server) Start() error {
 		defer s.wg.Done()
 		s.schedulerLoop()
 	}()
+	if returnMemory {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.returnFreeMemory(time.Second)
+		}()
+	}
 	return nil
+}
+
+// returnFreeMemory collects garbage and gives the heap's free pages back to
+// the system every period. A large model's server drops a model-sized
+// buffer every iteration; left to the collector's pacing and the runtime's
+// background scavenger, that memory stayed resident: with 1,024 devices of
+// a 10M model, twice the model. A forced collection of a heap made of a
+// few pointer-free buffers takes a few milliseconds.
+func (s *Server) returnFreeMemory(period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			debug.FreeOSMemory()
+		}
+	}
 }
 
 // HTTPAddr is the device HTTP address as devices reach it.

@@ -133,13 +133,23 @@ func (m *Model) Clone() *Model {
 	return &Model{Layout: m.Layout, Data: append([]float32(nil), m.Data...)}
 }
 
+// FloatBytes views f's memory as its bytes, in host byte order (which is
+// little-endian, the wire's and the checkpoints' order, on every host that
+// sends them as they are).
+func FloatBytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
+}
+
 // SHA256 is the hex digest of the weights as little-endian float32 bytes, the
 // checksum servers compare to prove they hold one model.
 func (m *Model) SHA256() string {
 	h := sha256.New()
 	if littleEndian && len(m.Data) > 0 {
 		// The in-memory bytes are the little-endian bytes: hash them in place.
-		h.Write(unsafe.Slice((*byte)(unsafe.Pointer(&m.Data[0])), 4*len(m.Data)))
+		h.Write(FloatBytes(m.Data))
 		return hex.EncodeToString(h.Sum(nil))
 	}
 	var buf [4096]byte

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"sync"
 	"time"
-	"unsafe"
 
 	"github.com/panjf2000/gnet/v2/pkg/pool/byteslice"
 	"go.uber.org/zap"
@@ -334,7 +333,7 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	// All-gather: every other server gets our finished chunk.
 	mine := out.Data[off : off+cnt]
 	err = p.sendShares(a, me, attempt, ib, deadline, stepReduced, reducedPiece, ctl.KindReduced, 4, total,
-		func(b []byte, o, k int) []byte { return append(b, float32Bytes(mine[o-off:o-off+k])...) })
+		func(b []byte, o, k int) []byte { return append(b, model.FloatBytes(mine[o-off:o-off+k])...) })
 	if err != nil {
 		return nil, 0, err
 	}
@@ -602,18 +601,11 @@ func (p *plane) ack(c *transport.Conn, kind frame.Kind, h peer.Header, me int) {
 	}
 }
 
-func float32Bytes(f []float32) []byte {
-	if len(f) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
-}
-
 func copyFloat32(dst []float32, raw []byte) {
 	if len(dst) == 0 {
 		return
 	}
-	copy(float32Bytes(dst), raw)
+	copy(model.FloatBytes(dst), raw)
 }
 
 // report sends a message to the scheduler, if connected.

@@ -37,10 +37,7 @@ func floatVector(b *flatbuffers.Builder, data []float32, scale float32) flatbuff
 		}
 		return b.EndVector(len(data))
 	}
-	var raw []byte
-	if len(data) > 0 {
-		raw = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data))
-	}
+	raw := model.FloatBytes(data)
 	off := b.CreateByteVector(raw)
 	at := len(b.Bytes) - int(off)
 	binary.LittleEndian.PutUint32(b.Bytes[at:], uint32(len(data)))
@@ -211,8 +208,7 @@ func (f *BlockFrame) Block(m *model.Model) *ModelBlock {
 	mb := &ModelBlock{off: f.off, size: f.size, pieces: make([][]byte, 0, 2*len(f.params)+1)}
 	for k, i := range f.params {
 		p := &f.layout.Params[i]
-		data := m.Data[p.Offset : p.Offset+p.Len]
-		mb.pieces = append(mb.pieces, f.segs[k], unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(data))), 4*len(data)))
+		mb.pieces = append(mb.pieces, f.segs[k], model.FloatBytes(m.Data[p.Offset:p.Offset+p.Len]))
 	}
 	mb.pieces = append(mb.pieces, f.segs[len(f.params)])
 	return mb

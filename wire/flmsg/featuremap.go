@@ -133,7 +133,7 @@ func (f FeatureMap) CopyTo(dst []float32) int {
 		return 0
 	}
 	if hostLittleEndian {
-		copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(dst))), 4*n), f.Raw)
+		copy(model.FloatBytes(dst[:n]), f.Raw)
 		return n
 	}
 	for i := range dst[:n] {

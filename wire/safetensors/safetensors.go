@@ -186,7 +186,7 @@ func AppendEncode(dst []byte, m *model.Model, meta map[string]string) ([]byte, e
 // hosts, through a small buffer otherwise.
 func writeFloats(w io.Writer, s []float32) (int64, error) {
 	if littleEndian {
-		n, err := w.Write(floatBytes(s))
+		n, err := w.Write(model.FloatBytes(s))
 		return int64(n), err
 	}
 	var buf [32 << 10]byte
@@ -206,7 +206,7 @@ func writeFloats(w io.Writer, s []float32) (int64, error) {
 
 func putFloats(dst []byte, s []float32) {
 	if littleEndian {
-		copy(dst, floatBytes(s))
+		copy(dst, model.FloatBytes(s))
 		return
 	}
 	for i, f := range s {
@@ -216,7 +216,7 @@ func putFloats(dst []byte, s []float32) {
 
 func getFloats(dst []float32, src []byte) {
 	if littleEndian {
-		copy(floatBytes(dst), src)
+		copy(model.FloatBytes(dst), src)
 		return
 	}
 	for i := range dst {
@@ -345,7 +345,7 @@ func Read(r io.Reader, size int64, opts *Options) (*model.Model, map[string]stri
 
 func readFloats(r io.Reader, dst []float32, buf []byte) error {
 	if littleEndian {
-		_, err := io.ReadFull(r, floatBytes(dst))
+		_, err := io.ReadFull(r, model.FloatBytes(dst))
 		return err
 	}
 	for len(dst) > 0 {

@@ -101,11 +101,11 @@ type Joined struct {
 
 // Len is what is left of the message.
 func (j *Joined) Len() int {
-	n := len(j.Head) - j.at // at counts into Tail[next], summed below
+	n := len(j.Head)
 	for _, p := range j.Tail[j.next:] {
 		n += len(p)
 	}
-	return n
+	return n - j.at // at bytes of Tail[next] are already read
 }
 
 // WriteTo writes what is left of the message to w.

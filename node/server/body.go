@@ -55,6 +55,29 @@ func newUploads(n int) *uploads {
 	return u
 }
 
+// shed drops the buffers of the slots no upload holds, keeping the slots,
+// and says how many it dropped. An upload that takes a shed slot allocates
+// its buffer again.
+func (u *uploads) shed() int {
+	idle, dropped := 0, 0
+drain:
+	for idle < cap(u.slots) {
+		select {
+		case b := <-u.slots:
+			idle++
+			if b != nil {
+				dropped++
+			}
+		default:
+			break drain
+		}
+	}
+	for ; idle > 0; idle-- {
+		u.slots <- nil // never blocks: the slots taken out are free
+	}
+	return dropped
+}
+
 // slotWait bounds the wait for an upload buffer: past it the device is
 // told to come back (HTTP 503, which clients retry on another server). A
 // waiting upload holds only its connection, whose kernel buffer is bounded

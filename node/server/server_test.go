@@ -150,6 +150,48 @@ func TestUploadSlots(t *testing.T) {
 	f(0, 1<<20, cores+1)
 }
 
+// Shedding drops the buffers of idle slots only and keeps every slot: an
+// upload in progress keeps its buffer, and the shed slots serve uploads
+// again.
+func TestUploadsShedIdleBuffers(t *testing.T) {
+	u := newUploads(2)
+	req := func(body string) *fasthttp.RequestCtx {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.SetBodyString(body)
+		return &ctx
+	}
+	one, releaseOne, err := u.read(req("one"), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	two, releaseTwo, err := u.read(req("two"), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := u.shed(); got != 0 || len(u.slots) != 0 {
+		t.Fatalf("shed %d buffers while both uploads are read (%d slots free)", got, len(u.slots))
+	}
+	releaseOne()
+	if got := u.shed(); got != 1 || len(u.slots) != 1 {
+		t.Fatalf("shed %d buffers with one idle (%d slots free)", got, len(u.slots))
+	}
+	if string(two) != "two" || string(one) != "one" {
+		t.Fatalf("shedding touched the buffers: %q, %q", one, two)
+	}
+	releaseTwo()
+	if got := u.shed(); got != 1 || len(u.slots) != 2 {
+		t.Fatalf("shed %d buffers after the second went back (%d slots free)", got, len(u.slots))
+	}
+	if got := u.shed(); got != 0 || len(u.slots) != 2 {
+		t.Fatalf("shed %d buffers twice (%d slots free)", got, len(u.slots))
+	}
+	for _, body := range []string{"a", "b"} {
+		if b, _, err := u.read(req(body), 100); err != nil || string(b) != body {
+			t.Fatalf("upload into a shed slot: %q, %v", b, err)
+		}
+	}
+}
+
 // An upload waits for a free buffer, and past the wait is turned away
 // (errBusy, HTTP 503) without its body being read; a buffer given back
 // serves the next one.

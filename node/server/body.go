@@ -32,6 +32,10 @@ var errBodyTooLarge = errors.New("request body exceeds max_body_size")
 type uploads struct {
 	slots chan []byte
 	wait  time.Duration // slotWait
+	// collect runs the collector before a slot gets a new buffer (large
+	// models): the model the last switch replaced is then garbage, and
+	// the buffer takes its memory instead of new pages.
+	collect bool
 }
 
 // uploadSlots is how many update bodies of size bytes may be held at once,
@@ -106,6 +110,9 @@ func (u *uploads) read(ctx *fasthttp.RequestCtx, max int) ([]byte, func(), error
 	}
 	if c := ctx.Conn(); c != nil {
 		_ = c.SetReadDeadline(time.Now().Add(httpReadTimeout))
+	}
+	if buf == nil && u.collect {
+		runtime.GC()
 	}
 	body, err := readBody(ctx, buf[:0], max)
 	release := func() { u.slots <- body[:0] }

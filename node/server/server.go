@@ -123,6 +123,7 @@ func (s *Server) Start() error {
 	}
 	s.metrics = newMetrics(s)
 	s.uploads = newUploads(uploadSlots(s.plane.responseSize(), int(s.cfg.Server.UploadMemory)))
+	s.uploads.collect = 4*s.plane.layout.Size >= largeModel
 	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s,
 		Inline: inlineKinds})
 	if err != nil {

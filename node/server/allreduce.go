@@ -230,7 +230,7 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		}
 	}()
 	n, folded := pa.waitIdle()
-	if 4*p.layout.Size >= largeModel && p.s.uploads.shed() > 0 {
+	if p.large && p.s.uploads.shed() > 0 {
 		// Every update of the iteration is folded: the idle upload
 		// buffers' memory goes to the model this all-reduce makes
 		// instead of growing the heap (a 10M model's server peaked 2×

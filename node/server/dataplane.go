@@ -25,6 +25,7 @@ type plane struct {
 	store  *modelstore.Store
 	layout *model.Layout
 	index  map[string]int // parameter name → position in layout
+	large  bool           // the model's float32 size is largeModel or more
 
 	mu          sync.Mutex
 	changed     *sync.Cond // signalled when the iteration or state moves
@@ -69,7 +70,8 @@ func newPlane(s *Server) (*plane, error) {
 	for i, q := range p.layout.Params {
 		p.index[q.Name] = i
 	}
-	if 4*p.layout.Size >= largeModel {
+	p.large = 4*p.layout.Size >= largeModel
+	if p.large {
 		// Older iterations of a large model (iteration 0 too) are
 		// answered with the newest rather than held in memory; their
 		// checkpoints stay on disk.

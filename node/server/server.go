@@ -105,7 +105,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	dl := deviceListener{Listener: ln}
-	if 4*s.plane.layout.Size >= largeModel {
+	if s.plane.large {
 		dl.sendBuffer = largeModelSendBuffer
 		// Answers of a large model send its stored weights as they are.
 		// A small model keeps a serialized copy: its answers then go out
@@ -114,7 +114,7 @@ func (s *Server) Start() error {
 	}
 	ln = dl
 	s.httpLn = ln
-	returnMemory := 4*s.plane.layout.Size >= largeModel && os.Getenv("GOGC") == ""
+	returnMemory := s.plane.large && os.Getenv("GOGC") == ""
 	if returnMemory {
 		// A large model's heap is a few model-sized buffers without
 		// pointers: collections are cheap, and the default 100 % growth
@@ -123,7 +123,7 @@ func (s *Server) Start() error {
 	}
 	s.metrics = newMetrics(s)
 	s.uploads = newUploads(uploadSlots(s.plane.responseSize(), int(s.cfg.Server.UploadMemory)))
-	s.uploads.collect = 4*s.plane.layout.Size >= largeModel
+	s.uploads.collect = s.plane.large
 	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s,
 		Inline: inlineKinds})
 	if err != nil {

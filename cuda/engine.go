@@ -3,11 +3,13 @@
 package cuda
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"unsafe"
 
 	"github.com/fedcluster/fedcluster/kernels"
@@ -293,6 +295,87 @@ func (a *Acc) FoldK(off int, xs [][]float32, ws []float32) {
 	a.run(func() error {
 		return a.foldChunks(off, n, len(xs), ws, func(dst []float32, k, lo int) { copy(dst, xs[k][lo:]) })
 	})
+}
+
+// FoldSegments adds w·xs[i] to acc[offs[i]:offs[i]+len(xs[i])] for every
+// i, in one call: the segments are packed back to back into the staging
+// buffers, one copy per buffer and one launch per segment. An update of many
+// small parameters (LeNet has ten) then costs one hop to the GPU goroutine
+// and one synchronisation instead of one per parameter. Segments must not
+// overlap: two of them may be folded on different streams at once.
+func (a *Acc) FoldSegments(offs []int, xs [][]float32, w float32) {
+	if len(offs) != len(xs) {
+		panic(fmt.Sprintf("BUG: cuda: FoldSegments with %d offsets and %d segments", len(offs), len(xs)))
+	}
+	spans := make([][2]int, 0, len(xs))
+	for i, x := range xs {
+		a.check(offs[i], len(x))
+		if len(x) > 0 {
+			spans = append(spans, [2]int{offs[i], offs[i] + len(x)})
+		}
+	}
+	slices.SortFunc(spans, func(p, q [2]int) int { return cmp.Compare(p[0], q[0]) })
+	for i := 1; i < len(spans); i++ {
+		if spans[i][0] < spans[i-1][1] {
+			panic(fmt.Sprintf("BUG: cuda: FoldSegments with overlapping segments [%d,%d) and [%d,%d)", spans[i-1][0], spans[i-1][1], spans[i][0], spans[i][1]))
+		}
+	}
+	a.run(func() error { return a.foldPacked(offs, xs, float64(w)) })
+}
+
+// foldPacked fills a stage with as many segments (or pieces of one) as it
+// holds, copies it and launches a fold per piece, then moves to the other
+// stage while the GPU works on this one.
+func (a *Acc) foldPacked(offs []int, xs [][]float32, w float64) error {
+	e := a.e
+	capacity := e.bytes / 4
+	type piece struct{ at, pos, n int }
+	var pieces []piece
+	ws := [MaxK]float64{w}
+	c, pos := 0, 0
+	s := &e.stages[0]
+	if err := s.stream.Synchronize(); err != nil {
+		return fmt.Errorf("cannot fold: %w", err)
+	}
+	flush := func() error {
+		if pos == 0 {
+			return nil
+		}
+		if err := cu.MemcpyHtoDAsync(s.dev, s.host, int64(4*pos), s.stream); err != nil {
+			return fmt.Errorf("cannot copy update to GPU: %w", err)
+		}
+		for _, p := range pieces {
+			if err := a.foldStaged(s.dev+cu.DevicePtr(4*p.pos), p.at, p.n, 1, ws[:], s.stream); err != nil {
+				return err
+			}
+		}
+		pieces, pos = pieces[:0], 0
+		c++
+		s = &e.stages[c%2]
+		if err := s.stream.Synchronize(); err != nil { // its previous pieces are done
+			return fmt.Errorf("cannot fold: %w", err)
+		}
+		return nil
+	}
+	for i, x := range xs {
+		at := offs[i]
+		for len(x) > 0 {
+			pos = (pos + 1) &^ 1 // even, for the kernel's float2 path
+			if pos >= capacity {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			m := min(len(x), capacity-pos)
+			copy(unsafe.Slice((*float32)(unsafe.Add(s.host, 4*pos)), m), x[:m])
+			pieces = append(pieces, piece{at, pos, m})
+			pos, at, x = pos+m, at+m, x[m:]
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	return e.syncAll()
 }
 
 // foldChunks stages the updates chunk by chunk through fill, alternating

@@ -180,6 +180,57 @@ func TestGPUKernels(t *testing.T) {
 	t.Logf("elements not bit-identical to the CPU engines: %d", totalDiff)
 }
 
+// TestGPUFoldSegments folds updates made of many segments (odd lengths,
+// odd offsets, segments larger than a staging buffer and segments split
+// across two) in one call each, on an engine with small staging buffers.
+func TestGPUFoldSegments(t *testing.T) {
+	old := ChunkElems
+	ChunkElems = 1000 // stages of 8,000 float32s
+	e := newEngine(t)
+	ChunkElems = old
+	rng := rand.New(rand.NewPCG(seed(t), 2))
+	const size = 100_000
+	a, err := e.NewAccumulator(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ref := make([]float64, size)
+	for round := range 20 {
+		var offs []int
+		var xs [][]float32
+		for at := rng.IntN(3); ; {
+			n := []int{0, 1, 7, 33, 4099, 7999, 8001, 20_003}[rng.IntN(8)]
+			if at+n > size {
+				break
+			}
+			offs, xs = append(offs, at), append(xs, randF32(rng, n))
+			at += n + rng.IntN(3) // gaps of 0-2: odd offsets, adjacent segments
+		}
+		rng.Shuffle(len(offs), func(i, j int) { offs[i], offs[j] = offs[j], offs[i]; xs[i], xs[j] = xs[j], xs[i] })
+		w := float32(1 + rng.IntN(600))
+		a.FoldSegments(offs, xs, w)
+		for i, x := range xs {
+			native.Generic.Fold(ref[offs[i]:offs[i]+len(x)], x, w)
+		}
+		got := decode(a.AppendPartial(nil, 0, size))
+		if d := compare(t, fmt.Sprintf("round %d, %d segments", round, len(xs)), got, ref, 0, size); d != 0 {
+			t.Fatalf("round %d: %d elements differ from the CPU engines' bits", round, d)
+		}
+	}
+	if err := a.Err(); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if r, _ := recover().(string); !strings.HasPrefix(r, "BUG:") {
+				t.Fatalf("overlapping segments: want BUG panic, got %q", r)
+			}
+		}()
+		a.FoldSegments([]int{10, 5}, [][]float32{make([]float32, 3), make([]float32, 6)}, 1)
+	}()
+}
+
 func TestGPUErrors(t *testing.T) {
 	e := newEngine(t)
 	a, err := e.NewAccumulator(10)

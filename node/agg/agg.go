@@ -47,6 +47,15 @@ type Accumulator interface {
 	Close() error
 }
 
+// SegmentFolder is an Accumulator that folds all of one update's
+// parameters in one call, safe alongside any other call, so the server
+// needs no stripe locks for it. The cuda engine implements it: each of its
+// calls is a hop to the GPU goroutine and a stream synchronisation, which
+// per parameter cost more than a small parameter's fold.
+type SegmentFolder interface {
+	FoldSegments(offs []int, xs [][]float32, w float32) // acc[offs[i]:] += w·xs[i]; segments must not overlap
+}
+
 // MaxK is the largest K that FoldK accepts.
 const MaxK = 8
 

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fedcluster/fedcluster/native"
+	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/frame"
@@ -261,17 +262,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	defer func() { // also when a fold panics: the all-reduce waits for end
 		pa.end(folded, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start), req.UploadLoss)
 	}()
-	fms := req.FeatureMaps
-	var scratch []float32
-	for i := 0; i < fms.Len(); i++ {
-		fm := fms.At(i)
-		p, _ := s.plane.layout.Lookup(string(fm.Name))
-		x := fm.Data(scratch)
-		if _, ok := fm.Floats(); !ok {
-			scratch = x
-		}
-		pa.fold(p.Offset, x, 1)
-	}
+	s.foldUpdate(pa, req.FeatureMaps)
 	folded = true
 	s.count("updateModel", "succeed")
 	reply(flmsg.Succeed, flmsg.ReasonUpdateModelSuccess, a.NextReqTime)
@@ -353,4 +344,30 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 		return flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model for iteration " + strconv.FormatUint(it, 10),
 			Iteration: int32(st.iteration), Block: block, Split: true, Timestamp: s.nextReq(st.nextReqTime)})
 	}), block)
+}
+
+// foldUpdate folds a validated update's parameters into pa: all at once
+// where the engine folds segments in one call (the GPU), else parameter by
+// parameter under the stripe locks.
+func (s *Server) foldUpdate(pa *partial, fms flmsg.FeatureMaps) {
+	if sf, ok := pa.acc.(agg.SegmentFolder); ok {
+		offs, xs := make([]int, fms.Len()), make([][]float32, fms.Len())
+		for i := range offs {
+			fm := fms.At(i)
+			p, _ := s.plane.layout.Lookup(string(fm.Name))
+			offs[i], xs[i] = p.Offset, fm.Data(nil)
+		}
+		sf.FoldSegments(offs, xs, 1)
+		return
+	}
+	var scratch []float32
+	for i := 0; i < fms.Len(); i++ {
+		fm := fms.At(i)
+		p, _ := s.plane.layout.Lookup(string(fm.Name))
+		x := fm.Data(scratch)
+		if _, ok := fm.Floats(); !ok {
+			scratch = x
+		}
+		pa.fold(p.Offset, x, 1)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -240,6 +241,26 @@ func fedAvgRun(t *testing.T, servers, devices, iterations int, layout *model.Lay
 	}
 	if got := devs[0].getModel(int32(iterations)); !equal(got, prev) {
 		t.Fatal("getModel after the job differs")
+	}
+	// A clean stop leaves the newest checkpoint_keep (3) checkpoints and
+	// no temporary file (the spare a server overwrites in place).
+	c.Stop()
+	var want []string
+	for it := iterations - 2; it <= iterations; it++ {
+		want = append(want, fmt.Sprintf("LeNet_iteration_%d.safetensors", it))
+	}
+	for i := range c.ServerPorts {
+		es, err := os.ReadDir(filepath.Join(c.Dir(), "server_"+strconv.Itoa(i), "checkpoints"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range es {
+			got = append(got, e.Name())
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("server %d left %v in its checkpoint folder, want %v", i, got, want)
+		}
 	}
 }
 

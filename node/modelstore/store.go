@@ -587,6 +587,19 @@ func (s *Store) Prune() {
 	}
 }
 
+// Close removes the spare checkpoint file Prune set aside, so that a
+// server stopped cleanly leaves only its checkpoints. Call it once nothing
+// is written any more; models already in memory stay readable.
+func (s *Store) Close() {
+	s.spareMu.Lock()
+	spare := s.spare
+	s.spare = ""
+	s.spareMu.Unlock()
+	if spare != "" {
+		s.removeTemp(spare)
+	}
+}
+
 // Get returns iteration iter's model if it is still kept. The model must not
 // be modified.
 func (s *Store) Get(iter uint64) (*model.Model, bool) {

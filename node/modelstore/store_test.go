@@ -666,6 +666,11 @@ func TestCheckpointFilesAreRecycled(t *testing.T) {
 			}
 		}
 	}
+	// A clean stop leaves the Keep checkpoints and no spare.
+	s.Close()
+	if got, want := names(t, mem), CheckpointName("lenet", 7)+" "+CheckpointName("lenet", 8); got != want {
+		t.Fatalf("after Close: %q, want %q", got, want)
+	}
 }
 
 // TestRecycledFileIsCutToItsContent: a spare longer than the checkpoint

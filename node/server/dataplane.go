@@ -99,6 +99,7 @@ func (p *plane) close() {
 	p.mu.Unlock()
 	p.chunkSums.close()
 	p.engine.Close()
+	p.store.Close()
 }
 
 // partialFor returns iteration it's partial sum, creating it.

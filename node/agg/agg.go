@@ -47,6 +47,17 @@ type Accumulator interface {
 	Close() error
 }
 
+// ForHostSums returns the engine for sums of partial sums that arrive in
+// host memory (the all-reduce's shares): e itself on the CPU, else the
+// fastest CPU engine, since on a GPU every piece added would be a copy and
+// a synchronisation. Both add and scale in float64 with the same bits.
+func ForHostSums(e Engine) (Engine, error) {
+	if e.Name() != "cuda" {
+		return e, nil
+	}
+	return New("auto")
+}
+
 // SegmentFolder is an Accumulator that folds all of one update's
 // parameters in one call, safe alongside any other call, so the server
 // needs no stripe locks for it. The cuda engine implements it: each of its

@@ -199,3 +199,17 @@ func TestZeroAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per fold round", n)
 	}
 }
+
+// TestForHostSums: a CPU engine adds the all-reduce's shares itself.
+func TestForHostSums(t *testing.T) {
+	for _, name := range []string{"auto", "purego"} {
+		e, err := New(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ForHostSums(e)
+		if err != nil || s != e {
+			t.Fatalf("%s: ForHostSums gave %v, %v; want the engine itself", name, s, err)
+		}
+	}
+}

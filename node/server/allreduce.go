@@ -281,7 +281,7 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 		pa.acc.Result(out.Data, 0, 1/n)
 		return out, n, nil
 	}
-	sum, err := p.chunkSums.get(p.engine, cnt)
+	sum, err := p.chunkSums.get(p.sums, cnt)
 	if err != nil {
 		return nil, 0, err
 	}

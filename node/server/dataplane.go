@@ -22,6 +22,7 @@ import (
 type plane struct {
 	s      *Server
 	engine agg.Engine
+	sums   agg.Engine // for the all-reduce's share sums (agg.ForHostSums)
 	store  *modelstore.Store
 	layout *model.Layout
 	index  map[string]int // parameter name → position in layout
@@ -47,6 +48,11 @@ func newPlane(s *Server) (*plane, error) {
 	if err != nil {
 		return nil, err
 	}
+	sums, err := agg.ForHostSums(e)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
 	st, err := modelstore.Open(modelstore.Options{
 		Dir:      s.cfg.Model.CheckpointDir,
 		FLName:   s.cfg.FL.FLName,
@@ -57,10 +63,11 @@ func newPlane(s *Server) (*plane, error) {
 	})
 	if err != nil {
 		e.Close()
+		sums.Close()
 		return nil, fmt.Errorf("cannot open model store: %w", err)
 	}
 	p := &plane{
-		s: s, engine: e, store: st, layout: st.Layout(),
+		s: s, engine: e, sums: sums, store: st, layout: st.Layout(),
 		instance: "running",
 		plan: ctl.Plan{FLIterationNum: s.cfg.FL.FLIterationNum, ClientEpochNum: s.cfg.FL.ClientEpochNum,
 			ClientBatchSize: s.cfg.FL.ClientBatchSize, ClientLearningRate: s.cfg.FL.ClientLearningRate},
@@ -99,6 +106,9 @@ func (p *plane) close() {
 	p.mu.Unlock()
 	p.chunkSums.close()
 	p.engine.Close()
+	if p.sums != p.engine {
+		p.sums.Close()
+	}
 	p.store.Close()
 }
 

@@ -155,6 +155,9 @@ func (s *Scheduler) Start() error {
 // Addr is the cluster TCP address.
 func (s *Scheduler) Addr() string { return s.tr.Addr() }
 
+// EventLoops is the number of gnet event loops the started scheduler runs.
+func (s *Scheduler) EventLoops() int { return s.tr.EventLoops() }
+
 // ManageAddr is the REST address.
 func (s *Scheduler) ManageAddr() string { return s.ln.Addr().String() }
 

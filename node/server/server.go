@@ -198,6 +198,9 @@ func (s *Server) advertise(bound string) string {
 // ScaledIn is closed once the scheduler has scaled this server in.
 func (s *Server) ScaledIn() <-chan struct{} { return s.scaledInCh }
 
+// EventLoops is the number of gnet event loops the started server runs.
+func (s *Server) EventLoops() int { return s.tr.EventLoops() }
+
 // Close leaves the cluster and stops every listener and goroutine.
 func (s *Server) Close() error {
 	select {

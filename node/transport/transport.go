@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,7 @@ type Transport struct {
 	events *events
 
 	mu       sync.Mutex
+	loops    int // gnet event loops running (EventLoops)
 	engine   gnet.Engine
 	listenOn string
 	boundTo  string
@@ -91,6 +93,7 @@ func New(opts Options) (*Transport, error) {
 	t := &Transport{opts: opts, log: opts.Logger, conns: make(map[*Conn]struct{})}
 	t.events = &events{t: t, booted: make(chan gnet.Engine, 1)}
 	cli, err := gnet.NewClient(&events{t: t},
+		gnet.WithNumEventLoop(1),
 		gnet.WithLogger(t.log.Named("gnet").Sugar()),
 		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 		gnet.WithTCPKeepAlive(30*time.Second),
@@ -103,11 +106,29 @@ func New(opts Options) (*Transport, error) {
 		return nil, fmt.Errorf("cannot start gnet client: %w", err)
 	}
 	t.cli = cli
+	t.loops = 1
 	return t, nil
 }
 
+// EventLoops is the number of gnet event loops the transport runs: the
+// client's one, and for a listener its loops (one, or one per CPU when
+// multicore) plus the main reactor that accepts. Each waits for events in
+// epoll_wait, an ordinary system call that keeps its goroutine's P until
+// the runtime's sysmon takes it back.
+func (t *Transport) EventLoops() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.loops
+}
+
+// maxListenLoops bounds a multicore listener's event loops: a few carry
+// the control traffic of hundreds of servers, and every idle loop holds a
+// P (see EventLoops).
+const maxListenLoops = 4
+
 // Listen accepts connections on addr (host:port; port 0 picks a free one)
-// and returns once the listener is up.
+// and returns once the listener is up. Its connections are served by one
+// event loop, or with multicore one per CPU up to maxListenLoops.
 func (t *Transport) Listen(addr string, multicore bool) error {
 	t.mu.Lock()
 	if t.listenOn != "" {
@@ -117,9 +138,13 @@ func (t *Transport) Listen(addr string, multicore bool) error {
 	t.listenOn = addr
 	t.runErr = make(chan error, 1)
 	t.mu.Unlock()
+	loops := 1
+	if multicore {
+		loops = min(runtime.NumCPU(), maxListenLoops)
+	}
 	go func() {
 		t.runErr <- gnet.Run(t.events, "tcp://"+addr,
-			gnet.WithMulticore(multicore),
+			gnet.WithNumEventLoop(loops),
 			gnet.WithLogger(t.log.Named("gnet").Sugar()),
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithTCPKeepAlive(30*time.Second),
@@ -136,6 +161,7 @@ func (t *Transport) Listen(addr string, multicore bool) error {
 		}
 		t.mu.Lock()
 		t.engine, t.boundTo = eng, bound
+		t.loops += loops + 1 // and the main reactor (no SO_REUSEPORT)
 		t.mu.Unlock()
 		return nil
 	case err := <-t.runErr:

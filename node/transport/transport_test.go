@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -236,5 +237,30 @@ func TestRecycledFramesKeepTheirBytes(t *testing.T) {
 	close(errs)
 	for err := range errs {
 		t.Error(err)
+	}
+}
+
+// TestEventLoops counts the loops a transport runs: the client's, then a
+// listener's loops and its main reactor.
+func TestEventLoops(t *testing.T) {
+	for _, multicore := range []bool{false, true} {
+		tr, err := New(Options{Logger: zaptest.NewLogger(t), Handler: &echo{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := tr.EventLoops(); n != 1 {
+			t.Fatalf("dialling only: %d event loops, want 1", n)
+		}
+		if err := tr.Listen("127.0.0.1:0", multicore); err != nil {
+			t.Fatal(err)
+		}
+		want := 3
+		if multicore {
+			want = 2 + min(runtime.NumCPU(), maxListenLoops)
+		}
+		if n := tr.EventLoops(); n != want {
+			t.Fatalf("listening (multicore %v): %d event loops, want %d", multicore, n, want)
+		}
+		tr.Close()
 	}
 }

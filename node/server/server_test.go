@@ -134,8 +134,9 @@ func TestBlockCache(t *testing.T) {
 	}
 }
 
-// TestUploadSlots: one upload buffer per core and one more (not for a
-// large model), fewer when they would not fit upload_memory, never none.
+// TestUploadSlots: small bodies get 8 MiB of upload buffers, others one
+// per core and one more (not a large model), fewer when they would not fit
+// upload_memory, never none.
 func TestUploadSlots(t *testing.T) {
 	cores := runtime.GOMAXPROCS(0)
 	f := func(size, memory, want int) {
@@ -144,10 +145,12 @@ func TestUploadSlots(t *testing.T) {
 			t.Fatalf("uploadSlots(%d, %d) = %d, want %d", size, memory, got, want)
 		}
 	}
-	f(250<<10, 256<<20, cores+1)      // LeNet
-	f(40<<20, 256<<20, min(cores, 6)) // a 10M-parameter model
-	f(400<<20, 256<<20, 1)            // larger than the budget: one at a time
-	f(0, 1<<20, cores+1)
+	f(246_736, 256<<20, max(cores+1, 33)) // LeNet
+	f(246_736, 2<<20, 8)                  // LeNet within a small upload_memory
+	f(4<<20, 256<<20, cores+1)            // a 1M-parameter model
+	f(40<<20, 256<<20, min(cores, 6))     // a 10M-parameter model
+	f(400<<20, 256<<20, 1)                // larger than the budget: one at a time
+	f(0, 1<<20, 256)                      // tiny: bounded
 }
 
 // Shedding drops the buffers of idle slots only and keeps every slot: an

@@ -57,8 +57,13 @@ type split struct {
 	chunk int
 }
 
+// cores is GOMAXPROCS as the process started: the CPUs it may use. A
+// server raises GOMAXPROCS afterwards for Ps its network event loops hold
+// while they wait, which are no CPUs to fold on.
+var cores = runtime.GOMAXPROCS(0)
+
 func startWorkers() {
-	nworkers = runtime.GOMAXPROCS(0) - 1
+	nworkers = cores - 1
 	jobs = make(chan job)
 	for range nworkers {
 		go func() {

@@ -111,8 +111,8 @@ func New(opts Options) (*Transport, error) {
 }
 
 // EventLoops is the number of gnet event loops the transport runs: the
-// client's one, and for a listener its loops (one, or one per CPU when
-// multicore) plus the main reactor that accepts. Each waits for events in
+// client's one, and for a listener its loops (see Listen) plus the main
+// reactor that accepts. Each waits for events in
 // epoll_wait, an ordinary system call that keeps its goroutine's P until
 // the runtime's sysmon takes it back.
 func (t *Transport) EventLoops() int {

@@ -126,7 +126,7 @@ func runServer(name string, args []string) int {
 		log.Error("cannot start server", zap.String("node_id", id), zap.Error(err))
 		return 1
 	}
-	reserveProcs(log, s.ReservedProcs())
+	reserveProcs(s.Logger(), s.ReservedProcs())
 	var exitOnScaleIn <-chan struct{}
 	if c.Server.ExitOnScaleIn {
 		exitOnScaleIn = s.ScaledIn()

@@ -202,7 +202,7 @@ func (pc *peerConns) get(nodeID, addr string) (*transport.Conn, error) {
 
 // aggregate runs one all-reduce attempt and reports to the scheduler.
 func (p *plane) aggregate(a ctl.Aggregate) {
-	log := p.s.logger().With(zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt))
+	log := p.s.Logger().With(zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt))
 	start := time.Now()
 	me := -1
 	for i, part := range a.Participants {
@@ -605,7 +605,7 @@ func (p *plane) ack(c *transport.Conn, kind frame.Kind, h peer.Header, me int) {
 	a := peer.Header{Iteration: h.Iteration, Attempt: h.Attempt, From: uint32(me), Chunk: uint32(step)}
 	err := c.SendBuilt(ctl.KindPieceAck, peer.HeaderSize, func(b []byte) []byte { return peer.AppendHeader(b, a) })
 	if err != nil {
-		p.s.logger().Debug("cannot acknowledge an all-reduce piece", zap.Error(err))
+		p.s.Logger().Debug("cannot acknowledge an all-reduce piece", zap.Error(err))
 	}
 }
 
@@ -627,6 +627,6 @@ func (s *Server) report(kind frame.Kind, v any) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := c.Call(ctx, kind, ctl.Encode(v)); err != nil {
-		s.logger().Warn("scheduler refused report", zap.Error(err))
+		s.Logger().Warn("scheduler refused report", zap.Error(err))
 	}
 }

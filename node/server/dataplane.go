@@ -57,7 +57,7 @@ func newPlane(s *Server) (*plane, error) {
 		Dir:      s.cfg.Model.CheckpointDir,
 		FLName:   s.cfg.FL.FLName,
 		Keep:     s.cfg.Model.CheckpointKeep,
-		Logger:   s.logger(),
+		Logger:   s.Logger(),
 		InitFile: s.cfg.Model.InitFile,
 		Seed:     s.cfg.Model.InitSeed,
 	})
@@ -282,7 +282,7 @@ func waitFor(c *sync.Cond, deadline time.Time, done func() bool) bool {
 // and if none can give it leaves the iteration unstored rather than store
 // another model under its number.
 func (p *plane) nextIteration(ni ctl.NextIteration) {
-	log := p.s.logger()
+	log := p.s.Logger()
 	p.mu.Lock()
 	pa := p.partials[ni.Completed]
 	p.mu.Unlock()
@@ -456,7 +456,7 @@ func (p *plane) align(current uint64) {
 		return
 	}
 	gone, err := p.store.Truncate(current)
-	p.s.logger().Warn("removed checkpoints of iterations the cluster has not reached: they belong to an earlier run",
+	p.s.Logger().Warn("removed checkpoints of iterations the cluster has not reached: they belong to an earlier run",
 		zap.Uint64("cluster_iteration", current), zap.Uint64s("removed", gone), zap.Error(err))
 }
 
@@ -471,14 +471,14 @@ func (p *plane) catchUp(current uint64, members []ctl.Member) {
 	want := current - 1
 	m, err := p.fetchFromPeers(want, "", members)
 	if err != nil {
-		p.s.logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
+		p.s.Logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
 		return
 	}
 	if err := p.store.Put(want, m); err != nil {
-		p.s.logger().Error("cannot store fetched model", zap.Error(err))
+		p.s.Logger().Error("cannot store fetched model", zap.Error(err))
 		return
 	}
-	p.s.logger().Info("restored the current model from a peer", zap.Uint64("iteration", want))
+	p.s.Logger().Info("restored the current model from a peer", zap.Uint64("iteration", want))
 }
 
 var _ transport.Handler = (*Server)(nil)

@@ -117,7 +117,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	}
 	a, err := s.ask(ctl.KindAdmit, ctl.Admit{FLID: string(req.FLID), DataSize: int(req.DataSize)})
 	if err != nil {
-		s.logger().Warn("cannot admit device", zap.Error(err))
+		s.Logger().Warn("cannot admit device", zap.Error(err))
 		plain(ctx, flmsg.BodySafemode)
 		return
 	}
@@ -135,7 +135,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	}
 	// Admitted for a.Iteration: serve the model of the iteration before it.
 	if !s.plane.waitIteration(a.Iteration, admitWait) {
-		s.logger().Warn("a device admitted for an iteration this server has not reached is turned away; the iteration will miss its update",
+		s.Logger().Warn("a device admitted for an iteration this server has not reached is turned away; the iteration will miss its update",
 			zap.Uint64("iteration", a.Iteration), zap.ByteString("fl_id", req.FLID))
 		plain(ctx, flmsg.BodySafemode)
 		return
@@ -144,7 +144,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	if it+1 < a.Iteration {
 		// This server lacks the model the iteration starts from (it could
 		// not fetch it): the device is better served elsewhere.
-		s.logger().Warn("a device admitted for an iteration whose starting model this server lacks is turned away; the iteration will miss its update",
+		s.Logger().Warn("a device admitted for an iteration whose starting model this server lacks is turned away; the iteration will miss its update",
 			zap.Uint64("iteration", a.Iteration), zap.Uint64("latest", it), zap.ByteString("fl_id", req.FLID))
 		plain(ctx, flmsg.BodySafemode)
 		return
@@ -245,7 +245,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		pa.end(false, 0, 0, 0, 0)
 		switch {
 		case err != nil:
-			s.logger().Warn("cannot count update", zap.Error(err))
+			s.Logger().Warn("cannot count update", zap.Error(err))
 			plain(ctx, flmsg.BodySafemode)
 		case a.Code == ctl.AnswerDisabled:
 			plain(ctx, flmsg.BodyJobDisabled)

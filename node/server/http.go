@@ -20,7 +20,7 @@ func (s *Server) newHTTP() *fasthttp.Server {
 		IdleTimeout:        120 * time.Second,
 		Concurrency:        64 << 10,
 		CloseOnShutdown:    true,
-		Logger:             zap.NewStdLog(s.logger().Named("http")),
+		Logger:             zap.NewStdLog(s.Logger().Named("http")),
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": "request body exceeds max_body_size"})
@@ -35,7 +35,7 @@ func (s *Server) newHTTP() *fasthttp.Server {
 func (s *Server) route(ctx *fasthttp.RequestCtx) {
 	defer func() {
 		if r := recover(); r != nil {
-			s.logger().Error("device handler panicked", zap.Any("panic", r), zap.ByteString("path", ctx.Path()))
+			s.Logger().Error("device handler panicked", zap.Any("panic", r), zap.ByteString("path", ctx.Path()))
 			ctx.ResetBody()
 			writeJSON(ctx, fasthttp.StatusInternalServerError, map[string]any{"code": 1, "error_message": "internal error"})
 		}

@@ -86,7 +86,8 @@ func (s *Server) setRank(r int) {
 	s.rankID.Store(int64(r))
 }
 
-func (s *Server) logger() *zap.Logger { return s.log }
+// Logger is the server's logger: every line carries its node id and rank.
+func (s *Server) Logger() *zap.Logger { return s.log }
 
 // Start binds the device HTTP port and the peer port, then joins the
 // cluster in the background (retrying until the scheduler answers).
@@ -124,7 +125,7 @@ func (s *Server) Start() error {
 	s.metrics = newMetrics(s)
 	s.uploads = newUploads(uploadSlots(s.plane.responseSize(), int(s.cfg.Server.UploadMemory)))
 	s.uploads.collect = s.plane.large
-	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.logger(), Handler: s,
+	tr, err := transport.New(transport.Options{MaxFrame: int(s.cfg.Cluster.MaxFrameSize), Logger: s.Logger(), Handler: s,
 		Inline: inlineKinds})
 	if err != nil {
 		ln.Close()
@@ -138,13 +139,13 @@ func (s *Server) Start() error {
 		s.plane.close()
 		return err
 	}
-	s.logger().Info("[Server start]: 1. Listening.", zap.String("http_addr", ln.Addr().String()), zap.String("peer_addr", tr.Addr()))
+	s.Logger().Info("[Server start]: 1. Listening.", zap.String("http_addr", ln.Addr().String()), zap.String("peer_addr", tr.Addr()))
 	s.http = s.newHTTP()
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		if err := s.http.Serve(ln); err != nil {
-			s.logger().Error("device HTTP server stopped", zap.Error(err))
+			s.Logger().Error("device HTTP server stopped", zap.Error(err))
 		}
 	}()
 	go func() {
@@ -264,7 +265,7 @@ func (s *Server) schedulerLoop() {
 			return
 		default:
 		}
-		s.logger().Warn("scheduler link down, retrying", zap.String("scheduler", addr), zap.Duration("in", backoff), zap.Error(err))
+		s.Logger().Warn("scheduler link down, retrying", zap.String("scheduler", addr), zap.Duration("in", backoff), zap.Error(err))
 		select {
 		case <-s.stop:
 			return
@@ -315,7 +316,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	s.sched = c
 	s.setRank(r.Rank)
 	s.mu.Unlock()
-	s.logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
+	s.Logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership, c)
 	return nil
 }
@@ -370,8 +371,8 @@ func (s *Server) applyMembership(m ctl.Membership, from *transport.Conn) {
 	}
 	s.mu.Unlock()
 	if announce {
-		s.logger().Info("[Server start]: 3. Cluster is ready.", zap.Int("server_num", s.membershipServerNum()))
-		s.logger().Info(StartedLine)
+		s.Logger().Info("[Server start]: 3. Cluster is ready.", zap.Int("server_num", s.membershipServerNum()))
+		s.Logger().Info(StartedLine)
 	}
 }
 
@@ -421,7 +422,7 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		s.scaledIn = true
 		s.mu.Unlock()
 		if first {
-			s.logger().Info("This server the one to be scaled in. Server need to wait SIGTERM to exit.")
+			s.Logger().Info("This server the one to be scaled in. Server need to wait SIGTERM to exit.")
 			close(s.scaledInCh)
 		}
 		return nil, nil

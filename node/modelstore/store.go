@@ -378,11 +378,7 @@ func (s *Store) tempName(iter uint64) string {
 // creating and deleting files cost a server more CPU than hashing the
 // model, and as long again in the checkpoint's write and fsync.
 func (s *Store) tempFile(iter uint64) (File, string, error) {
-	s.spareMu.Lock()
-	spare := s.spare
-	s.spare = ""
-	s.spareMu.Unlock()
-	if spare != "" {
+	if spare := s.takeSpare(); spare != "" {
 		f, err := s.fs.OpenWrite(spare)
 		if err == nil {
 			return f, spare, nil
@@ -591,13 +587,18 @@ func (s *Store) Prune() {
 // server stopped cleanly leaves only its checkpoints. Call it once nothing
 // is written any more; models already in memory stay readable.
 func (s *Store) Close() {
-	s.spareMu.Lock()
-	spare := s.spare
-	s.spare = ""
-	s.spareMu.Unlock()
-	if spare != "" {
+	if spare := s.takeSpare(); spare != "" {
 		s.removeTemp(spare)
 	}
+}
+
+// takeSpare hands over the spare file Prune set aside ("" if none).
+func (s *Store) takeSpare() string {
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	spare := s.spare
+	s.spare = ""
+	return spare
 }
 
 // Get returns iteration iter's model if it is still kept. The model must not

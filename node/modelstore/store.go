@@ -20,9 +20,10 @@
 // the slow half (write and fsync under the temporary name) ahead of time, so
 // that Commit at the iteration switch is only the rename and the directory
 // fsync; a crash between them leaves a temporary file that recovery removes.
-// Prune keeps one evicted checkpoint as a spare under a temporary name
-// (renamed, directory fsynced) and the next checkpoint overwrites it in
-// place, so a steady job allocates no inode and no blocks. Each
+// The same directory fsync retires the checkpoints beyond Keep, one of
+// them renamed to a temporary name as the spare that the next checkpoint
+// overwrites in place, so a steady job allocates no inode and no blocks
+// and syncs the directory once per checkpoint. Each
 // checkpoint carries fl_name, iteration and the sha256 of its weights in the
 // safetensors metadata; recovery checks all three.
 //
@@ -372,8 +373,8 @@ func (s *Store) tempName(iter uint64) string {
 	return final + ".tmp" + strconv.FormatUint(s.tmpSeq.Add(1), 10)
 }
 
-// tempFile opens the file a checkpoint is written in: the spare Prune set
-// aside, overwritten in place, or else a new one. Overwriting allocates
+// tempFile opens the file a checkpoint is written in: the spare a commit
+// set aside, overwritten in place, or else a new one. Overwriting allocates
 // no inode and no blocks: with a checkpoint every few milliseconds,
 // creating and deleting files cost a server more CPU than hashing the
 // model, and as long again in the checkpoint's write and fsync.
@@ -394,19 +395,23 @@ func (s *Store) tempFile(iter uint64) (File, string, error) {
 	return f, tmp, nil
 }
 
-// rename gives a synced temporary checkpoint its final name and fsyncs the
-// directory. On failure no file is left under either name.
+// rename gives a synced temporary checkpoint its final name, retires the
+// checkpoints beyond the newest Keep and fsyncs the directory. On failure
+// no file is left under either name, and the retired checkpoint is back.
 func (s *Store) rename(tmp string, iter uint64) error {
 	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
 	if err := s.fs.Rename(tmp, final); err != nil {
 		s.removeTemp(tmp)
 		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
 	}
+	r := s.retire()
 	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
 		// The file may be visible but not durable: do not publish it.
 		s.removeTemp(final)
+		r.undo(s)
 		return fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, err)
 	}
+	r.finish(s)
 	return nil
 }
 
@@ -419,10 +424,11 @@ func (s *Store) removeTemp(path string) {
 // Iteration is the iteration the staged model is for.
 func (st *Staged) Iteration() uint64 { return st.iter }
 
-// Commit renames the checkpoint to its final name, fsyncs the directory and
-// makes the model visible to Get and Latest. The iteration must still be
-// after the latest stored one. Old checkpoints are not pruned here: call
-// Prune once the new model is served.
+// Commit renames the checkpoint to its final name, retires the checkpoint
+// files beyond the newest Keep (one becomes the spare the next checkpoint
+// overwrites), fsyncs the directory once for both, and makes the model
+// visible to Get and Latest. The iteration must still be after the latest
+// stored one.
 func (st *Staged) Commit() error {
 	s := st.s
 	if st.err != nil {
@@ -472,11 +478,7 @@ func (s *Store) Put(iter uint64, m *model.Model) error {
 // PutSum is Put for a caller that already knows m's SHA256 (sum); an empty
 // sum is computed.
 func (s *Store) PutSum(iter uint64, m *model.Model, sum string) error {
-	if err := s.Stage(iter, m, sum).Commit(); err != nil {
-		return err
-	}
-	s.Prune()
-	return nil
+	return s.Stage(iter, m, sum).Commit()
 }
 
 // SetMemKeep changes Options.MemKeep (for a caller that learns the model's
@@ -524,17 +526,25 @@ func (s *Store) evictLocked() {
 	}
 }
 
-// Prune removes checkpoint files beyond the newest Keep, except that one
-// is kept under a temporary name as the spare the next checkpoint
-// overwrites. Failures are logged: the new checkpoint is already durable.
-func (s *Store) Prune() {
-	if s.opts.Dir == "" {
-		return
-	}
+// retirement is what a commit does to the checkpoints beyond the newest
+// Keep: one renamed to a temporary name to become the spare (when the
+// store holds none), the others to remove once the commit is durable.
+type retirement struct {
+	from, spare string // the spare's checkpoint name and temporary name
+	remove      []string
+}
+
+// retire renames the oldest checkpoint beyond the newest Keep to a
+// temporary name, unless the store holds a spare, and lists the rest for
+// removal. The commit's directory sync makes that rename durable before
+// the file is handed out as the spare: overwritten under its old name, a
+// crash would leave that name on another iteration's model.
+func (s *Store) retire() retirement {
+	var r retirement
 	names, err := s.fs.ReadDir(s.opts.Dir)
 	if err != nil {
 		s.log.Warn("cannot list checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))
-		return
+		return r
 	}
 	var iters []uint64
 	for _, name := range names {
@@ -543,37 +553,40 @@ func (s *Store) Prune() {
 		}
 	}
 	if len(iters) <= s.opts.Keep {
-		return
+		return r
 	}
-	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	sort.Slice(iters, func(i, j int) bool { return iters[i] < iters[j] })
 	s.spareMu.Lock()
 	haveSpare := s.spare != ""
 	s.spareMu.Unlock()
-	spare := ""
-	for _, it := range iters[s.opts.Keep:] {
+	for _, it := range iters[:len(iters)-s.opts.Keep] {
 		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
-		if !haveSpare && spare == "" {
+		if !haveSpare && r.spare == "" {
 			tmp := s.tempName(it)
 			if err := s.fs.Rename(p, tmp); err == nil {
-				spare = tmp
+				r.from, r.spare = p, tmp
 				continue
 			}
 		}
+		r.remove = append(r.remove, p)
+	}
+	return r
+}
+
+// finish, once the commit is durable, keeps the spare and removes the
+// other retired checkpoints. Failures are logged: the new checkpoint does
+// not depend on them.
+func (r retirement) finish(s *Store) {
+	for _, p := range r.remove {
 		if err := s.fs.Remove(p); err != nil {
 			s.log.Warn("cannot remove old checkpoint", zap.String("path", p), zap.Error(err))
 		}
 	}
-	if spare == "" {
-		return
-	}
-	// The old name must be durably gone before its file holds another
-	// iteration: after a crash it would name the wrong model.
-	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
-		s.log.Warn("cannot sync checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))
-		s.removeTemp(spare)
+	if r.spare == "" {
 		return
 	}
 	s.spareMu.Lock()
+	spare := r.spare
 	if s.spare == "" {
 		s.spare, spare = spare, ""
 	}
@@ -583,7 +596,19 @@ func (s *Store) Prune() {
 	}
 }
 
-// Close removes the spare checkpoint file Prune set aside, so that a
+// undo puts the would-be spare back under its checkpoint name after a
+// failed commit: the store still keeps what it kept before.
+func (r retirement) undo(s *Store) {
+	if r.spare == "" {
+		return
+	}
+	if err := s.fs.Rename(r.spare, r.from); err != nil {
+		s.log.Warn("cannot restore a retired checkpoint", zap.String("path", r.from), zap.Error(err))
+		s.removeTemp(r.spare)
+	}
+}
+
+// Close removes the spare checkpoint file set aside by a commit, so that a
 // server stopped cleanly leaves only its checkpoints. Call it once nothing
 // is written any more; models already in memory stay readable.
 func (s *Store) Close() {
@@ -592,7 +617,7 @@ func (s *Store) Close() {
 	}
 }
 
-// takeSpare hands over the spare file Prune set aside ("" if none).
+// takeSpare hands over the spare file a commit set aside ("" if none).
 func (s *Store) takeSpare() string {
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()

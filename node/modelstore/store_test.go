@@ -625,7 +625,7 @@ func TestMemKeep(t *testing.T) {
 }
 
 // TestCheckpointFilesAreRecycled: once Keep checkpoints exist, a Put
-// overwrites the spare file the previous Prune set aside instead of
+// overwrites the spare file the previous commit set aside instead of
 // creating one, every checkpoint still reads back as its own model, and
 // at most one spare sits beside the Keep checkpoints.
 func TestCheckpointFilesAreRecycled(t *testing.T) {
@@ -699,7 +699,7 @@ func TestRecycledFileIsCutToItsContent(t *testing.T) {
 }
 
 // TestRecycleFaults fails each file-system operation of a Put that reuses
-// a spare (and of the Prune after it) in turn, then recovers from what a
+// a spare (the retirement of the oldest included) in turn, then recovers from what a
 // crash would leave: the store holds the new or the previous model, never
 // one under another's number, and recovery leaves no temporary file.
 func TestRecycleFaults(t *testing.T) {

@@ -286,7 +286,6 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.mu.Lock()
 	pa := p.partials[ni.Completed]
 	p.mu.Unlock()
-	stored := false
 	if latest, _ := p.store.Latest(); latest < ni.Completed {
 		var (
 			m   *model.Model
@@ -321,10 +320,8 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 		case err != nil:
 			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
 		case ni.Valid:
-			stored = true
 			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
 		default:
-			stored = true
 			log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
 		}
 	}
@@ -334,9 +331,6 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	}
 	p.changed.Broadcast()
 	p.mu.Unlock()
-	if stored {
-		p.store.Prune() // after the switch: old files are no one's wait
-	}
 	p.dropPartials(ni.Completed)
 }
 

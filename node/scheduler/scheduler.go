@@ -114,10 +114,17 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	return s, nil
 }
 
+// inlineCalls are the requests served on the event loop: a device's
+// admission and its update's count, two per device-iteration on every
+// request's path. They only apply the iteration machine under s.mu; the
+// iteration's end (records, the forced save) comes with KindAggregated,
+// which keeps to the connection's goroutine.
+func inlineCalls(k frame.Kind) bool { return k == ctl.KindAdmit || k == ctl.KindCountUpdate }
+
 // Start listens on the cluster port and the management port.
 func (s *Scheduler) Start() error {
 	cl := s.cfg.Cluster
-	tr, err := transport.New(transport.Options{MaxFrame: int(cl.MaxFrameSize), Logger: s.log, Handler: s})
+	tr, err := transport.New(transport.Options{MaxFrame: int(cl.MaxFrameSize), Logger: s.log, Handler: s, InlineCalls: inlineCalls})
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,8 @@
 // gnet callbacks must not block, so the event loop only splits the byte
 // stream into frames and copies them out; each connection hands its frames,
 // in order, to its own goroutine, which runs the Handler. Replies to Call
-// are routed to the waiting caller directly from the event loop.
+// are routed to the waiting caller directly from the event loop, and the
+// quick kinds named in Options are served on it.
 package transport
 
 import (
@@ -60,6 +61,15 @@ type Options struct {
 	// inline frame's Body is the event loop's read buffer, valid only
 	// during the call: a handler that keeps it must copy it.
 	Inline func(frame.Kind) bool
+	// InlineCalls, when set, says which request kinds the handler serves
+	// on the event loop, replying straight into the socket, whenever the
+	// connection's goroutine has no frame queued or in hand (so requests
+	// are still served in arrival order). Their handler must be quick: it
+	// may take a lock briefly, never wait for the network. It saves two
+	// thread wake-ups per call (the connection's goroutine, and the event
+	// loop again for the reply) on the hottest calls (the scheduler's
+	// admissions and counts). The Body rule of Inline applies.
+	InlineCalls func(frame.Kind) bool
 }
 
 // Transport owns one gnet client (for dialled connections) and optionally
@@ -296,6 +306,7 @@ type Conn struct {
 
 	mu      sync.Mutex
 	inbox   []frame.Frame
+	queued  int // frames in inbox or being served by run
 	wake    chan struct{}
 	nextID  uint64
 	pending map[uint64]chan reply
@@ -455,6 +466,7 @@ func (c *Conn) deliver(f frame.Frame) {
 	}
 	c.mu.Lock()
 	c.inbox = append(c.inbox, f)
+	c.queued++
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -475,6 +487,39 @@ func (c *Conn) serveInline(f frame.Frame) {
 	}
 }
 
+// inlineCall says whether request f is served on the event loop: its kind
+// is an inline call and no earlier frame waits for the connection's
+// goroutine. Only the event loop adds frames, so none can slip in before
+// f once this holds.
+func (c *Conn) inlineCall(f frame.Frame) bool {
+	in := c.t.opts.InlineCalls
+	if in == nil || f.ID == 0 || f.Kind == ctl.KindReply || f.Kind == ctl.KindError || !in(f.Kind) {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued == 0
+}
+
+// serveCallInline serves request f on the event loop and writes its reply
+// into gc at once (gnet buffers what the socket does not take, and closes
+// the connection when the write fails).
+func (c *Conn) serveCallInline(gc gnet.Conn, f frame.Frame) error {
+	out, err := c.serve(c.t.opts.Handler, f)
+	if errors.Is(err, ErrNoReply) {
+		return nil
+	}
+	var b []byte
+	if err != nil {
+		b = frame.AppendFrame(nil, ctl.KindError, f.ID, ctl.Encode(ctl.Error{Message: err.Error()}))
+	} else {
+		b = frame.AppendFrame(newFrame(len(out)), ctl.KindReply, f.ID, out)
+	}
+	_, werr := gc.Write(b)
+	recycle(b) // Write has written or copied it
+	return werr
+}
+
 // run serves the inbox in order until the connection closes.
 func (c *Conn) run() {
 	defer c.t.wg.Done()
@@ -490,6 +535,9 @@ func (c *Conn) run() {
 			if f.ID != 0 && !errors.Is(err, ErrNoReply) {
 				_ = c.Reply(f.ID, out, err)
 			}
+			c.mu.Lock()
+			c.queued--
+			c.mu.Unlock()
 		}
 		if len(batch) > 0 {
 			continue
@@ -601,6 +649,14 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		if c.inline(f) {
 			c.serveInline(f) // borrows the read buffer, before Discard
+			_, _ = gc.Discard(size)
+			continue
+		}
+		if c.inlineCall(f) {
+			err := c.serveCallInline(gc, f) // borrows the read buffer too
+			if err != nil {
+				return gnet.None // gnet closed the connection on the failed write
+			}
 			_, _ = gc.Discard(size)
 			continue
 		}

@@ -264,3 +264,111 @@ func TestEventLoops(t *testing.T) {
 		tr.Close()
 	}
 }
+
+const kindMark frame.Kind = 105
+
+// loopProbe records the order its frames are served in, and whether each
+// request ran on the event loop.
+type loopProbe struct {
+	mu      sync.Mutex
+	order   []frame.Kind
+	onLoop  []bool
+	started chan struct{}
+	release chan struct{}
+	marked  chan struct{}
+}
+
+func (p *loopProbe) Serve(c *Conn, f frame.Frame) ([]byte, error) {
+	switch f.Kind {
+	case kindSlow:
+		close(p.started)
+		<-p.release
+	case kindMark:
+		close(p.marked)
+		return nil, nil
+	}
+	buf := make([]byte, 64<<10)
+	stack := string(buf[:runtime.Stack(buf, false)])
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.order = append(p.order, f.Kind)
+	if f.Kind == kindEcho {
+		p.onLoop = append(p.onLoop, bytes.Contains([]byte(stack), []byte("(*events).OnTraffic")))
+		return append([]byte(nil), f.Body...), nil
+	}
+	return nil, nil
+}
+
+func (p *loopProbe) Closed(*Conn, error) {}
+
+// TestInlineCallsKeepArrivalOrder: a request of an inline-call kind is
+// served on the event loop when its connection is idle, and waits its turn
+// behind a frame the connection's goroutine still holds.
+func TestInlineCallsKeepArrivalOrder(t *testing.T) {
+	p := &loopProbe{started: make(chan struct{}), release: make(chan struct{}), marked: make(chan struct{})}
+	srv, err := New(Options{Handler: p, Logger: zaptest.NewLogger(t),
+		Inline:      func(k frame.Kind) bool { return k == kindMark },
+		InlineCalls: func(k frame.Kind) bool { return k == kindEcho }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := srv.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := New(Options{Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if got, err := c.Call(ctx, kindEcho, []byte("idle")); err != nil || string(got) != "idle" {
+		t.Fatalf("call on an idle connection: %q, %v", got, err)
+	}
+
+	// A slow push holds the connection's goroutine; a call, then an inline
+	// push, follow it on the wire. Once the push is served the loop has
+	// read the call: it must wait for the slow push.
+	if err := c.Send(kindSlow, nil); err != nil {
+		t.Fatal(err)
+	}
+	<-p.started
+	ch := make(chan reply, 1)
+	c.mu.Lock()
+	c.pending[77] = ch
+	c.mu.Unlock()
+	if err := c.write(frame.AppendFrame(nil, kindEcho, 77, []byte("queued"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(kindMark, nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.marked:
+	case <-ctx.Done():
+		t.Fatal("the inline push was not served")
+	}
+	close(p.release)
+	select {
+	case r := <-ch:
+		if r.err != nil || string(r.body) != "queued" {
+			t.Fatalf("queued call: %q, %v", r.body, r.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the queued call was not answered")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := []frame.Kind{kindEcho, kindSlow, kindEcho}
+	if fmt.Sprint(p.order) != fmt.Sprint(want) {
+		t.Fatalf("served in order %v, want %v", p.order, want)
+	}
+	if !p.onLoop[0] || p.onLoop[1] {
+		t.Fatalf("on the event loop: idle call %v, queued call %v; want true, false", p.onLoop[0], p.onLoop[1])
+	}
+}

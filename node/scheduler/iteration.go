@@ -119,11 +119,15 @@ func (s *Scheduler) runActionsLocked() {
 		}
 	}
 	if !force {
-		s.dirty = true // round events: saved at most every persistEvery
+		// Round events: saved by the tick loop, at most every
+		// persistEvery, so that the calls served on the event loop
+		// (admissions and counts, see inlineCalls) never wait for a disk.
+		s.dirty = true
+		return
 	}
-	// Forced: saved above; again only if an action changed the state
-	// (a scale-in applied at the iteration's end).
-	s.saveLocked(force)
+	// Saved above; again only if an action changed the state (a scale-in
+	// applied at the iteration's end).
+	s.saveLocked(true)
 }
 
 func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {

@@ -116,9 +116,10 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 
 // inlineCalls are the requests served on the event loop: a device's
 // admission and its update's count, two per device-iteration on every
-// request's path. They only apply the iteration machine under s.mu; the
-// iteration's end (records, the forced save) comes with KindAggregated,
-// which keeps to the connection's goroutine.
+// request's path. They apply the iteration machine under s.mu and leave
+// the round's recovery state to the tick loop; the iteration's end
+// (records, the forced save) comes with KindAggregated, which keeps to the
+// connection's goroutine.
 func inlineCalls(k frame.Kind) bool { return k == ctl.KindAdmit || k == ctl.KindCountUpdate }
 
 // Start listens on the cluster port and the management port.

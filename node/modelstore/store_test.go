@@ -699,9 +699,10 @@ func TestRecycledFileIsCutToItsContent(t *testing.T) {
 }
 
 // TestRecycleFaults fails each file-system operation of a Put that reuses
-// a spare (the retirement of the oldest included) in turn, then recovers from what a
-// crash would leave: the store holds the new or the previous model, never
-// one under another's number, and recovery leaves no temporary file.
+// a spare (the retirement of the oldest included) in turn, then recovers
+// from what a crash would leave: the store holds the new or the previous
+// model, never one under another's number, and recovery leaves no
+// temporary file.
 func TestRecycleFaults(t *testing.T) {
 	for n := int64(0); ; n++ {
 		mem := NewMemFS()

@@ -54,6 +54,30 @@ func pair(t *testing.T, max int) (*Transport, *Transport, *echo) {
 	return srv, cli, h
 }
 
+// dialListener starts a listener with opts and returns a connection to it
+// from a client whose handler echoes; both stop when the test ends.
+func dialListener(t *testing.T, opts Options) *Conn {
+	t.Helper()
+	srv, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if err := srv.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	cli, err := New(Options{MaxFrame: opts.MaxFrame, Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestCallAndPush(t *testing.T) {
 	srv, cli, h := pair(t, 64<<20)
 	c, err := cli.Dial(srv.Addr(), 5*time.Second)
@@ -175,24 +199,8 @@ func (b *blocking) Closed(*Conn, error) {}
 // connection's goroutine is still busy with an earlier frame.
 func TestInlineKindsSkipTheQueue(t *testing.T) {
 	h := &blocking{release: make(chan struct{}), fast: make(chan struct{})}
-	srv, err := New(Options{Handler: h, Inline: func(k frame.Kind) bool { return k == kindFast }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	defer close(h.release) // before Close, which waits for the blocked handler
-	if err := srv.Listen("127.0.0.1:0", false); err != nil {
-		t.Fatal(err)
-	}
-	cli, err := New(Options{Handler: h})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	c, err := cli.Dial(srv.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialListener(t, Options{Handler: h, Inline: func(k frame.Kind) bool { return k == kindFast }})
+	t.Cleanup(func() { close(h.release) }) // before Close, which waits for the blocked handler
 	c.Send(kindSlow, nil)
 	c.Send(kindFast, nil)
 	select {
@@ -306,25 +314,9 @@ func (p *loopProbe) Closed(*Conn, error) {}
 // behind a frame the connection's goroutine still holds.
 func TestInlineCallsKeepArrivalOrder(t *testing.T) {
 	p := &loopProbe{started: make(chan struct{}), release: make(chan struct{}), marked: make(chan struct{})}
-	srv, err := New(Options{Handler: p, Logger: zaptest.NewLogger(t),
+	c := dialListener(t, Options{Handler: p, Logger: zaptest.NewLogger(t),
 		Inline:      func(k frame.Kind) bool { return k == kindMark },
 		InlineCalls: func(k frame.Kind) bool { return k == kindEcho }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	if err := srv.Listen("127.0.0.1:0", false); err != nil {
-		t.Fatal(err)
-	}
-	cli, err := New(Options{Handler: &echo{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	c, err := cli.Dial(srv.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if got, err := c.Call(ctx, kindEcho, []byte("idle")); err != nil || string(got) != "idle" {

@@ -5,7 +5,7 @@ BIN       := bin/fedcluster
 CUDA_DIR  ?= $(CURDIR)/.cache/cuda
 PKGS      := ./...
 
-.PHONY: all build build-cuda test test-race test-purego vet lint vet-cuda check-generated wire-gen demo bench bench-heavy soak gpu-check fuzz \
+.PHONY: all build build-cuda test test-race test-purego vet lint vet-cuda check-generated wire-gen demo bench bench-heavy bench-peers soak gpu-check fuzz \
 	docker docker-gpu test-deploy test-compose k8s-validate clean
 
 all: build
@@ -63,6 +63,10 @@ bench: build
 ## bench-heavy: adds the 10M-parameter model and 1,024-device cases
 bench-heavy: build
 	FEDCLUSTER_BENCH_HEAVY=1 $(GO) test -run '^$$' -bench 'DeviceCycle' -benchtime 2x -timeout 60m ./bench/
+
+## bench-peers: FedAvg of 100 x 1M against Flower's aggregate and numpy, same run (needs python3-numpy)
+bench-peers:
+	./scripts/fedavg-peers.sh
 
 ## soak: the fault scenarios (scaling, kill -9, partitions) over 200 iterations each
 soak: build

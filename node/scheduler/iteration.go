@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"bytes"
 	"fmt"
 	"sort"
 	"time"
@@ -96,7 +97,7 @@ func (s *Scheduler) runActionsLocked() {
 	for _, a := range actions {
 		switch a := a.(type) {
 		case iteration.RoundEvent:
-			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
+			s.pushStateLocked(false)
 		case iteration.StartAggregation:
 			s.startAggregationLocked(a)
 		case iteration.NextIteration:
@@ -110,7 +111,7 @@ func (s *Scheduler) runActionsLocked() {
 				s.log.Warn("iteration failed", zap.Uint64("iteration", a.Completed), zap.String("reason", a.Reason))
 			}
 		case iteration.ParamsChanged, iteration.InstanceChanged:
-			s.sendAllLocked(ctl.KindIterState, ctl.Encode(s.iterStateLocked()))
+			s.pushStateLocked(true)
 			if ic, ok := a.(iteration.InstanceChanged); ok {
 				s.log.Info("instance state", zap.String("state", ic.State.String()), zap.String("reason", ic.Reason))
 			}
@@ -147,6 +148,21 @@ func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {
 			s.log.Warn("cannot start aggregation", zap.String("on", id), zap.Error(err))
 		}
 	}
+}
+
+// pushStateLocked pushes the iteration state to every server; unless
+// forced, only when it differs from the last push. Of a round's first and
+// last counts only the iteration's first admission changes what servers
+// hold (next_req_time); the other three pushes per iteration each woke
+// every server's event loop and its waiting getModel requests for nothing,
+// the last one as the aggregation began.
+func (s *Scheduler) pushStateLocked(force bool) {
+	body := ctl.Encode(s.iterStateLocked())
+	if !force && bytes.Equal(body, s.pushedState) {
+		return
+	}
+	s.pushedState = body
+	s.sendAllLocked(ctl.KindIterState, body)
 }
 
 func (s *Scheduler) sendAllLocked(kind frame.Kind, body []byte) {

@@ -48,6 +48,8 @@ type Scheduler struct {
 
 	iter     *iteration.Machine
 	joined   map[string]bool // servers the iteration machine counts as members
+	// pushedState is the IterationState body last pushed to every server.
+	pushedState []byte
 	records  *record.Writer
 	engines  map[uint64]string  // engine reported per iteration, for its record
 	foldMBps map[uint64]float64 // fold throughput reported per iteration

@@ -1,0 +1,150 @@
+package scheduler_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/scheduler"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// pushes records the frames the scheduler pushes to one server.
+type pushes struct {
+	mu     sync.Mutex
+	states []ctl.IterationState
+	aggs   int
+}
+
+func (p *pushes) Serve(_ *transport.Conn, f frame.Frame) ([]byte, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch f.Kind {
+	case ctl.KindIterState:
+		var st ctl.IterationState
+		if err := ctl.Decode(f.Body, &st); err != nil {
+			return nil, err
+		}
+		p.states = append(p.states, st)
+	case ctl.KindAggregate:
+		p.aggs++
+	}
+	return nil, nil
+}
+
+func (p *pushes) Closed(*transport.Conn, error) {}
+
+func (p *pushes) seen() ([]ctl.IterationState, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]ctl.IterationState(nil), p.states...), p.aggs
+}
+
+// TestRoundEventsPushOnlyChanges runs one iteration of two devices through
+// a real scheduler and one registered server: of the four round events
+// (first and last admission, first and last update) only the first changes
+// the iteration state (its next_req_time), so only it is pushed.
+func TestRoundEventsPushOnlyChanges(t *testing.T) {
+	cfg := config.Default()
+	cfg.Cluster.SchedulerPort = 0
+	cfg.Cluster.SchedulerManagePort = 0
+	cfg.Cluster.ServerNum = 1
+	cfg.FL.StartFLJobThreshold = 2
+	cfg.FL.UpdateModelRatio = 1
+	s, err := scheduler.New(&cfg, "sched", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seen := &pushes{}
+	tr, err := transport.New(transport.Options{Logger: zap.NewNop(), Handler: seen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c, err := tr.Dial(s.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := func(kind frame.Kind, v any) ctl.Answer {
+		t.Helper()
+		out, err := c.Call(ctx, kind, ctl.Encode(v))
+		if err != nil {
+			t.Fatalf("call %d: %v", kind, err)
+		}
+		var a ctl.Answer
+		if kind == ctl.KindAdmit || kind == ctl.KindCountUpdate {
+			if err := ctl.Decode(out, &a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return a
+	}
+	call(ctl.KindRegister, ctl.Register{NodeID: "srv-0", PeerAddr: "127.0.0.1:20000", HTTPAddr: "127.0.0.1:30000", PID: 1})
+	// The server takes part in the iteration once the scheduler has seen it
+	// ready: until then an admission is refused as safemode.
+	var first ctl.Answer
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if first = call(ctl.KindAdmit, ctl.Admit{FLID: "dev-a", DataSize: 10}); first.Code == ctl.AnswerSucceed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first admission was never accepted: %+v", first)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Its push (next_req_time now counts from this admission) arrives
+	// after the answer, which the scheduler writes first.
+	var before []ctl.IterationState
+	for {
+		if before, _ = seen.seen(); len(before) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first admission pushed no iteration state")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := before[len(before)-1].NextReqTime; got != first.NextReqTime {
+		t.Fatalf("pushed next_req_time %d, the admission answered %d", got, first.NextReqTime)
+	}
+	for _, step := range []struct {
+		kind frame.Kind
+		msg  any
+	}{
+		{ctl.KindAdmit, ctl.Admit{FLID: "dev-b", DataSize: 20}},
+		{ctl.KindCountUpdate, ctl.CountUpdate{FLID: "dev-a", Iteration: first.Iteration}},
+		{ctl.KindCountUpdate, ctl.CountUpdate{FLID: "dev-b", Iteration: first.Iteration}},
+	} {
+		if a := call(step.kind, step.msg); a.Code != ctl.AnswerSucceed {
+			t.Fatalf("%+v answered %+v", step.msg, a)
+		}
+	}
+	// The last count starts the aggregation: the Aggregate push follows
+	// every push the updates caused on this link, and the handler serves
+	// them in order.
+	for {
+		if _, aggs := seen.seen(); aggs > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no aggregation started after the last update")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if after, _ := seen.seen(); len(after) != len(before) {
+		t.Errorf("%d iteration states pushed after the first admission, want 0 (nothing changed): %+v", len(after)-len(before), after[len(before):])
+	}
+}

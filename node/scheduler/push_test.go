@@ -20,6 +20,7 @@ type pushes struct {
 	mu     sync.Mutex
 	states []ctl.IterationState
 	aggs   int
+	more   chan struct{} // signalled after each recorded frame
 }
 
 func (p *pushes) Serve(_ *transport.Conn, f frame.Frame) ([]byte, error) {
@@ -35,6 +36,10 @@ func (p *pushes) Serve(_ *transport.Conn, f frame.Frame) ([]byte, error) {
 	case ctl.KindAggregate:
 		p.aggs++
 	}
+	select {
+	case p.more <- struct{}{}:
+	default:
+	}
 	return nil, nil
 }
 
@@ -44,6 +49,24 @@ func (p *pushes) seen() ([]ctl.IterationState, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]ctl.IterationState(nil), p.states...), p.aggs
+}
+
+// await returns the states pushed so far once done holds for them and the
+// count of Aggregate pushes.
+func (p *pushes) await(t *testing.T, what string, done func(states []ctl.IterationState, aggs int) bool) []ctl.IterationState {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		states, aggs := p.seen()
+		if done(states, aggs) {
+			return states
+		}
+		select {
+		case <-p.more:
+		case <-timeout:
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
 }
 
 // TestRoundEventsPushOnlyChanges runs one iteration of two devices through
@@ -65,7 +88,7 @@ func TestRoundEventsPushOnlyChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	seen := &pushes{}
+	seen := &pushes{more: make(chan struct{}, 1)}
 	tr, err := transport.New(transport.Options{Logger: zap.NewNop(), Handler: seen})
 	if err != nil {
 		t.Fatal(err)
@@ -92,31 +115,13 @@ func TestRoundEventsPushOnlyChanges(t *testing.T) {
 		return a
 	}
 	call(ctl.KindRegister, ctl.Register{NodeID: "srv-0", PeerAddr: "127.0.0.1:20000", HTTPAddr: "127.0.0.1:30000", PID: 1})
-	// The server takes part in the iteration once the scheduler has seen it
-	// ready: until then an admission is refused as safemode.
-	var first ctl.Answer
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if first = call(ctl.KindAdmit, ctl.Admit{FLID: "dev-a", DataSize: 10}); first.Code == ctl.AnswerSucceed {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the first admission was never accepted: %+v", first)
-		}
-		time.Sleep(10 * time.Millisecond)
+	first := call(ctl.KindAdmit, ctl.Admit{FLID: "dev-a", DataSize: 10})
+	if first.Code != ctl.AnswerSucceed {
+		t.Fatalf("the first admission answered %+v", first)
 	}
 	// Its push (next_req_time now counts from this admission) arrives
 	// after the answer, which the scheduler writes first.
-	var before []ctl.IterationState
-	for {
-		if before, _ = seen.seen(); len(before) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first admission pushed no iteration state")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	before := seen.await(t, "the first admission's push", func(st []ctl.IterationState, _ int) bool { return len(st) > 0 })
 	if got := before[len(before)-1].NextReqTime; got != first.NextReqTime {
 		t.Fatalf("pushed next_req_time %d, the admission answered %d", got, first.NextReqTime)
 	}
@@ -135,16 +140,8 @@ func TestRoundEventsPushOnlyChanges(t *testing.T) {
 	// The last count starts the aggregation: the Aggregate push follows
 	// every push the updates caused on this link, and the handler serves
 	// them in order.
-	for {
-		if _, aggs := seen.seen(); aggs > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no aggregation started after the last update")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if after, _ := seen.seen(); len(after) != len(before) {
+	after := seen.await(t, "the Aggregate push", func(_ []ctl.IterationState, aggs int) bool { return aggs > 0 })
+	if len(after) != len(before) {
 		t.Errorf("%d iteration states pushed after the first admission, want 0 (nothing changed): %+v", len(after)-len(before), after[len(before):])
 	}
 }

@@ -46,13 +46,13 @@ type Scheduler struct {
 	// pushPending is set while a membership push is scheduled.
 	pushPending bool
 
-	iter     *iteration.Machine
-	joined   map[string]bool // servers the iteration machine counts as members
+	iter   *iteration.Machine
+	joined map[string]bool // servers the iteration machine counts as members
 	// pushedState is the IterationState body last pushed to every server.
 	pushedState []byte
-	records  *record.Writer
-	engines  map[uint64]string  // engine reported per iteration, for its record
-	foldMBps map[uint64]float64 // fold throughput reported per iteration
+	records     *record.Writer
+	engines     map[uint64]string  // engine reported per iteration, for its record
+	foldMBps    map[uint64]float64 // fold throughput reported per iteration
 	// losses are the training losses each server reported per iteration
 	// (its last report counts: a new attempt reports again).
 	losses  map[uint64]map[string]lossReport

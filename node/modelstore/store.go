@@ -132,10 +132,12 @@ type Store struct {
 	spareMu sync.Mutex
 	spare   string // an evicted checkpoint's file under a temporary name, for the next writeTemp; "" if none
 
-	mu     sync.RWMutex
-	models map[uint64]*model.Model
-	sums   map[uint64]string // hex SHA-256 of each kept model
-	latest uint64
+	mu           sync.RWMutex
+	models       map[uint64]*model.Model
+	sums         map[uint64]string // hex SHA-256 of each kept model
+	latest       uint64
+	mapCommitted bool                     // SetMapCommitted
+	backing      map[*model.Model]Backing // the kept models that are mapped
 }
 
 // Open builds the store: the initial model, then the newest valid
@@ -147,7 +149,8 @@ func Open(opts Options) (*Store, error) {
 	if opts.Keep == 0 {
 		opts.Keep = DefaultKeep
 	}
-	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}, sums: map[uint64]string{}}
+	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}, sums: map[uint64]string{},
+		backing: map[*model.Model]Backing{}}
 	if s.fs == nil {
 		s.fs = OSFS
 	}
@@ -443,15 +446,31 @@ func (st *Staged) Commit() error {
 		st.Discard()
 		return fmt.Errorf("cannot put iteration %d (latest %d): %w", st.iter, latest, ErrOutOfOrder)
 	}
+	m, mapped := st.m, false
+	var b Backing
 	if st.tmp != "" {
 		tmp := st.tmp
 		st.tmp = ""
 		if err := s.rename(tmp, st.iter); err != nil {
 			return fmt.Errorf("cannot put iteration %d: %w", st.iter, err)
 		}
+		s.mu.RLock()
+		mapping := s.mapCommitted
+		s.mu.RUnlock()
+		if mapping {
+			mm, bk, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
+			if err != nil {
+				s.log.Warn("cannot map the new checkpoint; the model stays in memory", zap.Uint64("iteration", st.iter), zap.Error(err))
+			} else {
+				m, b, mapped = mm, bk, true
+			}
+		}
 	}
 	s.mu.Lock()
-	s.models[st.iter] = st.m
+	s.models[st.iter] = m
+	if mapped {
+		s.backing[m] = b
+	}
 	s.sums[st.iter] = st.sum
 	s.latest = st.iter
 	s.evictLocked()
@@ -521,6 +540,7 @@ func (s *Store) evictLocked() {
 	}
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
 	for _, it := range iters[min(keep, len(iters)):] {
+		delete(s.backing, s.models[it])
 		delete(s.models, it)
 		delete(s.sums, it)
 	}
@@ -559,6 +579,11 @@ func (s *Store) retire() retirement {
 	s.spareMu.Lock()
 	haveSpare := s.spare != ""
 	s.spareMu.Unlock()
+	s.mu.RLock()
+	if s.mapCommitted {
+		haveSpare = true // never overwrite a file a mapped model may lie in
+	}
+	s.mu.RUnlock()
 	for _, it := range iters[:len(iters)-s.opts.Keep] {
 		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
 		if !haveSpare && r.spare == "" {
@@ -704,6 +729,7 @@ func (s *Store) Truncate(from uint64) ([]uint64, error) {
 	for it := range s.models {
 		if it >= from {
 			gone = append(gone, it)
+			delete(s.backing, s.models[it])
 			delete(s.models, it)
 			delete(s.sums, it)
 		}

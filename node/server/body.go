@@ -12,6 +12,7 @@ import (
 	"github.com/valyala/fasthttp"
 
 	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/modelstore"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
@@ -237,8 +238,11 @@ func (c *respCache) get(key respKey, block *flmsg.ModelBlock, build func(b *flat
 type blockCache struct {
 	mu    sync.Mutex
 	frame *flmsg.BlockFrame
-	m     *model.Model
-	block *flmsg.ModelBlock
+	// backing says where a mapped model's floats lie in its checkpoint
+	// (modelstore.SetMapCommitted): its answers send them from the file.
+	backing func(*model.Model) (modelstore.Backing, bool)
+	m       *model.Model
+	block   *flmsg.ModelBlock
 }
 
 func (c *blockCache) get(m *model.Model) *flmsg.ModelBlock {
@@ -246,9 +250,12 @@ func (c *blockCache) get(m *model.Model) *flmsg.ModelBlock {
 	defer c.mu.Unlock()
 	if c.m != m {
 		// A new block each time: answers being written keep the old one.
-		if c.frame != nil {
+		switch b, mapped := c.lookup(m); {
+		case mapped:
+			c.block = c.frame.FileBlock(m, b.File, b.DataOffset)
+		case c.frame != nil:
 			c.block = c.frame.Block(m)
-		} else {
+		default:
 			c.block = new(flmsg.ModelBlock)
 			c.block.Set(m)
 		}
@@ -257,8 +264,16 @@ func (c *blockCache) get(m *model.Model) *flmsg.ModelBlock {
 	return c.block
 }
 
+// lookup is c.backing's answer for m, if c has a frame and a backing.
+func (c *blockCache) lookup(m *model.Model) (modelstore.Backing, bool) {
+	if c.frame == nil || c.backing == nil {
+		return modelstore.Backing{}, false
+	}
+	return c.backing(m)
+}
+
 // serveSplit answers with head followed by block's bytes, neither copied.
 func serveSplit(ctx *fasthttp.RequestCtx, head []byte, block *flmsg.ModelBlock) {
-	j := &flmsg.Joined{Head: head, Tail: block.Pieces()}
+	j := block.Joined(head)
 	ctx.Response.SetBodyStream(j, j.Len())
 }

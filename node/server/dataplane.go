@@ -81,8 +81,10 @@ func newPlane(s *Server) (*plane, error) {
 	if p.large {
 		// Older iterations of a large model (iteration 0 too) are
 		// answered with the newest rather than held in memory; their
-		// checkpoints stay on disk.
+		// checkpoints stay on disk. The newest is served from its
+		// checkpoint's pages, not from the heap.
 		st.SetMemKeep(1)
+		st.SetMapCommitted(true)
 	}
 	p.changed = sync.NewCond(&p.mu)
 	p.rounds.init()
@@ -314,6 +316,12 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 			err = st.wait().Commit()
 		default:
 			err = p.store.Stage(ni.Completed, m, sum).Commit()
+		}
+		if err == nil && pa != nil {
+			// Stored: peers now get it from the store. A large model's
+			// store maps its checkpoint, and the heap copy must be
+			// garbage before the next iteration's uploads allocate.
+			pa.forgetResult()
 		}
 		switch {
 		case m == nil:

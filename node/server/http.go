@@ -20,7 +20,11 @@ func (s *Server) newHTTP() *fasthttp.Server {
 		IdleTimeout:        120 * time.Second,
 		Concurrency:        64 << 10,
 		CloseOnShutdown:    true,
-		Logger:             zap.NewStdLog(s.Logger().Named("http")),
+		// A large model's server may hold a thousand device connections,
+		// most of them idle between requests: their buffers and request
+		// contexts go back to the pools meanwhile.
+		ReduceMemoryUsage: s.plane.large,
+		Logger:            zap.NewStdLog(s.Logger().Named("http")),
 		ErrorHandler: func(ctx *fasthttp.RequestCtx, err error) {
 			if errors.Is(err, fasthttp.ErrBodyTooLarge) {
 				writeJSON(ctx, fasthttp.StatusRequestEntityTooLarge, map[string]any{"code": 1, "error_message": "request body exceeds max_body_size"})

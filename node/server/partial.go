@@ -117,6 +117,13 @@ func (p *partial) takeResult(sum string) (*model.Model, *staging) {
 	return p.result, st
 }
 
+// forgetResult drops the result once the store holds it.
+func (p *partial) forgetResult() {
+	p.mu.Lock()
+	p.result = nil
+	p.mu.Unlock()
+}
+
 // discardStaged drops a staged checkpoint no one took.
 func (p *partial) discardStaged() {
 	p.mu.Lock()

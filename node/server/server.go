@@ -112,6 +112,7 @@ func (s *Server) Start() error {
 		// A small model keeps a serialized copy: its answers then go out
 		// in one write each, where a frame's would take several.
 		s.blocks.frame = flmsg.NewBlockFrame(s.plane.layout)
+		s.blocks.backing = s.plane.store.Backing
 	}
 	ln = dl
 	s.httpLn = ln

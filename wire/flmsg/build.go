@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"os"
 	"slices"
 	"unsafe"
 
@@ -127,6 +128,13 @@ type ModelBlock struct {
 	pieces [][]byte             // the block's bytes in order, never modified
 	off    flatbuffers.UOffsetT // the vector's offset from the end of the block
 	size   int
+
+	// A file block's floats are also in file, piece k at fileOffs[k] (-1
+	// for the frame's own bytes); model keeps a mapped model, and with it
+	// the file, alive while the block is used.
+	file     *os.File
+	fileOffs []int64
+	model    *model.Model
 }
 
 // Set serializes m into the block, reusing the block's memory.
@@ -212,6 +220,30 @@ func (f *BlockFrame) Block(m *model.Model) *ModelBlock {
 	}
 	mb.pieces = append(mb.pieces, f.segs[len(f.params)])
 	return mb
+}
+
+// FileBlock is Block for a model whose floats also lie in f, parameter p's
+// at dataOffset + 4*p.Offset (modelstore's mapped checkpoints): a Joined
+// answer of it sends them from the file, without reading m's memory.
+func (f *BlockFrame) FileBlock(m *model.Model, file *os.File, dataOffset int64) *ModelBlock {
+	mb := f.Block(m)
+	if len(mb.pieces) != 2*len(f.params)+1 {
+		return mb // a serialized block (big-endian host)
+	}
+	mb.file, mb.model = file, m
+	mb.fileOffs = make([]int64, len(mb.pieces))
+	for k := range mb.fileOffs {
+		mb.fileOffs[k] = -1
+	}
+	for k, i := range f.params {
+		mb.fileOffs[2*k+1] = dataOffset + 4*int64(f.layout.Params[i].Offset)
+	}
+	return mb
+}
+
+// Joined is head followed by the block's bytes, to send as one message.
+func (mb *ModelBlock) Joined(head []byte) *Joined {
+	return &Joined{Head: head, Tail: mb.pieces, file: mb.file, fileOffs: mb.fileOffs, keep: mb.model}
 }
 
 // splice copies the block to the end of b, which must be empty (just

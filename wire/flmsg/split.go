@@ -2,9 +2,14 @@ package flmsg
 
 import (
 	"encoding/binary"
+	"fmt"
 	"io"
+	"os"
+	"strconv"
 
 	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/model"
 )
 
 // Split messages. A message built with Split set and a Block is only its
@@ -91,12 +96,20 @@ func (f *featureMap) finish(b *flatbuffers.Builder) []byte {
 
 // Joined reads a split message: its head, then its block's pieces, without
 // joining them. WriteTo (what fasthttp uses to send a body stream) writes
-// each whole.
+// each whole. A file block's floats (ModelBlock.Joined) are sent from its
+// file with sendfile(2) where the writer can (a socket, through fasthttp's
+// writer), so their memory is never read.
 type Joined struct {
 	Head []byte
 	Tail [][]byte // not modified: reading advances next and at instead
 	next int      // the piece of Tail being read
 	at   int      // bytes of Tail[next] already read
+
+	file     *os.File // see ModelBlock
+	fileOffs []int64
+	keep     *model.Model
+	own      *os.File // file opened again for this message: its own offset
+	ownErr   error
 }
 
 // Len is what is left of the message.
@@ -110,6 +123,7 @@ func (j *Joined) Len() int {
 
 // WriteTo writes what is left of the message to w.
 func (j *Joined) WriteTo(w io.Writer) (int64, error) {
+	defer j.Close()
 	var total int64
 	if len(j.Head) > 0 {
 		n, err := w.Write(j.Head)
@@ -120,7 +134,7 @@ func (j *Joined) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	for ; j.next < len(j.Tail); j.next, j.at = j.next+1, 0 {
-		n, err := w.Write(j.Tail[j.next][j.at:])
+		n, err := j.writePiece(w)
 		total += int64(n)
 		j.at += n
 		if err != nil {
@@ -130,12 +144,66 @@ func (j *Joined) WriteTo(w io.Writer) (int64, error) {
 	return total, nil
 }
 
+// writePiece writes what is left of the current piece.
+func (j *Joined) writePiece(w io.Writer) (int, error) {
+	p := j.Tail[j.next][j.at:]
+	rf, ok := w.(io.ReaderFrom)
+	if !ok || j.fileOffs == nil || j.fileOffs[j.next] < 0 {
+		return w.Write(p)
+	}
+	f, err := j.ownFile()
+	if err != nil {
+		return w.Write(p)
+	}
+	if _, err := f.Seek(j.fileOffs[j.next]+int64(j.at), io.SeekStart); err != nil {
+		return 0, fmt.Errorf("cannot send the model from its file: %w", err)
+	}
+	n, err := rf.ReadFrom(&io.LimitedReader{R: f, N: int64(len(p))})
+	if err == nil && int(n) < len(p) {
+		err = fmt.Errorf("cannot send the model from its file: %w", io.ErrUnexpectedEOF)
+	}
+	return int(n), err
+}
+
+// ownFile opens the block's file again, once per message: sendfile(2)
+// reads from a file's own offset, which concurrent answers must not share.
+// The file may have been renamed or removed since; its /proc/self/fd link
+// still opens it.
+func (j *Joined) ownFile() (*os.File, error) {
+	if j.own == nil && j.ownErr == nil {
+		j.own, j.ownErr = os.Open("/proc/self/fd/" + strconv.FormatUint(uint64(j.file.Fd()), 10))
+	}
+	return j.own, j.ownErr
+}
+
+// Close releases the file a message of a file block opened. fasthttp
+// calls it once the body is sent or abandoned.
+func (j *Joined) Close() error {
+	if j.own != nil {
+		err := j.own.Close()
+		j.own, j.ownErr = nil, os.ErrClosed
+		return err
+	}
+	return nil
+}
+
 // Read reads the message.
 func (j *Joined) Read(p []byte) (int, error) {
 	n := copy(p, j.Head)
 	j.Head = j.Head[n:]
 	for n < len(p) && j.next < len(j.Tail) {
-		m := copy(p[n:], j.Tail[j.next][j.at:])
+		src := j.Tail[j.next][j.at:]
+		var m int
+		if j.fileOffs != nil && j.fileOffs[j.next] >= 0 {
+			// From the file, positioned: the mapped memory stays untouched.
+			var err error
+			m, err = j.file.ReadAt(p[n:min(len(p), n+len(src))], j.fileOffs[j.next]+int64(j.at))
+			if err != nil && m < min(len(p)-n, len(src)) {
+				return n + m, fmt.Errorf("cannot read the model from its file: %w", err)
+			}
+		} else {
+			m = copy(p[n:], src)
+		}
 		n += m
 		if j.at += m; j.at == len(j.Tail[j.next]) {
 			j.next, j.at = j.next+1, 0

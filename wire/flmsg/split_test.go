@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
+	"os"
 	"reflect"
 	"testing"
 
@@ -310,4 +312,73 @@ func (w *failingWriter) Write(p []byte) (int, error) {
 	w.got.Write(p[:n])
 	w.left = 0
 	return n, errors.New("connection reset")
+}
+
+// A file block's answer sends the floats from the file, not from the
+// model's memory, where the writer can take a file (a TCP connection, as
+// fasthttp's writer passes it on, and Read); the file's bytes here differ
+// from the model's to tell the two apart. A writer that cannot take a file
+// gets the memory, which for a mapped checkpoint is the same bytes.
+func TestFileBlockSendsFromTheFile(t *testing.T) {
+	m := model.InitLeNet5(3)
+	inFile := randomModel(5, m.Layout.Specs())
+	inFile.Layout = m.Layout
+	const dataOffset = 24
+	f, err := os.CreateTemp(t.TempDir(), "ckpt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(append(make([]byte, dataOffset), model.FloatBytes(inFile.Data)...)); err != nil {
+		t.Fatal(err)
+	}
+	frame := NewBlockFrame(m.Layout)
+	head := []byte("head----")
+	want := append(append([]byte(nil), head...), bytes.Join(frame.Block(inFile).Pieces(), nil)...)
+	fromMemory := append(append([]byte(nil), head...), bytes.Join(frame.Block(m).Pieces(), nil)...)
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := frame.FileBlock(m, f, dataOffset).Joined(head)
+	if j.Len() != len(want) {
+		t.Fatalf("Len %d, want %d", j.Len(), len(want))
+	}
+	n, err := j.WriteTo(c)
+	c.Close()
+	if err != nil || int(n) != len(want) {
+		t.Fatalf("WriteTo: %d, %v", n, err)
+	}
+	if !bytes.Equal(<-got, want) {
+		t.Fatal("a TCP connection did not get the file's floats")
+	}
+	if j.own != nil {
+		t.Fatal("the message's own file is still open after WriteTo")
+	}
+	for _, size := range []int{7, 1 << 20} {
+		if b, err := readIn(frame.FileBlock(m, f, dataOffset).Joined(head), size); err != nil || !bytes.Equal(b, want) {
+			t.Fatalf("Read in %d: %v, the file's floats %v", size, err, bytes.Equal(b, want))
+		}
+	}
+	w := &failingWriter{left: len(want) + 1}
+	if _, err := frame.FileBlock(m, f, dataOffset).Joined(head).WriteTo(w); err != nil || !bytes.Equal(w.got.Bytes(), fromMemory) {
+		t.Fatalf("a writer without ReadFrom: %v", err)
+	}
 }

@@ -168,7 +168,7 @@ func Bind(fs *flag.FlagSet, c *Config, role Role) {
 	fs.IntVar(&s.LocalServerNum, "local_server_num", s.LocalServerNum, "servers launched on this host (-1: server_num)")
 	fs.StringVar(&s.HTTPURLPrefix, "http_url_prefix", s.HTTPURLPrefix, "prefix of every device URL")
 	fs.Var(&s.MaxBodySize, "max_body_size", "largest device request body (e.g. 100MiB)")
-	fs.Var(&s.UploadMemory, "upload_memory", "memory for updateModel bodies in flight (e.g. 256MiB; at most cores+1 uploads, cores for a large model)")
+	fs.Var(&s.UploadMemory, "upload_memory", "memory for updateModel bodies in flight (e.g. 256MiB; at most cores+1 uploads, fewer for a large model)")
 	fs.BoolVar(&s.ExitOnScaleIn, "exit_on_scale_in", s.ExitOnScaleIn, "exit once scaled in instead of waiting for SIGTERM")
 	fs.Var(&s.GetModelWait, "get_model_wait", "how long getModel holds a poll for the model being aggregated (0: answer SucNotReady at once)")
 	fs.StringVar(&f.FLName, "fl_name", f.FLName, "job name sent in FLPlan")

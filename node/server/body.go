@@ -46,19 +46,30 @@ type uploads struct {
 // while counts are on the way: small bodies get as many slots as
 // countingBytes of them hold (33 for LeNet; with 32 devices on 2 cores,
 // 3,440-3,650 device-iterations/s against 2,920-3,060 with cores + 1).
-// Others get one per core and one more being read while they fold, and a
-// large model one per core: reading a large body takes longer than folding
-// it, and the spare would only be memory (measured: the same updates/s, one
-// model size less resident).
+// Others get one per core and one more being read while they fold. A
+// large model gets one per core at most (reading a large body takes longer
+// than folding it: a spare would only be memory), and no more than fit
+// in the bound we hold a server's memory to, (cores + 3) × the model
+// (issue 3), beside the float64 accumulator (2×) and largeReserve for the
+// binary, the stacks and a thousand device connections. With a 10M model on 2 cores that is one buffer: 4.3× the
+// model resident with 1,024 devices instead of 5.2×, for about 10 % fewer
+// updates/s. upload_memory can only lower it.
 func uploadSlots(size, memory int) int {
 	size = max(size, 1)
-	n := runtime.GOMAXPROCS(0) + 1
+	cores := runtime.GOMAXPROCS(0)
+	n := cores + 1
 	if size >= largeModel {
-		n--
+		n = min(cores, ((cores+1)*size-largeReserve)/size)
 	}
 	n = max(n, min(countingBytes/size, maxSlots))
 	return max(1, min(n, memory/size))
 }
+
+// largeReserve is what a large model's server holds besides the
+// accumulator and the upload buffers: measured 45 MiB with 1,024 devices
+// of a 10M model (the binary's pages 11, goroutine stacks 10, the
+// connections' buffers and contexts 14, the runtime's own).
+const largeReserve = 64 << 20
 
 // countingBytes is what small bodies may hold in slots beyond one per core
 // (see uploadSlots), and maxSlots bounds the slots of tiny models.

@@ -145,12 +145,13 @@ func TestUploadSlots(t *testing.T) {
 			t.Fatalf("uploadSlots(%d, %d) = %d, want %d", size, memory, got, want)
 		}
 	}
-	f(246_736, 256<<20, max(cores+1, 33)) // LeNet
-	f(246_736, 2<<20, 8)                  // LeNet within a small upload_memory
-	f(4<<20, 256<<20, cores+1)            // a 1M-parameter model
-	f(40<<20, 256<<20, min(cores, 6))     // a 10M-parameter model
-	f(400<<20, 256<<20, 1)                // larger than the budget: one at a time
-	f(0, 1<<20, 256)                      // tiny: bounded
+	f(246_736, 256<<20, max(cores+1, 33))       // LeNet
+	f(246_736, 2<<20, 8)                        // LeNet within a small upload_memory
+	f(4<<20, 256<<20, cores+1)                  // a 1M-parameter model
+	f(40<<20, 256<<20, max(1, min(cores-1, 6))) // 10M: cores + 3 models hold the accumulator (2) and largeReserve
+	f(400<<20, 4<<30, min(cores, 10))           // 100M: one per core, within upload_memory
+	f(400<<20, 256<<20, 1)                      // larger than the budget: one at a time
+	f(0, 1<<20, 256)                            // tiny: bounded
 }
 
 // Shedding drops the buffers of idle slots only and keeps every slot: an

@@ -44,7 +44,7 @@ type Backing struct {
 // needs a checkpoint dir on the operating system's file system and a
 // little-endian host; elsewhere models stay in memory.
 func (s *Store) SetMapCommitted(on bool) {
-	if _, os := s.fs.(osFS); !os || s.opts.Dir == "" || !littleEndian {
+	if _, onOS := s.fs.(osFS); !onOS || s.opts.Dir == "" || !littleEndian {
 		return
 	}
 	s.writeMu.Lock()

@@ -107,8 +107,8 @@ type Joined struct {
 
 	file     *os.File // see ModelBlock
 	fileOffs []int64
-	keep     *model.Model
-	own      *os.File // file opened again for this message: its own offset
+	keep     *model.Model // a mapped model: its file stays open while it is reachable
+	own      *os.File     // file opened again for this message: its own offset
 	ownErr   error
 }
 

@@ -13,7 +13,10 @@ import (
 	"unsafe"
 )
 
-var littleEndian = func() bool {
+// HostLittleEndian is whether float32 in memory has the little-endian
+// byte order of the wire and of safetensors, so that floats can be sent,
+// written and mapped as raw memory.
+var HostLittleEndian = func() bool {
 	x := uint16(1)
 	return *(*byte)(unsafe.Pointer(&x)) == 1
 }()
@@ -147,7 +150,7 @@ func FloatBytes(f []float32) []byte {
 // checksum servers compare to prove they hold one model.
 func (m *Model) SHA256() string {
 	h := sha256.New()
-	if littleEndian && len(m.Data) > 0 {
+	if HostLittleEndian && len(m.Data) > 0 {
 		// The in-memory bytes are the little-endian bytes: hash them in place.
 		h.Write(FloatBytes(m.Data))
 		return hex.EncodeToString(h.Sum(nil))

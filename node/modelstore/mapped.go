@@ -44,7 +44,7 @@ type Backing struct {
 // needs a checkpoint dir on the operating system's file system and a
 // little-endian host; elsewhere models stay in memory.
 func (s *Store) SetMapCommitted(on bool) {
-	if _, onOS := s.fs.(osFS); !onOS || s.opts.Dir == "" || !littleEndian {
+	if _, onOS := s.fs.(osFS); !onOS || s.opts.Dir == "" || !model.HostLittleEndian {
 		return
 	}
 	s.writeMu.Lock()
@@ -120,8 +120,3 @@ func mapCheckpoint(path string, l *model.Layout) (*model.Model, Backing, error) 
 	}, mapping{f: f, mem: mem})
 	return m, Backing{File: f, DataOffset: data}, nil
 }
-
-var littleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()

@@ -11,10 +11,7 @@ import (
 
 // hostLittleEndian is whether float32 in memory has the wire's byte order,
 // which the zero-copy views and bulk copies need.
-var hostLittleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()
+var hostLittleEndian = model.HostLittleEndian
 
 // FeatureMaps is a verified [FeatureMap] vector inside a decoded message: a
 // view, valid while the message's buffer is neither reused nor modified.

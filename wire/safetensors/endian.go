@@ -1,10 +1,7 @@
 package safetensors
 
-import "unsafe"
+import "github.com/fedcluster/fedcluster/node/model"
 
 // littleEndian is true on little-endian hosts, where float32 slices are
 // written and read as raw memory. Tests flip it to exercise the portable path.
-var littleEndian = func() bool {
-	x := uint16(1)
-	return *(*byte)(unsafe.Pointer(&x)) == 1
-}()
+var littleEndian = model.HostLittleEndian

@@ -108,10 +108,21 @@ func mapCheckpoint(path string, l *model.Layout) (*model.Model, Backing, error) 
 		f.Close()
 		return nil, Backing{}, fmt.Errorf("cannot map checkpoint %s: %d bytes with a %d-byte header do not hold %d floats", path, st.Size(), hl, l.Size)
 	}
-	mem, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	m, b, err := mapWeights(f, data, l)
+	if err != nil {
+		return nil, Backing{}, fmt.Errorf("cannot map checkpoint %s: %w", path, err)
+	}
+	return m, b, nil
+}
+
+// mapWeights maps the floats of layout l at offset data of f as a model;
+// the mapping owns f, which is closed on failure or once the model is
+// unreachable.
+func mapWeights(f *os.File, data int64, l *model.Layout) (*model.Model, Backing, error) {
+	mem, err := unix.Mmap(int(f.Fd()), 0, int(data+4*int64(l.Size)), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		f.Close()
-		return nil, Backing{}, fmt.Errorf("cannot map checkpoint %s: %w", path, err)
+		return nil, Backing{}, err
 	}
 	m := &model.Model{Layout: l, Data: unsafe.Slice((*float32)(unsafe.Pointer(&mem[data])), l.Size)}
 	runtime.AddCleanup(m, func(mp mapping) {

@@ -312,6 +312,8 @@ type Staged struct {
 	sum  string
 	tmp  string // the synced temporary file; "" without a checkpoint dir
 	err  error
+
+	backing *Backing // m is a mapping of tmp (a sealed Draft)
 }
 
 // Stage validates m and, when the store has a checkpoint dir, writes and
@@ -457,7 +459,9 @@ func (st *Staged) Commit() error {
 		s.mu.RLock()
 		mapping := s.mapCommitted
 		s.mu.RUnlock()
-		if mapping {
+		if st.backing != nil {
+			m, b, mapped = st.m, *st.backing, true // renamed, the file is the same
+		} else if mapping {
 			mm, bk, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
 			if err != nil {
 				s.log.Warn("cannot map the new checkpoint; the model stays in memory", zap.Uint64("iteration", st.iter), zap.Error(err))

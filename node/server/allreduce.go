@@ -33,7 +33,8 @@ import (
 // the socket does not take, so without acknowledgements every share of a
 // large model would sit in its buffers at once). Shares of window pieces
 // or fewer (a LeNet-size model) are not acknowledged at all. The sum's
-// order follows arrival, which only its owner sees.
+// order follows arrival, which only its owner sees. "The model" is a
+// modelOut: a large model's pieces go straight into its checkpoint file.
 
 const (
 	partialPiece = 128 << 10 // float64 elements per partial piece
@@ -81,7 +82,7 @@ type arRun struct {
 	size     int // model elements
 	off, cnt int // this server's chunk
 	sum      agg.Accumulator
-	out      *model.Model
+	out      modelOut
 }
 
 type pendingPiece struct {
@@ -232,7 +233,7 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 	n, folded := pa.waitIdle()
 	if p.large && p.s.uploads.shed() > 0 {
 		// Every update of the iteration is folded: the idle upload
-		// buffers' memory goes to the model this all-reduce makes
+		// buffers' memory goes to the all-reduce's chunk sum and pieces
 		// instead of growing the heap (a 10M model's server peaked 2×
 		// the model lower). Collecting them takes a few milliseconds.
 		runtime.GC()
@@ -241,13 +242,27 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		time.Sleep(d) // fault injection for crash-during-all-reduce tests
 	}
 	deadline := time.UnixMilli(a.DeadlineMs)
-	m, total, err := p.allReduce(a, me, attempt, pa, n, deadline)
+	out, err := p.newOut(a.Iteration)
 	if err != nil {
+		log.Warn("cannot aggregate", zap.Error(err))
+		return
+	}
+	total, err := p.allReduce(a, me, attempt, pa, n, out, deadline)
+	var (
+		m   *model.Model
+		sha string
+	)
+	if err == nil {
+		m, sha, err = out.finish()
+	}
+	if err != nil {
+		out.abort()
 		log.Warn("all-reduce failed", zap.Error(err))
 		return
 	}
-	sha := m.SHA256()
-	pa.setResult(m, sha, func() *staging { return p.stage(a.Iteration, m, sha) })
+	if !pa.setResult(m, sha, func() *staging { return p.stage(out) }) {
+		out.abort()
+	}
 	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
 		zap.Duration("took", time.Since(start)), zap.String("model_sha256", sha))
 	pa.mu.Lock()
@@ -257,39 +272,39 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		LossSum: lossSum, Losses: losses})
 }
 
-// stage writes iteration it's checkpoint of m in the background.
-func (p *plane) stage(it uint64, m *model.Model, sha string) *staging {
+// stage writes the checkpoint of out's model in the background.
+func (p *plane) stage(out modelOut) *staging {
 	g := &staging{done: make(chan struct{})}
 	p.s.wg.Add(1)
 	go func() {
 		defer p.s.wg.Done()
 		defer close(g.done)
-		g.st = p.store.Stage(it, m, sha)
+		g.st = out.stage()
 	}()
 	return g
 }
 
-func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, deadline time.Time) (*model.Model, float64, error) {
+// allReduce averages the servers' partial sums into out and returns the
+// total data size.
+func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, n float64, out modelOut, deadline time.Time) (float64, error) {
 	P := len(a.Participants)
 	L := p.layout.Size
 	off, cnt := peer.Split(L, P, me)
-	out := model.New(p.layout)
 	if P == 1 {
 		if n <= 0 {
-			return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", n)
+			return 0, fmt.Errorf("no update in the aggregate (data size sum %v)", n)
 		}
-		pa.acc.Result(out.Data, 0, 1/n)
-		return out, n, nil
+		return n, out.reduce(pa.acc, 0, 0, L, 1/n)
 	}
 	sum, err := p.chunkSums.get(p.sums, cnt)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	ib := p.rounds.get(roundKey{a.Iteration, attempt})
 	run := &arRun{me: me, parts: P, size: L, off: off, cnt: cnt, sum: sum, out: out}
 	if err := p.startRun(ib, run); err != nil {
 		p.chunkSums.put(sum)
-		return nil, 0, err
+		return 0, err
 	}
 	defer func() {
 		ib.mu.Lock()
@@ -300,9 +315,9 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 
 	// Reduce-scatter: every other owner gets its share of our partial sum.
 	err = p.sendShares(a, me, attempt, ib, deadline, stepPartial, partialPiece, ctl.KindPartial, 8, n,
-		func(b []byte, o, k int) []byte { return pa.acc.AppendPartial(b, o, k) })
+		func(b []byte, o, k int) ([]byte, error) { return pa.acc.AppendPartial(b, o, k), nil })
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	// Our own partial, through a small recycled buffer, beside the peers'
 	// pieces.
@@ -316,12 +331,12 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 		err := sum.AddPartial(o, buf)
 		ib.mu.Unlock()
 		if err != nil {
-			return nil, 0, err
+			return 0, err
 		}
 	}
 	err = ib.wait(deadline, func() bool { return peersDone(me, P, ib.gotP, func(int) int { return cnt }) })
 	if err != nil {
-		return nil, 0, fmt.Errorf("waiting for partial sums: %w", err)
+		return 0, fmt.Errorf("waiting for partial sums: %w", err)
 	}
 	total := n
 	ib.mu.Lock()
@@ -330,33 +345,32 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 			total += ib.nByFrom[uint32(j)]
 		}
 	}
-	if total > 0 {
-		sum.Result(out.Data[off:off+cnt], 0, 1/total)
-	}
 	ib.mu.Unlock()
 	if total <= 0 {
-		return nil, 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
+		return 0, fmt.Errorf("no update in the aggregate (data size sum %v)", total)
+	}
+	// The sum is complete: no piece adds to it any more.
+	if err := out.reduce(sum, 0, off, cnt, 1/total); err != nil {
+		return 0, err
 	}
 
 	// All-gather: every other server gets our finished chunk.
-	mine := out.Data[off : off+cnt]
-	err = p.sendShares(a, me, attempt, ib, deadline, stepReduced, reducedPiece, ctl.KindReduced, 4, total,
-		func(b []byte, o, k int) []byte { return append(b, model.FloatBytes(mine[o-off:o-off+k])...) })
+	err = p.sendShares(a, me, attempt, ib, deadline, stepReduced, reducedPiece, ctl.KindReduced, 4, total, out.appendFloats)
 	if err != nil {
-		return nil, 0, err
+		return 0, err
 	}
 	err = ib.wait(deadline, func() bool {
 		return peersDone(me, P, ib.gotR, func(j int) int { _, c := peer.Split(L, P, j); return c })
 	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("waiting for reduced chunks: %w", err)
+		return 0, fmt.Errorf("waiting for reduced chunks: %w", err)
 	}
 	ib.mu.Lock()
 	defer ib.mu.Unlock()
 	if ib.total != 0 && ib.total != total {
-		return nil, 0, fmt.Errorf("peers reduced with data size %v, this server %v", ib.total, total)
+		return 0, fmt.Errorf("peers reduced with data size %v, this server %v", ib.total, total)
 	}
-	return out, total, nil
+	return total, nil
 }
 
 // peersDone reports whether every participant but me delivered want(j)
@@ -399,7 +413,7 @@ func (p *plane) startRun(ib *inbox, run *arRun) error {
 // peer unacknowledged when the share is paced. piece appends the values of
 // elements [o, o+k) (model positions) after the header.
 func (p *plane) sendShares(a ctl.Aggregate, me int, attempt uint32, ib *inbox, deadline time.Time, step, pieceLen int,
-	kind frame.Kind, elem int, n float64, piece func(b []byte, o, k int) []byte) error {
+	kind frame.Kind, elem int, n float64, piece func(b []byte, o, k int) ([]byte, error)) error {
 	P := len(a.Participants)
 	L := p.layout.Size
 	for k := 0; ; k++ {
@@ -425,9 +439,14 @@ func (p *plane) sendShares(a ctl.Aggregate, me int, attempt uint32, ib *inbox, d
 			}
 			c := min(pieceLen, cnt-o)
 			h := peer.Header{Iteration: a.Iteration, Attempt: attempt, From: uint32(me), Chunk: uint32(chunk), Offset: uint64(off + o), Count: uint64(c), N: n}
+			var perr error
 			err := p.send(part, kind, peer.HeaderSize+elem*c, func(b []byte) []byte {
-				return piece(peer.AppendHeader(b, h), off+o, c)
+				b, perr = piece(peer.AppendHeader(b, h), off+o, c)
+				return b
 			})
+			if err == nil {
+				err = perr
+			}
 			if err != nil {
 				return err
 			}
@@ -587,7 +606,13 @@ func (p *plane) consumeLocked(ib *inbox, kind frame.Kind, h peer.Header, data []
 		if ib.total != 0 && ib.total != h.N {
 			return fail("reduced with data size %v, another peer with %v", h.N, ib.total)
 		}
-		copyFloat32(r.out.Data[h.Offset:end], data)
+		if err := r.out.put(int(h.Offset), data); err != nil {
+			if ib.err == nil {
+				ib.err = err
+			}
+			ib.arrived.Broadcast()
+			return false
+		}
 		ib.gotR[h.Chunk] += int(h.Count)
 		ib.total = h.N
 		ib.arrived.Broadcast()
@@ -607,13 +632,6 @@ func (p *plane) ack(c *transport.Conn, kind frame.Kind, h peer.Header, me int) {
 	if err != nil {
 		p.s.Logger().Debug("cannot acknowledge an all-reduce piece", zap.Error(err))
 	}
-}
-
-func copyFloat32(dst []float32, raw []byte) {
-	if len(dst) == 0 {
-		return
-	}
-	copy(model.FloatBytes(dst), raw)
 }
 
 // report sends a message to the scheduler, if connected.

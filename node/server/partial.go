@@ -91,17 +91,18 @@ func (p *partial) drop(give func(agg.Accumulator)) {
 // setResult records an all-reduce's result and starts writing its
 // checkpoint; the result of an earlier attempt is replaced. A partial
 // dropped meanwhile (its iteration ended without this all-reduce) takes
-// nothing: no one would commit or remove the checkpoint.
-func (p *partial) setResult(m *model.Model, sha string, stage func() *staging) {
+// nothing, and says so: no one would commit or remove the checkpoint.
+func (p *partial) setResult(m *model.Model, sha string, stage func() *staging) bool {
 	p.mu.Lock()
 	if p.dropped {
 		p.mu.Unlock()
-		return
+		return false
 	}
 	old := p.staged
 	p.result, p.sha, p.staged = m, sha, stage()
 	p.mu.Unlock()
 	old.discard()
+	return true
 }
 
 // takeResult returns the result if its checksum is sum, with its staged

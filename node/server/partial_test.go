@@ -104,10 +104,13 @@ func TestStagedResult(t *testing.T) {
 		t.Fatal("a dropped result was stored")
 	}
 	// An all-reduce that ends after its partial was dropped stages nothing.
-	pb.setResult(b, b.SHA256(), func() *staging {
+	took := pb.setResult(b, b.SHA256(), func() *staging {
 		t.Fatal("a dropped partial staged a checkpoint")
 		return nil
 	})
+	if took {
+		t.Fatal("a dropped partial took a result")
+	}
 	if _, g := pb.takeResult(b.SHA256()); g != nil {
 		t.Fatal("a dropped partial handed out a staged checkpoint")
 	}
@@ -134,7 +137,7 @@ func TestConsumePieces(t *testing.T) {
 			t.Fatal(err)
 		}
 		l, _ := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{size}}})
-		ib.run = &arRun{me: me, parts: parts, size: size, off: off, cnt: cnt, sum: sum, out: model.New(l)}
+		ib.run = &arRun{me: me, parts: parts, size: size, off: off, cnt: cnt, sum: sum, out: &heapOut{m: model.New(l)}}
 		return &p, ib
 	}
 	f64 := func(vals ...float64) []byte {
@@ -173,7 +176,7 @@ func TestConsumePieces(t *testing.T) {
 	r := peer.Header{Iteration: 1, Attempt: 1, From: 2, Chunk: 2, Offset: 20, Count: 2, N: 9}
 	raw := append(binary.LittleEndian.AppendUint32(nil, math.Float32bits(0.5)), binary.LittleEndian.AppendUint32(nil, math.Float32bits(-2))...)
 	p.consumeLocked(ib, ctl.KindReduced, r, raw)
-	if d := ib.run.out.Data; d[20] != 0.5 || d[21] != -2 || ib.gotR[2] != 2 || ib.total != 9 {
+	if d := ib.run.out.(*heapOut).m.Data; d[20] != 0.5 || d[21] != -2 || ib.gotR[2] != 2 || ib.total != 9 {
 		t.Fatalf("reduced piece: %v %v, got %d, total %v", d[20], d[21], ib.gotR[2], ib.total)
 	}
 

@@ -70,6 +70,26 @@ func buildHeader(m *model.Model, meta map[string]string) (header, error) {
 	if len(m.Data) != m.Layout.Size {
 		return header{}, fmt.Errorf("cannot encode safetensors: model has %d floats, layout wants %d", len(m.Data), m.Layout.Size)
 	}
+	return layoutHeader(m.Layout, meta)
+}
+
+// Prefix is what Encode writes before the weights of a model of layout l
+// with meta: the header's length and the padded JSON header. A writer that
+// puts the weights in place itself (a file filled piece by piece) writes
+// it at the start, and the weights at len(Prefix).
+func Prefix(l *model.Layout, meta map[string]string) ([]byte, error) {
+	if l == nil {
+		return nil, fmt.Errorf("cannot encode safetensors: nil layout")
+	}
+	h, err := layoutHeader(l, meta)
+	if err != nil {
+		return nil, err
+	}
+	b := binary.LittleEndian.AppendUint64(make([]byte, 0, 8+len(h.json)), uint64(len(h.json)))
+	return append(b, h.json...), nil
+}
+
+func layoutHeader(l *model.Layout, meta map[string]string) (header, error) {
 	var b []byte
 	b = append(b, '{')
 	first := true
@@ -93,7 +113,7 @@ func buildHeader(m *model.Model, meta map[string]string) (header, error) {
 		first = false
 	}
 	var off int64
-	for _, p := range m.Layout.Params {
+	for _, p := range l.Params {
 		if p.Name == MetadataKey {
 			return header{}, fmt.Errorf("cannot encode safetensors: tensor name %q is reserved", p.Name)
 		}

@@ -47,6 +47,10 @@ func TestRoundTripLeNet(t *testing.T) {
 	if hlen%8 != 0 {
 		t.Fatalf("header length %d not 8-aligned", hlen)
 	}
+	pre, err := Prefix(m.Layout, meta)
+	if err != nil || !bytes.Equal(pre, buf.Bytes()[:8+hlen]) {
+		t.Fatalf("Prefix is not what Encode writes before the weights (err %v)", err)
+	}
 	check := func(got *model.Model, gotMeta map[string]string, err error) {
 		t.Helper()
 		if err != nil {

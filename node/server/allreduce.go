@@ -242,7 +242,7 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 		time.Sleep(d) // fault injection for crash-during-all-reduce tests
 	}
 	deadline := time.UnixMilli(a.DeadlineMs)
-	out, err := p.newOut(a.Iteration)
+	out, err := p.newOut(a.Iteration, len(a.Participants))
 	if err != nil {
 		log.Warn("cannot aggregate", zap.Error(err))
 		return

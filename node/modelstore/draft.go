@@ -45,7 +45,8 @@ type Draft struct {
 	size    int // floats
 
 	// The weights written in order from the start are hashed as they
-	// come (one server's model is written so), the rest read back by Model.
+	// come (a model written front to back costs no read back), the rest
+	// read back by Model.
 	hmu    sync.Mutex
 	h      hash.Hash
 	hashed int // floats hashed

@@ -308,7 +308,9 @@ func (p *plane) allReduce(a ctl.Aggregate, me int, attempt uint32, pa *partial, 
 	}
 	defer func() {
 		ib.mu.Lock()
-		run.sum = nil // late or stray pieces must not reach a recycled accumulator
+		// Late or stray pieces must not reach a recycled accumulator, nor
+		// an output the caller is about to finish or abort.
+		run.sum, run.out = nil, nil
 		ib.mu.Unlock()
 		p.chunkSums.put(sum)
 	}()
@@ -605,6 +607,9 @@ func (p *plane) consumeLocked(ib *inbox, kind frame.Kind, h peer.Header, data []
 		}
 		if ib.total != 0 && ib.total != h.N {
 			return fail("reduced with data size %v, another peer with %v", h.N, ib.total)
+		}
+		if r.out == nil {
+			return fail("it came after this server's all-reduce ended")
 		}
 		if err := r.out.put(int(h.Offset), data); err != nil {
 			if ib.err == nil {

@@ -213,6 +213,18 @@ func TestConsumePieces(t *testing.T) {
 		}
 	}
 
+	// A reduced piece after this server's all-reduce ended reaches no
+	// output (a draft may be closed by then).
+	p, ib = newRun()
+	out := ib.run.out.(*heapOut)
+	ib.run.out = nil
+	if ack := p.consumeLocked(ib, ctl.KindReduced, r, raw); ack || ib.err == nil {
+		t.Fatal("a reduced piece was taken after the all-reduce ended")
+	}
+	if out.m.Data[20] != 0 || out.m.Data[21] != 0 || ib.gotR[2] != 0 {
+		t.Fatal("a reduced piece after the all-reduce ended was written")
+	}
+
 	// A paced share is acknowledged.
 	p, ib = newRun()
 	ib.run.cnt = window*partialPiece + 1

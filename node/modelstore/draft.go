@@ -203,3 +203,51 @@ func (d *Draft) Abort() {
 	d.f = nil
 	d.s.removeTemp(d.tmp)
 }
+
+// stageCopy stages iteration iter as a copy of the mapped model whose
+// weights b locates, through a draft: the floats go from file to file
+// through a small buffer, hashed on the way. A non-empty sum must match.
+func (s *Store) stageCopy(iter uint64, b Backing, sum string) *Staged {
+	fail := func(err error) *Staged {
+		return &Staged{s: s, iter: iter, err: fmt.Errorf("cannot put iteration %d: %w", iter, err)}
+	}
+	d, err := s.Draft(iter)
+	if err != nil {
+		return fail(err)
+	}
+	buf := make([]byte, 1<<20)
+	for off := 0; off < d.size; {
+		k := min(len(buf)/4, d.size-off)
+		if _, err := b.File.ReadAt(buf[:4*k], b.DataOffset+4*int64(off)); err != nil {
+			d.Abort()
+			return fail(fmt.Errorf("cannot read checkpoint %s: %w", b.File.Name(), err))
+		}
+		if err := d.WriteAt(off, buf[:4*k]); err != nil {
+			d.Abort()
+			return fail(err)
+		}
+		off += k
+	}
+	_, got, err := d.Model()
+	if err == nil && sum != "" && got != sum {
+		err = fmt.Errorf("%w: the copied weights hash to %s, not %s", ErrChecksum, got, sum)
+	}
+	if err != nil {
+		d.Abort()
+		return fail(err)
+	}
+	return d.Seal()
+}
+
+// readAll reads the whole of f without moving its offset.
+func readAll(f *os.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, st.Size())
+	if _, err := f.ReadAt(b, 0); err != nil {
+		return nil, fmt.Errorf("cannot read checkpoint %s: %w", f.Name(), err)
+	}
+	return b, nil
+}

@@ -24,9 +24,10 @@ import (
 // may drop and read again, instead of the server's resident memory: the
 // heap then holds the accumulator and the uploads, not the model too.
 //
-// A mapped model reads like any other (the aggregate of a failed
-// iteration, a model shipped to a peer): touching it faults its pages in.
-// Writing to it faults the process, as Store's contract already forbids.
+// A mapped model reads like any other, and touching it faults its pages
+// in, so the store's own copies of a kept mapped model (Stage of a failed
+// iteration's model, Encoded for a peer) read its file instead. Writing to
+// it faults the process, as Store's contract already forbids.
 // A checkpoint that a mapped model lies in is never recycled as the spare
 // (overwritten in place): answers still sending it would change under the
 // devices. Removing it is safe: the open file keeps its blocks.

@@ -2,13 +2,18 @@ package modelstore
 
 import (
 	"encoding/binary"
+	"errors"
 	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/fedcluster/fedcluster/node/model"
 )
 
 // With SetMapCommitted, the newest model (recovered, then each committed
@@ -106,4 +111,90 @@ func TestMapCommittedNeedsOSFiles(t *testing.T) {
 			t.Fatalf("%+v: a model was mapped", o)
 		}
 	}
+}
+
+// A mapped model that is stored again (a failed iteration) or shipped to
+// a peer is copied from its checkpoint file: the copies are what the
+// model holds, and its mapping stays out of the process's memory.
+func TestMappedCopiesLeaveTheMappingUntouched(t *testing.T) {
+	d := t.TempDir()
+	s, err := Open(Options{Dir: d, FLName: "lenet", Keep: 2, MemKeep: 1, Logger: zaptest.NewLogger(t), Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.SetMapCommitted(true)
+	_, m0 := s.Latest()
+	heap := next(m0, 1) // computed before m0's pages could matter: m0 is read once here
+	if err := s.Put(1, heap.Clone()); err != nil {
+		t.Fatal(err)
+	}
+	_, mm := s.Latest()
+	if _, ok := s.Backing(mm); !ok {
+		t.Fatal("the latest model is not mapped")
+	}
+	if r := resident(t, mm); r != 0 {
+		t.Fatalf("%d bytes of a fresh mapping resident", r)
+	}
+
+	enc, ok, err := s.Encoded(1)
+	want, _ := Encode(heap, Meta{FLName: "lenet", Iteration: 1, SHA256: heap.SHA256()})
+	if err != nil || !ok || string(enc) != string(want) {
+		t.Fatalf("Encoded of a mapped model differs from Encode (err %v)", err)
+	}
+	if r := resident(t, mm); r != 0 {
+		t.Fatalf("encoding the model brought %d bytes of its mapping into memory", r)
+	}
+	if err := s.Stage(2, mm, "").Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if sum, _ := s.Sum(2); sum != heap.SHA256() {
+		t.Fatalf("iteration 2 stored as %s, want the copied %s", sum, heap.SHA256())
+	}
+	if r := resident(t, mm); r != 0 {
+		t.Fatalf("copying the model brought %d bytes of its mapping into memory", r)
+	}
+	_, m2 := s.Latest()
+	if err := s.Stage(3, m2, strings.Repeat("0", 64)).Commit(); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("a copy whose checksum is not the one given: %v", err)
+	}
+	if es, _ := os.ReadDir(d); len(es) != 2 {
+		t.Fatalf("%d files on disk, want the 2 kept checkpoints", len(es))
+	}
+	// The measure itself: reading the mapping makes it resident.
+	if mm.SHA256() != heap.SHA256() || resident(t, mm) == 0 {
+		t.Fatal("a read mapping is not resident: the check above proves nothing")
+	}
+}
+
+// resident is the resident size of the mapping holding m's weights, from
+// /proc/self/smaps.
+func resident(t *testing.T, m *model.Model) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := uint64(uintptr(unsafe.Pointer(&m.Data[0])))
+	in := false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if lo, hi, ok := strings.Cut(f[0], "-"); ok && !strings.HasSuffix(f[0], ":") {
+			l, err1 := strconv.ParseUint(lo, 16, 64)
+			h, err2 := strconv.ParseUint(hi, 16, 64)
+			in = err1 == nil && err2 == nil && l <= addr && addr < h
+			continue
+		}
+		if in && f[0] == "Rss:" && len(f) >= 2 {
+			kb, err := strconv.Atoi(f[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no mapping holds the model")
+	return 0
 }

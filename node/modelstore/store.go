@@ -319,7 +319,9 @@ type Staged struct {
 // Stage validates m and, when the store has a checkpoint dir, writes and
 // fsyncs its checkpoint under a temporary name. It may run concurrently
 // with anything else on the store; the store takes ownership of m. An empty
-// sum is computed.
+// sum is computed. A mapped model the store keeps (a failed iteration's
+// stored again) is copied from its checkpoint file, not read through its
+// mapping, which would bring the whole model into the server's memory.
 func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	st := &Staged{s: s, iter: iter, m: m, sum: sum}
 	switch {
@@ -329,6 +331,11 @@ func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	case !m.Layout.Equal(s.layout):
 		st.err = fmt.Errorf("cannot put iteration %d: %w", iter, ErrLayout)
 		return st
+	}
+	if b, ok := s.Backing(m); ok {
+		if st := s.stageCopy(iter, b, sum); !errors.Is(st.err, ErrNoDraft) {
+			return st
+		}
 	}
 	if st.sum == "" {
 		st.sum = m.SHA256()
@@ -712,6 +719,12 @@ func (s *Store) Encoded(iter uint64) ([]byte, bool, error) {
 	s.mu.RUnlock()
 	if !ok {
 		return nil, false, nil
+	}
+	if bk, mapped := s.Backing(m); mapped {
+		// The checkpoint file is what Encode would make: read it rather
+		// than the mapping, which would stay in the server's memory.
+		b, err := readAll(bk.File)
+		return b, true, err
 	}
 	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
 	return b, true, err

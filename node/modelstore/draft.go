@@ -52,7 +52,6 @@ type Draft struct {
 	hashed int // floats hashed
 
 	m   *model.Model // set by Model
-	b   Backing
 	sum string
 }
 
@@ -152,11 +151,11 @@ func (d *Draft) Model() (*model.Model, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("cannot map checkpoint draft: %w", err)
 	}
-	m, b, err := mapWeights(f, d.dataOff, d.s.layout)
+	m, _, err := mapWeights(f, d.dataOff, d.s.layout)
 	if err != nil {
 		return nil, "", fmt.Errorf("cannot map checkpoint draft %s: %w", d.tmp, err)
 	}
-	d.m, d.b, d.sum = m, b, hex.EncodeToString(h.Sum(nil))
+	d.m, d.sum = m, hex.EncodeToString(h.Sum(nil))
 	return d.m, d.sum, nil
 }
 
@@ -189,8 +188,7 @@ func (d *Draft) Seal() *Staged {
 		st.err = fmt.Errorf("cannot put iteration %d: cannot seal checkpoint %s: %w", d.iter, d.tmp, err)
 		return st
 	}
-	b := d.b
-	st.tmp, st.backing = d.tmp, &b
+	st.tmp = d.tmp
 	return st
 }
 

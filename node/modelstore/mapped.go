@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"unsafe"
+	"weak"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -53,12 +55,12 @@ func (s *Store) SetMapCommitted(on bool) {
 	s.mu.Lock()
 	s.mapCommitted = on
 	latest, m := s.latest, s.models[s.latest]
-	_, mapped := s.backing[m]
 	s.mu.Unlock()
+	_, mapped := s.Backing(m)
 	if !on || m == nil || mapped {
 		return
 	}
-	mm, b, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, latest)), s.layout)
+	mm, _, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, latest)), s.layout)
 	if err != nil {
 		s.log.Warn("cannot map the newest checkpoint; it stays in memory", zap.Uint64("iteration", latest), zap.Error(err))
 		return
@@ -66,24 +68,34 @@ func (s *Store) SetMapCommitted(on bool) {
 	s.mu.Lock()
 	if s.latest == latest && s.models[latest] == m {
 		s.models[latest] = mm
-		s.backing[mm] = b
 	}
 	s.mu.Unlock()
 }
 
 // Backing says where m's weights lie in its checkpoint file, if m is a
-// mapped model the store still keeps.
+// mapped model, kept or not: a handler may hold a model the store dropped
+// a moment ago, and must still send it from the file.
 func (s *Store) Backing(m *model.Model) (Backing, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	b, ok := s.backing[m]
-	return b, ok
+	if m == nil {
+		return Backing{}, false
+	}
+	v, ok := mappedModels.Load(weak.Make(m))
+	if !ok {
+		return Backing{}, false
+	}
+	return v.(Backing), true
 }
+
+// mappedModels holds every live mapped model's Backing, by a weak pointer
+// to the model: an entry goes with its mapping, once the model is
+// unreachable.
+var mappedModels sync.Map
 
 // mapping is what a mapped model's cleanup releases.
 type mapping struct {
 	f   *os.File
 	mem []byte
+	key weak.Pointer[model.Model]
 }
 
 // mapCheckpoint maps the weights of the checkpoint at path, which must
@@ -126,9 +138,13 @@ func mapWeights(f *os.File, data int64, l *model.Layout) (*model.Model, Backing,
 		return nil, Backing{}, err
 	}
 	m := &model.Model{Layout: l, Data: unsafe.Slice((*float32)(unsafe.Pointer(&mem[data])), l.Size)}
+	b := Backing{File: f, DataOffset: data}
+	key := weak.Make(m)
+	mappedModels.Store(key, b)
 	runtime.AddCleanup(m, func(mp mapping) {
+		mappedModels.Delete(mp.key)
 		_ = unix.Munmap(mp.mem)
 		_ = mp.f.Close()
-	}, mapping{f: f, mem: mem})
-	return m, Backing{File: f, DataOffset: data}, nil
+	}, mapping{f: f, mem: mem, key: key})
+	return m, b, nil
 }

@@ -21,7 +21,8 @@ import (
 // its weights lie at, the weights read back equal to what was put, the
 // heap copy is not what the store keeps, and no checkpoint file is
 // recycled as a spare (answers may still be sending it). A model whose
-// checkpoint was removed stays readable while it is referenced.
+// checkpoint was removed stays readable, and keeps its backing, while it
+// is referenced.
 func TestMapCommitted(t *testing.T) {
 	d := t.TempDir()
 	s, err := Open(Options{Dir: d, FLName: "lenet", Keep: 2, MemKeep: 1, Logger: zaptest.NewLogger(t), Seed: 1})
@@ -67,8 +68,15 @@ func TestMapCommitted(t *testing.T) {
 			}
 		}
 	}
-	if _, ok := s.Backing(first); ok {
-		t.Fatal("an evicted model still has a backing")
+	// Evicted but still held (an answer being written), it is still sent
+	// from its file, which still holds it though its name is gone.
+	b, ok := s.Backing(first)
+	if !ok {
+		t.Fatal("an evicted model still held has no backing")
+	}
+	raw := make([]byte, 4*len(m0.Data))
+	if _, err := b.File.ReadAt(raw, b.DataOffset); err != nil || string(raw) != string(model.FloatBytes(m0.Data)) {
+		t.Fatalf("the evicted model's file does not hold it (err %v)", err)
 	}
 	runtime.GC()
 	if first.SHA256() != want0 {

@@ -136,8 +136,7 @@ type Store struct {
 	models       map[uint64]*model.Model
 	sums         map[uint64]string // hex SHA-256 of each kept model
 	latest       uint64
-	mapCommitted bool                     // SetMapCommitted
-	backing      map[*model.Model]Backing // the kept models that are mapped
+	mapCommitted bool // SetMapCommitted
 }
 
 // Open builds the store: the initial model, then the newest valid
@@ -149,8 +148,7 @@ func Open(opts Options) (*Store, error) {
 	if opts.Keep == 0 {
 		opts.Keep = DefaultKeep
 	}
-	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}, sums: map[uint64]string{},
-		backing: map[*model.Model]Backing{}}
+	s := &Store{opts: opts, fs: opts.FS, log: opts.Logger, models: map[uint64]*model.Model{}, sums: map[uint64]string{}}
 	if s.fs == nil {
 		s.fs = OSFS
 	}
@@ -312,8 +310,6 @@ type Staged struct {
 	sum  string
 	tmp  string // the synced temporary file; "" without a checkpoint dir
 	err  error
-
-	backing *Backing // m is a mapping of tmp (a sealed Draft)
 }
 
 // Stage validates m and, when the store has a checkpoint dir, writes and
@@ -455,8 +451,7 @@ func (st *Staged) Commit() error {
 		st.Discard()
 		return fmt.Errorf("cannot put iteration %d (latest %d): %w", st.iter, latest, ErrOutOfOrder)
 	}
-	m, mapped := st.m, false
-	var b Backing
+	m := st.m
 	if st.tmp != "" {
 		tmp := st.tmp
 		st.tmp = ""
@@ -466,22 +461,19 @@ func (st *Staged) Commit() error {
 		s.mu.RLock()
 		mapping := s.mapCommitted
 		s.mu.RUnlock()
-		if st.backing != nil {
-			m, b, mapped = st.m, *st.backing, true // renamed, the file is the same
-		} else if mapping {
-			mm, bk, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
+		// A sealed draft's model is a mapping of the file already:
+		// renamed, the file is the same.
+		if _, mapped := s.Backing(m); mapping && !mapped {
+			mm, _, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
 			if err != nil {
 				s.log.Warn("cannot map the new checkpoint; the model stays in memory", zap.Uint64("iteration", st.iter), zap.Error(err))
 			} else {
-				m, b, mapped = mm, bk, true
+				m = mm
 			}
 		}
 	}
 	s.mu.Lock()
 	s.models[st.iter] = m
-	if mapped {
-		s.backing[m] = b
-	}
 	s.sums[st.iter] = st.sum
 	s.latest = st.iter
 	s.evictLocked()
@@ -551,7 +543,6 @@ func (s *Store) evictLocked() {
 	}
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
 	for _, it := range iters[min(keep, len(iters)):] {
-		delete(s.backing, s.models[it])
 		delete(s.models, it)
 		delete(s.sums, it)
 	}
@@ -746,7 +737,6 @@ func (s *Store) Truncate(from uint64) ([]uint64, error) {
 	for it := range s.models {
 		if it >= from {
 			gone = append(gone, it)
-			delete(s.backing, s.models[it])
 			delete(s.models, it)
 			delete(s.sums, it)
 		}

@@ -236,16 +236,3 @@ func (s *Store) stageCopy(iter uint64, b Backing, sum string) *Staged {
 	}
 	return d.Seal()
 }
-
-// readAll reads the whole of f without moving its offset.
-func readAll(f *os.File) ([]byte, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	b := make([]byte, st.Size())
-	if _, err := f.ReadAt(b, 0); err != nil {
-		return nil, fmt.Errorf("cannot read checkpoint %s: %w", f.Name(), err)
-	}
-	return b, nil
-}

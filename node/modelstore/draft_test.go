@@ -50,6 +50,12 @@ func TestDraft(t *testing.T) {
 	if err != nil || sum != want.SHA256() || m.SHA256() != sum {
 		t.Fatalf("draft model hashes to %s, want %s (err %v)", sum, want.SHA256(), err)
 	}
+	// Before the seal the file's header is a placeholder: a peer fetching
+	// the model still gets its true checkpoint bytes.
+	enc, err := s.EncodeModel(m, 1, sum)
+	if wantEnc, _ := Encode(want, Meta{FLName: "lenet", Iteration: 1, SHA256: sum}); err != nil || string(enc) != string(wantEnc) {
+		t.Fatalf("EncodeModel of a draft's model differs from Encode (err %v)", err)
+	}
 	if err := dr.Seal().Commit(); err != nil {
 		t.Fatal(err)
 	}

@@ -711,14 +711,29 @@ func (s *Store) Encoded(iter uint64) ([]byte, bool, error) {
 	if !ok {
 		return nil, false, nil
 	}
-	if bk, mapped := s.Backing(m); mapped {
-		// The checkpoint file is what Encode would make: read it rather
-		// than the mapping, which would stay in the server's memory.
-		b, err := readAll(bk.File)
-		return b, true, err
-	}
-	b, err := Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
+	b, err := s.EncodeModel(m, iter, sum)
 	return b, true, err
+}
+
+// EncodeModel is Encode of m as iteration iter with checksum sum (computed
+// when empty), for a model of this store's layout. A mapped model's
+// weights are read from its file, not through its mapping, which would
+// then stay in the server's memory.
+func (s *Store) EncodeModel(m *model.Model, iter uint64, sum string) ([]byte, error) {
+	bk, mapped := s.Backing(m)
+	if !mapped || sum == "" || !m.Layout.Equal(s.layout) {
+		return Encode(m, Meta{FLName: s.opts.FLName, Iteration: iter, SHA256: sum})
+	}
+	pre, err := s.prefix(iter, sum)
+	if err != nil {
+		return nil, fmt.Errorf("cannot encode model: %w", err)
+	}
+	b := make([]byte, len(pre)+4*len(m.Data))
+	copy(b, pre)
+	if _, err := bk.File.ReadAt(b[len(pre):], bk.DataOffset); err != nil {
+		return nil, fmt.Errorf("cannot encode model: cannot read checkpoint %s: %w", bk.File.Name(), err)
+	}
+	return b, nil
 }
 
 // Truncate forgets the models of iterations from and later, in memory and

@@ -444,7 +444,7 @@ func (p *plane) serveFetch(body []byte) ([]byte, error) {
 		m, sha := pa.result, pa.sha
 		pa.mu.Unlock()
 		if m != nil {
-			return modelstore.Encode(m, modelstore.Meta{FLName: p.s.cfg.FL.FLName, Iteration: it, SHA256: sha})
+			return p.store.EncodeModel(m, it, sha)
 		}
 	}
 	return nil, fmt.Errorf("iteration %d is not stored here", it)

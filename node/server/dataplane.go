@@ -309,6 +309,15 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 		} else {
 			_, m = p.store.Latest()
 		}
+		if pa != nil {
+			// The partial sum is spent (its result is taken, if any): its
+			// accumulator goes back before the commit, which for a large
+			// model waits for the checkpoint's fdatasync. Devices that
+			// faster servers have switched already upload the next
+			// iteration here meanwhile, and would get a second one: two
+			// float64 models at once. Peers still fetch the result.
+			pa.drop(p.recycle)
+		}
 		var err error
 		switch {
 		case m == nil:

@@ -73,10 +73,15 @@ func (p *partial) release() {
 }
 
 // drop retires the partial once no update is in flight: its accumulator
-// goes to give now, or when the last all-reduce reading it ends.
+// goes to give now, or when the last all-reduce reading it ends. Only the
+// first call does anything.
 func (p *partial) drop(give func(agg.Accumulator)) {
 	p.waitIdle()
 	p.mu.Lock()
+	if p.dropped {
+		p.mu.Unlock()
+		return
+	}
 	p.dropped, p.released = true, give
 	now := p.running == 0
 	staged := p.staged

@@ -97,6 +97,7 @@ func TestStagedResult(t *testing.T) {
 	b := shifted(3)
 	pb.setResult(b, b.SHA256(), func() *staging { return stage(2, b, b.SHA256()) })
 	pb.drop(func(a agg.Accumulator) { a.Close() })
+	pb.drop(func(agg.Accumulator) { t.Fatal("a second drop gave the accumulator again") })
 	if n := temps(); n != 0 {
 		t.Fatalf("%d temporary checkpoints left after drop", n)
 	}

@@ -19,10 +19,11 @@ import (
 // in a heap model until its checkpoint was written, they were one model
 // more in the server's memory at its peak, since the accumulators are
 // still live then. A Draft is the checkpoint's file filled in place
-// instead: pieces go to the page cache with pwrite, the checksum is read
-// back from the file, and the model it yields is a read-only mapping of
-// the file, which stays out of the server's resident memory unless read
-// (see SetMapCommitted). Drafts need mapped checkpoints.
+// instead: pieces go to the page cache with pwrite, the checksum is taken
+// as they come in order and from the file for the rest, and the model it
+// yields is a read-only mapping of the file, which stays out of the
+// server's resident memory unless read (see SetMapCommitted). Drafts need
+// mapped checkpoints.
 
 // ErrNoDraft is returned by Store.Draft where checkpoints are not mapped.
 var ErrNoDraft = errors.New("checkpoints are not mapped: no draft in place")

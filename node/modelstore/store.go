@@ -315,9 +315,9 @@ type Staged struct {
 // Stage validates m and, when the store has a checkpoint dir, writes and
 // fsyncs its checkpoint under a temporary name. It may run concurrently
 // with anything else on the store; the store takes ownership of m. An empty
-// sum is computed. A mapped model the store keeps (a failed iteration's
-// stored again) is copied from its checkpoint file, not read through its
-// mapping, which would bring the whole model into the server's memory.
+// sum is computed. A mapped model (a failed iteration's, stored again) is
+// copied from its checkpoint file, not read through its mapping, which
+// would bring the whole model into the server's memory.
 func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	st := &Staged{s: s, iter: iter, m: m, sum: sum}
 	switch {

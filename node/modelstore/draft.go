@@ -152,7 +152,7 @@ func (d *Draft) Model() (*model.Model, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("cannot map checkpoint draft: %w", err)
 	}
-	m, _, err := mapWeights(f, d.dataOff, d.s.layout)
+	m, err := mapWeights(f, d.dataOff, d.s.layout)
 	if err != nil {
 		return nil, "", fmt.Errorf("cannot map checkpoint draft %s: %w", d.tmp, err)
 	}

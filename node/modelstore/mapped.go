@@ -27,8 +27,8 @@ import (
 // heap then holds the accumulator and the uploads, not the model too.
 //
 // A mapped model reads like any other, and touching it faults its pages
-// in, so the store's own copies of a kept mapped model (Stage of a failed
-// iteration's model, Encoded for a peer) read its file instead. Writing to
+// in, so the store's own copies of a mapped model (Stage of a failed
+// iteration's model, EncodeModel for a peer) read its file instead. Writing to
 // it faults the process, as Store's contract already forbids.
 // A checkpoint that a mapped model lies in is never recycled as the spare
 // (overwritten in place): answers still sending it would change under the
@@ -60,7 +60,7 @@ func (s *Store) SetMapCommitted(on bool) {
 	if !on || m == nil || mapped {
 		return
 	}
-	mm, _, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, latest)), s.layout)
+	mm, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, latest)), s.layout)
 	if err != nil {
 		s.log.Warn("cannot map the newest checkpoint; it stays in memory", zap.Uint64("iteration", latest), zap.Error(err))
 		return
@@ -101,10 +101,10 @@ type mapping struct {
 // mapCheckpoint maps the weights of the checkpoint at path, which must
 // hold a model of layout l, as a model whose memory is the file's. The
 // mapping and the file are released once the model is unreachable.
-func mapCheckpoint(path string, l *model.Layout) (*model.Model, Backing, error) {
+func mapCheckpoint(path string, l *model.Layout) (*model.Model, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, Backing{}, err
+		return nil, err
 	}
 	var pre [8]byte
 	st, err := f.Stat()
@@ -113,29 +113,29 @@ func mapCheckpoint(path string, l *model.Layout) (*model.Model, Backing, error) 
 	}
 	if err != nil {
 		f.Close()
-		return nil, Backing{}, fmt.Errorf("cannot read checkpoint %s: %w", path, err)
+		return nil, fmt.Errorf("cannot read checkpoint %s: %w", path, err)
 	}
 	hl := binary.LittleEndian.Uint64(pre[:])
 	data := 8 + int64(hl)
 	if hl%8 != 0 || hl > uint64(st.Size()) || data+4*int64(l.Size) != st.Size() {
 		f.Close()
-		return nil, Backing{}, fmt.Errorf("cannot map checkpoint %s: %d bytes with a %d-byte header do not hold %d floats", path, st.Size(), hl, l.Size)
+		return nil, fmt.Errorf("cannot map checkpoint %s: %d bytes with a %d-byte header do not hold %d floats", path, st.Size(), hl, l.Size)
 	}
-	m, b, err := mapWeights(f, data, l)
+	m, err := mapWeights(f, data, l)
 	if err != nil {
-		return nil, Backing{}, fmt.Errorf("cannot map checkpoint %s: %w", path, err)
+		return nil, fmt.Errorf("cannot map checkpoint %s: %w", path, err)
 	}
-	return m, b, nil
+	return m, nil
 }
 
-// mapWeights maps the floats of layout l at offset data of f as a model;
-// the mapping owns f, which is closed on failure or once the model is
-// unreachable.
-func mapWeights(f *os.File, data int64, l *model.Layout) (*model.Model, Backing, error) {
+// mapWeights maps the floats of layout l at offset data of f as a model,
+// whose Backing the store then knows; the mapping owns f, which is closed
+// on failure or once the model is unreachable.
+func mapWeights(f *os.File, data int64, l *model.Layout) (*model.Model, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, int(data+4*int64(l.Size)), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		f.Close()
-		return nil, Backing{}, err
+		return nil, err
 	}
 	m := &model.Model{Layout: l, Data: unsafe.Slice((*float32)(unsafe.Pointer(&mem[data])), l.Size)}
 	b := Backing{File: f, DataOffset: data}
@@ -146,5 +146,5 @@ func mapWeights(f *os.File, data int64, l *model.Layout) (*model.Model, Backing,
 		_ = unix.Munmap(mp.mem)
 		_ = mp.f.Close()
 	}, mapping{f: f, mem: mem, key: key})
-	return m, b, nil
+	return m, nil
 }

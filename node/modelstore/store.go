@@ -464,7 +464,7 @@ func (st *Staged) Commit() error {
 		// A sealed draft's model is a mapping of the file already:
 		// renamed, the file is the same.
 		if _, mapped := s.Backing(m); mapping && !mapped {
-			mm, _, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
+			mm, err := mapCheckpoint(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, st.iter)), s.layout)
 			if err != nil {
 				s.log.Warn("cannot map the new checkpoint; the model stays in memory", zap.Uint64("iteration", st.iter), zap.Error(err))
 			} else {

@@ -160,8 +160,8 @@ func (d *Draft) Model() (*model.Model, string, error) {
 	return d.m, d.sum, nil
 }
 
-// Seal writes the header with the checksum and fsyncs the file: the
-// result commits like Stage's, as the mapped model. Model must have
+// Seal writes the header with the checksum and starts the file's fsync:
+// the result commits like Stage's, as the mapped model. Model must have
 // succeeded.
 func (d *Draft) Seal() *Staged {
 	st := &Staged{s: d.s, iter: d.iter, m: d.m, sum: d.sum}
@@ -177,19 +177,15 @@ func (d *Draft) Seal() *Staged {
 	if err == nil {
 		_, err = d.f.WriteAt(pre, 0)
 	}
-	if err == nil {
-		err = osFile{d.f}.Sync()
-	}
-	if cerr := d.f.Close(); err == nil {
-		err = cerr
-	}
+	f := d.f
 	d.f = nil
 	if err != nil {
+		f.Close()
 		d.s.removeTemp(d.tmp)
 		st.err = fmt.Errorf("cannot put iteration %d: cannot seal checkpoint %s: %w", d.iter, d.tmp, err)
 		return st
 	}
-	st.tmp = d.tmp
+	st.tmp, st.synced = d.tmp, syncInBackground(osFile{f}, d.tmp)
 	return st
 }
 

@@ -20,6 +20,11 @@
 // the slow half (write and fsync under the temporary name) ahead of time, so
 // that Commit at the iteration switch is only the rename and the directory
 // fsync; a crash between them leaves a temporary file that recovery removes.
+// The file's fsync runs in the background from Stage on, and Commit renames
+// without waiting for it: the two syncs overlap, and Commit publishes only
+// once both are done. A crash before that may leave the new name on weights
+// not yet on disk; recovery's checksum sets such a file aside, and nothing
+// was served from it.
 // The same directory fsync retires the checkpoints beyond Keep, one of
 // them renamed to a temporary name as the spare that the next checkpoint
 // overwrites in place, so a steady job allocates no inode and no blocks
@@ -176,9 +181,9 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.evictLocked() // no lock needed yet: s is not shared
 	if loaded == 0 {
-		tmp, err := s.writeTemp(0, initial, s.sums[0])
+		tmp, synced, err := s.writeTemp(0, initial, s.sums[0])
 		if err == nil {
-			err = s.rename(tmp, 0)
+			err = s.rename(tmp, 0, func() error { return <-synced })
 		}
 		if err != nil {
 			return nil, err
@@ -308,12 +313,44 @@ type Staged struct {
 	iter uint64
 	m    *model.Model
 	sum  string
-	tmp  string // the synced temporary file; "" without a checkpoint dir
+	tmp  string // the temporary file; "" without a checkpoint dir
 	err  error
+	// synced delivers the outcome of tmp's background fsync; nil when the
+	// file was synced before Stage returned.
+	synced <-chan error
 }
 
-// Stage validates m and, when the store has a checkpoint dir, writes and
-// fsyncs its checkpoint under a temporary name. It may run concurrently
+// syncInBackground fsyncs and closes f, which holds path, and delivers the
+// outcome. The goroutine belongs to the Staged that holds the channel: its
+// Commit or Discard waits for it.
+func syncInBackground(f File, path string) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		err := f.Sync()
+		if err != nil {
+			err = fmt.Errorf("cannot sync checkpoint %s: %w", path, err)
+		}
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("cannot close checkpoint %s: %w", path, cerr)
+		}
+		done <- err
+	}()
+	return done
+}
+
+// waitSynced waits for the background fsync, if any, and returns its
+// error; called once, by Commit or Discard.
+func (st *Staged) waitSynced() error {
+	if st.synced == nil {
+		return nil
+	}
+	err := <-st.synced
+	st.synced = nil
+	return err
+}
+
+// Stage validates m and, when the store has a checkpoint dir, writes its
+// checkpoint under a temporary name and starts its fsync. It may run concurrently
 // with anything else on the store; the store takes ownership of m. An empty
 // sum is computed. A mapped model (a failed iteration's, stored again) is
 // copied from its checkpoint file, not read through its mapping, which
@@ -337,7 +374,7 @@ func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 		st.sum = m.SHA256()
 	}
 	if s.opts.Dir != "" {
-		st.tmp, st.err = s.writeTemp(iter, m, st.sum)
+		st.tmp, st.synced, st.err = s.writeTemp(iter, m, st.sum)
 		if st.err != nil {
 			st.err = fmt.Errorf("cannot put iteration %d: %w", iter, st.err)
 		}
@@ -345,12 +382,12 @@ func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	return st
 }
 
-// writeTemp writes and fsyncs iteration iter's checkpoint under a
-// temporary name, which it returns.
-func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, err error) {
+// writeTemp writes iteration iter's checkpoint under a temporary name,
+// which it returns, and starts its fsync.
+func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, synced <-chan error, err error) {
 	f, tmp, err := s.tempFile(iter)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -363,16 +400,9 @@ func (s *Store) writeTemp(iter uint64, m *model.Model, sum string) (tmp string, 
 	}
 	if err != nil {
 		f.Close()
-		return "", fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
+		return "", nil, fmt.Errorf("cannot write checkpoint %s: %w", tmp, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", fmt.Errorf("cannot sync checkpoint %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return "", fmt.Errorf("cannot close checkpoint %s: %w", tmp, err)
-	}
-	return tmp, nil
+	return tmp, syncInBackground(f, tmp), nil
 }
 
 // tempName is a fresh temporary name for iteration iter's checkpoint.
@@ -403,21 +433,35 @@ func (s *Store) tempFile(iter uint64) (File, string, error) {
 	return f, tmp, nil
 }
 
-// rename gives a synced temporary checkpoint its final name, retires the
-// checkpoints beyond the newest Keep and fsyncs the directory. On failure
-// no file is left under either name, and the retired checkpoint is back.
-func (s *Store) rename(tmp string, iter uint64) error {
+// rename gives a staged checkpoint its final name, retires the
+// checkpoints beyond the newest Keep and fsyncs the directory while the
+// file's own fsync (waited for by synced) may still run. On failure no
+// file is left under either name, and the retired checkpoint is back.
+func (s *Store) rename(tmp string, iter uint64, synced func() error) error {
 	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
 	if err := s.fs.Rename(tmp, final); err != nil {
+		_ = synced()
 		s.removeTemp(tmp)
 		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
 	}
 	r := s.retire()
-	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+	dirErr := s.fs.SyncDir(s.opts.Dir)
+	err := synced()
+	if dirErr != nil {
+		err = fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, dirErr)
+	}
+	if err != nil {
 		// The file may be visible but not durable: do not publish it.
 		s.removeTemp(final)
 		r.undo(s)
-		return fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, err)
+		if dirErr == nil {
+			// The new name is durable: so must its removal be, or a
+			// crash would bring back what this commit did not publish.
+			if err := s.fs.SyncDir(s.opts.Dir); err != nil {
+				s.log.Warn("cannot sync checkpoint dir after a failed commit", zap.String("dir", s.opts.Dir), zap.Error(err))
+			}
+		}
+		return err
 	}
 	r.finish(s)
 	return nil
@@ -455,7 +499,7 @@ func (st *Staged) Commit() error {
 	if st.tmp != "" {
 		tmp := st.tmp
 		st.tmp = ""
-		if err := s.rename(tmp, st.iter); err != nil {
+		if err := s.rename(tmp, st.iter, st.waitSynced); err != nil {
 			return fmt.Errorf("cannot put iteration %d: %w", st.iter, err)
 		}
 		s.mu.RLock()
@@ -483,6 +527,7 @@ func (st *Staged) Commit() error {
 
 // Discard removes a staged checkpoint that will not be committed.
 func (st *Staged) Discard() {
+	_ = st.waitSynced()
 	if st.tmp != "" {
 		st.s.removeTemp(st.tmp)
 		st.tmp = ""

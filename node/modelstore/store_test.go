@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
@@ -753,5 +754,71 @@ func TestRecycleFaults(t *testing.T) {
 				t.Fatalf("fault %d: temporary or corrupt file after recovery: %s", n, ns)
 			}
 		}
+	}
+}
+
+// dirSyncSignal tells when a SyncDir has returned.
+type dirSyncSignal struct {
+	FS
+	synced chan struct{}
+}
+
+func (d dirSyncSignal) SyncDir(dir string) error {
+	err := d.FS.SyncDir(dir)
+	d.synced <- struct{}{}
+	return err
+}
+
+// TestCommitOverlapsTheFileSync: Commit renames a staged checkpoint and
+// syncs the directory while the file's own sync still runs, and publishes
+// only once both are done. A crash in between finds the new name on
+// weights that are not on disk: recovery sets it aside and serves the
+// previous model, which is all a device could have been served.
+func TestCommitOverlapsTheFileSync(t *testing.T) {
+	mem := NewMemFS()
+	release := make(chan struct{})
+	var hold atomic.Bool
+	efs := NewErrorFS(mem, func(op Op, p string) error {
+		if op == OpSync && hold.Load() {
+			<-release
+		}
+		return nil
+	})
+	fsys := dirSyncSignal{FS: efs, synced: make(chan struct{}, 1)}
+	s := open(t, fsys, func(o *Options) { o.Logger = zap.NewNop() })
+	<-fsys.synced // Open's own checkpoint of iteration 0
+	_, m0 := s.Latest()
+	m1 := next(m0, 1)
+
+	hold.Store(true)
+	committed := make(chan error, 1)
+	go func() { committed <- s.Stage(1, m1, "").Commit() }()
+	select {
+	case <-fsys.synced: // renamed, directory synced, the file's sync held
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("Commit waited for the file's sync before renaming and syncing the directory")
+	}
+	if got := checkpoints(t, mem); got != "lenet_iteration_0.safetensors lenet_iteration_1.safetensors" {
+		t.Fatalf("checkpoints while the file syncs: %q", got)
+	}
+	if s.Has(1) {
+		t.Fatal("iteration 1 published before its file was synced")
+	}
+	r := open(t, mem.CrashClone(), func(o *Options) { o.Logger = zap.NewNop() })
+	if it, m := r.Latest(); it != 0 || m.SHA256() != m0.SHA256() {
+		t.Fatalf("a crash before the file's sync recovered iteration %d", it)
+	}
+
+	close(release)
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	if g, ok := s.Get(1); !ok || g.SHA256() != m1.SHA256() {
+		t.Fatal("committed model not served")
+	}
+	r = open(t, mem.CrashClone(), func(o *Options) { o.Logger = zap.NewNop() })
+	if it, m := r.Latest(); it != 1 || m.SHA256() != m1.SHA256() {
+		t.Fatalf("a crash after Commit recovered iteration %d", it)
 	}
 }

@@ -303,11 +303,11 @@ func (s *Store) quarantine(p string, cause error) {
 	}
 }
 
-// Staged is an iteration's model with its checkpoint already written and
-// synced under a temporary name: the slow part of Put, done ahead (while the
-// cluster still agrees on the model) so that publishing it at the iteration
-// switch is only a rename. Commit publishes it, Discard drops it; exactly
-// one of them must be called.
+// Staged is an iteration's model with its checkpoint already written under
+// a temporary name and its sync under way: the slow part of Put, done ahead
+// (while the cluster still agrees on the model) so that publishing it at
+// the iteration switch is a rename and the directory's sync. Commit
+// publishes it, Discard drops it; exactly one of them must be called.
 type Staged struct {
 	s    *Store
 	iter uint64

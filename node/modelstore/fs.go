@@ -101,9 +101,17 @@ func (osFS) Open(name string) (File, error) {
 	return osFile{f}, nil
 }
 
-func (osFS) Rename(oldname, newname string) error { return os.Rename(oldname, newname) }
-func (osFS) Remove(name string) error             { return os.Remove(name) }
-func (osFS) MkdirAll(dir string) error            { return os.MkdirAll(dir, 0o755) }
+// Rename is rename(2) itself: os.Rename first stats newname, to refuse
+// replacing a directory, which checkpoint names never are.
+func (osFS) Rename(oldname, newname string) error {
+	if err := unix.Rename(oldname, newname); err != nil {
+		return &os.LinkError{Op: "rename", Old: oldname, New: newname, Err: err}
+	}
+	return nil
+}
+
+func (osFS) Remove(name string) error  { return os.Remove(name) }
+func (osFS) MkdirAll(dir string) error { return os.MkdirAll(dir, 0o755) }
 
 func (osFS) ReadDir(dir string) ([]string, error) {
 	es, err := os.ReadDir(dir)

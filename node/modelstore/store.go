@@ -54,6 +54,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -133,6 +134,11 @@ type Store struct {
 	tmpSeq atomic.Uint64
 
 	writeMu sync.Mutex // serializes Put
+	// ckpts are the iterations whose checkpoint files are in Dir,
+	// ascending: kept as files are renamed and removed, so that a commit
+	// retires old checkpoints without listing the directory. Guarded by
+	// writeMu (Open fills it before the store is shared).
+	ckpts []uint64
 
 	spareMu sync.Mutex
 	spare   string // an evicted checkpoint's file under a temporary name, for the next writeTemp; "" if none
@@ -267,6 +273,11 @@ func (s *Store) recover() (int, error) {
 		}
 	}
 	sort.Slice(iters, func(i, j int) bool { return iters[i] > iters[j] })
+	setAside := map[uint64]bool{}
+	defer func() {
+		slices.Reverse(iters)
+		s.ckpts = slices.DeleteFunc(iters, func(it uint64) bool { return setAside[it] })
+	}()
 	loaded := 0
 	for _, it := range iters { // newest first
 		if loaded >= s.memKeep() && it != 0 {
@@ -284,7 +295,7 @@ func (s *Store) recover() (int, error) {
 			return 0, fmt.Errorf("cannot recover checkpoint %s: %w", p, err)
 		}
 		if err != nil {
-			s.quarantine(p, err)
+			setAside[it] = s.quarantine(p, err)
 			continue
 		}
 		s.models[it] = m
@@ -296,11 +307,15 @@ func (s *Store) recover() (int, error) {
 	return loaded, nil
 }
 
-func (s *Store) quarantine(p string, cause error) {
+// quarantine renames a corrupt checkpoint to <name>.corrupt and says
+// whether it did.
+func (s *Store) quarantine(p string, cause error) bool {
 	s.log.Warn("skipping corrupt checkpoint", zap.String("path", p), zap.Error(cause))
 	if err := s.fs.Rename(p, p+corruptSuffix); err != nil {
 		s.log.Warn("cannot set corrupt checkpoint aside", zap.String("path", p), zap.Error(err))
+		return false
 	}
+	return true
 }
 
 // Staged is an iteration's model with its checkpoint already written under
@@ -444,7 +459,7 @@ func (s *Store) rename(tmp string, iter uint64, synced func() error) error {
 		s.removeTemp(tmp)
 		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
 	}
-	r := s.retire()
+	r := s.retire(iter)
 	dirErr := s.fs.SyncDir(s.opts.Dir)
 	err := synced()
 	if dirErr != nil {
@@ -463,6 +478,7 @@ func (s *Store) rename(tmp string, iter uint64, synced func() error) error {
 		}
 		return err
 	}
+	s.ckpts = append(s.ckpts, iter) // after every earlier one: commits go forward
 	r.finish(s)
 	return nil
 }
@@ -598,7 +614,8 @@ func (s *Store) evictLocked() {
 // store holds none), the others to remove once the commit is durable.
 type retirement struct {
 	from, spare string // the spare's checkpoint name and temporary name
-	remove      []string
+	spareIter   uint64
+	remove      []uint64 // iterations whose checkpoints go
 }
 
 // retire renames the oldest checkpoint beyond the newest Keep to a
@@ -606,23 +623,12 @@ type retirement struct {
 // removal. The commit's directory sync makes that rename durable before
 // the file is handed out as the spare: overwritten under its old name, a
 // crash would leave that name on another iteration's model.
-func (s *Store) retire() retirement {
+func (s *Store) retire(iter uint64) retirement {
 	var r retirement
-	names, err := s.fs.ReadDir(s.opts.Dir)
-	if err != nil {
-		s.log.Warn("cannot list checkpoint dir for cleanup", zap.String("dir", s.opts.Dir), zap.Error(err))
-		return r
-	}
-	var iters []uint64
-	for _, name := range names {
-		if it, ckpt, _ := s.parseName(name); ckpt {
-			iters = append(iters, it)
-		}
-	}
+	iters := append(s.ckpts[:len(s.ckpts):len(s.ckpts)], iter)
 	if len(iters) <= s.opts.Keep {
 		return r
 	}
-	sort.Slice(iters, func(i, j int) bool { return iters[i] < iters[j] })
 	s.spareMu.Lock()
 	haveSpare := s.spare != ""
 	s.spareMu.Unlock()
@@ -636,11 +642,11 @@ func (s *Store) retire() retirement {
 		if !haveSpare && r.spare == "" {
 			tmp := s.tempName(it)
 			if err := s.fs.Rename(p, tmp); err == nil {
-				r.from, r.spare = p, tmp
+				r.from, r.spare, r.spareIter = p, tmp, it
 				continue
 			}
 		}
-		r.remove = append(r.remove, p)
+		r.remove = append(r.remove, it)
 	}
 	return r
 }
@@ -649,11 +655,19 @@ func (s *Store) retire() retirement {
 // other retired checkpoints. Failures are logged: the new checkpoint does
 // not depend on them.
 func (r retirement) finish(s *Store) {
-	for _, p := range r.remove {
+	gone := r.remove[:0]
+	for _, it := range r.remove {
+		p := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))
 		if err := s.fs.Remove(p); err != nil {
 			s.log.Warn("cannot remove old checkpoint", zap.String("path", p), zap.Error(err))
+			continue // still there: the next commit tries again
 		}
+		gone = append(gone, it)
 	}
+	if r.spare != "" {
+		gone = append(gone, r.spareIter)
+	}
+	s.ckpts = slices.DeleteFunc(s.ckpts, func(it uint64) bool { return slices.Contains(gone, it) })
 	if r.spare == "" {
 		return
 	}
@@ -820,19 +834,17 @@ func (s *Store) Truncate(from uint64) ([]uint64, error) {
 	if s.opts.Dir == "" {
 		return gone, nil
 	}
-	names, err := s.fs.ReadDir(s.opts.Dir)
-	if err != nil {
-		return gone, fmt.Errorf("cannot list checkpoint dir: %w", err)
-	}
 	var errs []error
-	for _, name := range names {
-		it, ckpt, _ := s.parseName(name)
-		if ckpt && it >= from {
-			if err := s.fs.Remove(filepath.Join(s.opts.Dir, name)); err != nil {
-				errs = append(errs, err)
-			}
+	s.ckpts = slices.DeleteFunc(s.ckpts, func(it uint64) bool {
+		if it < from {
+			return false
 		}
-	}
+		if err := s.fs.Remove(filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, it))); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		return true
+	})
 	if err := s.fs.SyncDir(s.opts.Dir); err != nil {
 		errs = append(errs, err)
 	}

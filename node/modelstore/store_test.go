@@ -163,6 +163,46 @@ func TestKeep(t *testing.T) {
 	}
 }
 
+// TestCommitDoesNotListTheDirectory: the store knows its checkpoint files
+// from Open on, so a commit retires old ones without listing the
+// directory, and a Truncate removes the right ones.
+func TestCommitDoesNotListTheDirectory(t *testing.T) {
+	mem := NewMemFS()
+	var opened atomic.Bool
+	efs := NewErrorFS(mem, func(op Op, p string) error {
+		if op == OpReadDir && opened.Load() {
+			return ErrInjected
+		}
+		return nil
+	})
+	s := open(t, efs, func(o *Options) { o.Keep = 2 })
+	opened.Store(true)
+	_, m := s.Latest()
+	for i := uint64(1); i <= 4; i++ {
+		if err := s.Put(i, next(m, float32(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := checkpoints(t, mem); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+	if _, err := s.Truncate(4); err != nil {
+		t.Fatal(err)
+	}
+	if got := checkpoints(t, mem); got != "lenet_iteration_3.safetensors" {
+		t.Fatalf("files after Truncate(4) %q", got)
+	}
+	if err := s.Put(4, next(m, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(5, next(m, 6)); err != nil {
+		t.Fatal(err)
+	}
+	if got := checkpoints(t, mem); got != "lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+}
+
 func TestMemoryOnly(t *testing.T) {
 	s := open(t, NewMemFS(), func(o *Options) { o.Dir = "" })
 	_, m := s.Latest()

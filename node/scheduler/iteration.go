@@ -137,7 +137,6 @@ func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {
 		n, _ := s.members.Node(id)
 		parts = append(parts, ctl.Participant{NodeID: id, PeerAddr: n.PeerAddr})
 	}
-	s.log.Info("aggregating", zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt), zap.Strings("servers", a.Servers), zap.Int("updates", a.Total))
 	for _, id := range a.Servers {
 		c := s.conns[id]
 		if c == nil {
@@ -148,6 +147,8 @@ func (s *Scheduler) startAggregationLocked(a iteration.StartAggregation) {
 			s.log.Warn("cannot start aggregation", zap.String("on", id), zap.Error(err))
 		}
 	}
+	// Logged once the servers are on their way.
+	s.log.Info("aggregating", zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt), zap.Strings("servers", a.Servers), zap.Int("updates", a.Total))
 }
 
 // pushStateLocked pushes the iteration state to every server; unless

@@ -263,13 +263,15 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 	if !pa.setResult(m, sha, func() *staging { return p.stage(out) }) {
 		out.abort()
 	}
-	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
-		zap.Duration("took", time.Since(start)), zap.String("model_sha256", sha))
+	took := time.Since(start)
 	pa.mu.Lock()
 	lossSum, losses := pa.lossSum, pa.losses
 	pa.mu.Unlock()
 	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name(),
 		LossSum: lossSum, Losses: losses})
+	// Logged after the report, which the switch waits for.
+	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
+		zap.Duration("took", took), zap.String("model_sha256", sha))
 }
 
 // stage writes the checkpoint of out's model in the background.

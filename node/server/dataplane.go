@@ -332,15 +332,19 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 			// garbage before the next iteration's uploads allocate.
 			pa.forgetResult()
 		}
-		switch {
-		case m == nil:
-		case err != nil:
-			log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
-		case ni.Valid:
-			log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
-		default:
-			log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
-		}
+		// Logged once the devices waiting for the model are on their
+		// way: a line written to a file costs tens of microseconds.
+		defer func() {
+			switch {
+			case m == nil:
+			case err != nil:
+				log.Error("cannot store model", zap.Uint64("iteration", ni.Completed), zap.Error(err))
+			case ni.Valid:
+				log.Info("model stored", zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
+			default:
+				log.Info("iteration failed; previous model stored again", zap.Uint64("iteration", ni.Completed), zap.String("reason", ni.Reason))
+			}
+		}()
 	}
 	p.mu.Lock()
 	if ni.Iteration >= p.iteration {

@@ -1,8 +1,10 @@
 // Package ctl defines the control messages carried in cluster frames
-// between the scheduler and the servers. Bodies are JSON: control traffic is
-// small and infrequent next to device traffic, and JSON keeps it readable in
-// logs and captures. Bulk tensors (the all-reduce) use the binary bodies of
-// package wire/peer instead.
+// between the scheduler and the servers. Bodies are JSON: most control
+// traffic is small and infrequent next to device traffic, and JSON keeps it
+// readable in logs and captures. The messages of every device request
+// (Admit, CountUpdate, Answer) are the exception: they have a compact
+// binary form (compact.go). Bulk tensors (the all-reduce) use the binary
+// bodies of package wire/peer.
 package ctl
 
 import (
@@ -119,8 +121,12 @@ type Error struct {
 	Message string `json:"error"`
 }
 
-// Encode marshals a control message.
+// Encode marshals a control message: compactly if it has a compact form
+// (see compact.go), else as JSON.
 func Encode(v any) []byte {
+	if c, ok := v.(compact); ok {
+		return c.appendCompact(append(make([]byte, 0, 64), compactTag))
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("BUG: cannot encode %T: %v", v, err))
@@ -128,8 +134,14 @@ func Encode(v any) []byte {
 	return b
 }
 
-// Decode unmarshals a control message body into v.
+// Decode unmarshals a control message body into v, from either form.
 func Decode(body []byte, v any) error {
+	if len(body) > 0 && body[0] == compactTag {
+		if c, ok := v.(compactDecoder); ok {
+			return decodeCompact(body, c)
+		}
+		return fmt.Errorf("cannot decode %T: %w: it has no compact form", v, errCompact)
+	}
 	if err := json.Unmarshal(body, v); err != nil {
 		return fmt.Errorf("cannot decode %T: %w", v, err)
 	}

@@ -365,11 +365,11 @@ func (st *Staged) waitSynced() error {
 }
 
 // Stage validates m and, when the store has a checkpoint dir, writes its
-// checkpoint under a temporary name and starts its fsync. It may run concurrently
-// with anything else on the store; the store takes ownership of m. An empty
-// sum is computed. A mapped model (a failed iteration's, stored again) is
-// copied from its checkpoint file, not read through its mapping, which
-// would bring the whole model into the server's memory.
+// checkpoint under a temporary name and starts its fsync. It may run
+// concurrently with anything else on the store; the store takes ownership
+// of m. An empty sum is computed. A mapped model (a failed iteration's,
+// stored again) is copied from its checkpoint file, not read through its
+// mapping, which would bring the whole model into the server's memory.
 func (s *Store) Stage(iter uint64, m *model.Model, sum string) *Staged {
 	st := &Staged{s: s, iter: iter, m: m, sum: sum}
 	switch {
@@ -478,7 +478,7 @@ func (s *Store) rename(tmp string, iter uint64, synced func() error) error {
 		}
 		return err
 	}
-	s.ckpts = append(s.ckpts, iter) // after every earlier one: commits go forward
+	s.ckpts = withIteration(s.ckpts, iter)
 	r.finish(s)
 	return nil
 }
@@ -625,7 +625,7 @@ type retirement struct {
 // crash would leave that name on another iteration's model.
 func (s *Store) retire(iter uint64) retirement {
 	var r retirement
-	iters := append(s.ckpts[:len(s.ckpts):len(s.ckpts)], iter)
+	iters := withIteration(slices.Clone(s.ckpts), iter)
 	if len(iters) <= s.opts.Keep {
 		return r
 	}
@@ -649,6 +649,14 @@ func (s *Store) retire(iter uint64) retirement {
 		r.remove = append(r.remove, it)
 	}
 	return r
+}
+
+// withIteration adds iter to the ascending list its, unless there.
+func withIteration(its []uint64, iter uint64) []uint64 {
+	if i, found := slices.BinarySearch(its, iter); !found {
+		its = slices.Insert(its, i, iter)
+	}
+	return its
 }
 
 // finish, once the commit is durable, keeps the spare and removes the

@@ -189,7 +189,7 @@ func Open(opts Options) (*Store, error) {
 	if loaded == 0 {
 		tmp, synced, err := s.writeTemp(0, initial, s.sums[0])
 		if err == nil {
-			err = s.rename(tmp, 0, func() error { return <-synced })
+			err = s.rename(tmp, 0, synced)
 		}
 		if err != nil {
 			return nil, err
@@ -330,14 +330,14 @@ type Staged struct {
 	sum  string
 	tmp  string // the temporary file; "" without a checkpoint dir
 	err  error
-	// synced delivers the outcome of tmp's background fsync; nil when the
-	// file was synced before Stage returned.
+	// synced delivers the outcome of tmp's background fsync; nil without
+	// tmp, and once Commit or Discard has taken it.
 	synced <-chan error
 }
 
 // syncInBackground fsyncs and closes f, which holds path, and delivers the
 // outcome. The goroutine belongs to the Staged that holds the channel: its
-// Commit or Discard waits for it.
+// Commit (through rename) or Discard waits for it.
 func syncInBackground(f File, path string) <-chan error {
 	done := make(chan error, 1)
 	go func() {
@@ -351,17 +351,6 @@ func syncInBackground(f File, path string) <-chan error {
 		done <- err
 	}()
 	return done
-}
-
-// waitSynced waits for the background fsync, if any, and returns its
-// error; called once, by Commit or Discard.
-func (st *Staged) waitSynced() error {
-	if st.synced == nil {
-		return nil
-	}
-	err := <-st.synced
-	st.synced = nil
-	return err
 }
 
 // Stage validates m and, when the store has a checkpoint dir, writes its
@@ -450,18 +439,19 @@ func (s *Store) tempFile(iter uint64) (File, string, error) {
 
 // rename gives a staged checkpoint its final name, retires the
 // checkpoints beyond the newest Keep and fsyncs the directory while the
-// file's own fsync (waited for by synced) may still run. On failure no
-// file is left under either name, and the retired checkpoint is back.
-func (s *Store) rename(tmp string, iter uint64, synced func() error) error {
+// file's own fsync, whose outcome synced delivers, may still run. On
+// failure no file is left under either name, and the retired checkpoint
+// is back.
+func (s *Store) rename(tmp string, iter uint64, synced <-chan error) error {
 	final := filepath.Join(s.opts.Dir, CheckpointName(s.opts.FLName, iter))
 	if err := s.fs.Rename(tmp, final); err != nil {
-		_ = synced()
+		<-synced
 		s.removeTemp(tmp)
 		return fmt.Errorf("cannot rename checkpoint to %s: %w", final, err)
 	}
 	r := s.retire(iter)
 	dirErr := s.fs.SyncDir(s.opts.Dir)
-	err := synced()
+	err := <-synced
 	if dirErr != nil {
 		err = fmt.Errorf("cannot sync checkpoint dir %s: %w", s.opts.Dir, dirErr)
 	}
@@ -515,7 +505,9 @@ func (st *Staged) Commit() error {
 	if st.tmp != "" {
 		tmp := st.tmp
 		st.tmp = ""
-		if err := s.rename(tmp, st.iter, st.waitSynced); err != nil {
+		synced := st.synced
+		st.synced = nil
+		if err := s.rename(tmp, st.iter, synced); err != nil {
 			return fmt.Errorf("cannot put iteration %d: %w", st.iter, err)
 		}
 		s.mu.RLock()
@@ -543,7 +535,10 @@ func (st *Staged) Commit() error {
 
 // Discard removes a staged checkpoint that will not be committed.
 func (st *Staged) Discard() {
-	_ = st.waitSynced()
+	if st.synced != nil {
+		<-st.synced // the file is ours to remove once its sync ended
+		st.synced = nil
+	}
 	if st.tmp != "" {
 		st.s.removeTemp(st.tmp)
 		st.tmp = ""

@@ -12,14 +12,16 @@
 # BENCHTIME to 3s. Writes base.txt and new.txt (go test -bench output,
 # benchstat's input: 2 × ROUNDS runs each) into $AB_OUT (default
 # ./bench-ab), then prints the medians of the metrics that decide issue
-# goals: devIter/s, the switch as the devices and the scheduler see it, and
-# the servers' CPU per device-iteration. Set FEDCLUSTER_BENCH_HEAVY=1 for
-# the 10M and 1,024-device cases.
+# goals: devIter/s, the switch as the devices and the scheduler see it, the
+# servers' CPU per device-iteration, RSS over the model and failed
+# requests. A run that fails is reported and kept in its file, the rounds
+# go on, and the script exits 1 at the end. Set FEDCLUSTER_BENCH_HEAVY=1
+# for the 10M and 1,024-device cases.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 if [ $# -lt 1 ]; then
-	sed -n '2,17p' "$0"
+	sed -n '2,19p' "$0"
 	exit 2
 fi
 base_rev="$1"
@@ -46,10 +48,14 @@ go test -c -o "$work/bench.test" ./bench
 mkdir -p "$out"
 : >"$out/base.txt"
 : >"$out/new.txt"
+failed=0
 run() { # run base|new
 	echo "bench-ab: round $r, $1" >&2
-	FEDCLUSTER_BIN="$work/fedcluster-$1" "$work/bench.test" -test.run '^$' \
-		-test.bench "$pattern" -test.benchtime "$benchtime" | tee -a "$out/$1.txt" | { grep -E '^(Benchmark|FAIL)' >&2 || true; }
+	if ! FEDCLUSTER_BIN="$work/fedcluster-$1" "$work/bench.test" -test.run '^$' \
+		-test.bench "$pattern" -test.benchtime "$benchtime" | tee -a "$out/$1.txt" | { grep -E '^(Benchmark|FAIL)' >&2 || true; }; then
+		echo "bench-ab: round $r, $1 failed; its output is in $out/$1.txt" >&2
+		failed=1
+	fi
 }
 for r in $(seq "$rounds"); do
 	run base
@@ -86,3 +92,4 @@ END {
 	}
 }' "$out/base.txt" "$out/new.txt" | { read -r header; echo "$header"; sort; }
 echo "bench-ab: runs in $out/base.txt and $out/new.txt (benchstat base.txt new.txt)"
+exit "$failed"

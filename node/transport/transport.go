@@ -6,7 +6,9 @@
 // stream into frames and copies them out; each connection hands its frames,
 // in order, to its own goroutine, which runs the Handler. Replies to Call
 // are routed to the waiting caller directly from the event loop, and the
-// quick kinds named in Options are served on it.
+// quick kinds named in Options are served on it. Frames are written by the
+// goroutine that sends them, straight into the socket, and through the
+// event loop only when the socket is full (see Conn.write).
 package transport
 
 import (
@@ -24,6 +26,7 @@ import (
 	"github.com/panjf2000/gnet/v2"
 	"github.com/panjf2000/gnet/v2/pkg/pool/byteslice"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/frame"
@@ -65,10 +68,10 @@ type Options struct {
 	// on the event loop, replying straight into the socket, whenever the
 	// connection's goroutine has no frame queued or in hand (so requests
 	// are still served in arrival order). Their handler must be quick: it
-	// may take a lock briefly, never wait for the network. It saves two
-	// thread wake-ups per call (the connection's goroutine, and the event
-	// loop again for the reply) on the hottest calls (the scheduler's
-	// admissions and counts). The Body rule of Inline applies.
+	// may take a lock briefly, never wait for the network. It saves a
+	// thread wake-up per call (the connection's goroutine) on the hottest
+	// calls (the scheduler's admissions and counts). The Body rule of
+	// Inline applies.
 	InlineCalls func(frame.Kind) bool
 }
 
@@ -262,6 +265,7 @@ func (t *Transport) newConn(inbound bool, remote string) *Conn {
 		t:       t,
 		inbound: inbound,
 		remote:  remote,
+		wfd:     -1,
 		ready:   make(chan struct{}),
 		done:    make(chan struct{}),
 		wake:    make(chan struct{}, 1),
@@ -303,6 +307,18 @@ type Conn struct {
 	done      chan struct{} // closed when the connection is gone
 	closeOnce sync.Once
 	err       error
+
+	// Frames go into the socket from the goroutine that writes them,
+	// through a duplicate of gnet's descriptor: handing them to the event
+	// loop (AsyncWrite) costs an eventfd write and a thread wake-up per
+	// frame, which on a busy two-core host lengthen every admission and
+	// count. A frame the socket cannot take at once goes to AsyncWrite,
+	// and so do the frames after it until gnet has written them all, so
+	// that frames keep their order.
+	wmu      sync.Mutex
+	wfd      int  // the duplicate; -1 until the hellos are through and once closed
+	queuedGn int  // AsyncWrites not called back yet
+	buffered bool // gnet held unwritten bytes at the last callback
 
 	mu      sync.Mutex
 	inbox   []frame.Frame
@@ -407,6 +423,7 @@ func (c *Conn) Call(ctx context.Context, kind frame.Kind, body []byte) ([]byte, 
 	}
 }
 
+// write sends the frame in b, which it recycles once written.
 func (c *Conn) write(b []byte) error {
 	select {
 	case <-c.done:
@@ -417,12 +434,75 @@ func (c *Conn) write(b []byte) error {
 	if gc == nil {
 		return ErrClosed
 	}
+	c.wmu.Lock()
+	if c.wfd >= 0 && c.queuedGn == 0 && !c.buffered {
+		n, err := unix.Write(c.wfd, b)
+		if n < 0 {
+			n = 0
+		}
+		if n == len(b) {
+			c.wmu.Unlock()
+			recycle(b)
+			return nil
+		}
+		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			c.wmu.Unlock()
+			_ = (*gc).Close()
+			return fmt.Errorf("cannot write to %s: %w", c.remote, err)
+		}
+		return c.writeLater(*gc, b, n) // unlocks wmu
+	}
+	return c.writeLater(*gc, b, 0)
+}
+
+// writeLater hands b[sent:] to gnet, which writes it when the socket
+// takes it; called with wmu held, which it releases.
+func (c *Conn) writeLater(gc gnet.Conn, b []byte, sent int) error {
+	c.queuedGn++
+	c.wmu.Unlock()
 	// On an error the write may still be queued: b is left to the
 	// collector rather than recycled.
-	if err := (*gc).AsyncWrite(b, func(gnet.Conn, error) error { recycle(b); return nil }); err != nil {
+	err := gc.AsyncWrite(b[sent:], func(gc gnet.Conn, _ error) error {
+		c.wmu.Lock()
+		c.queuedGn--
+		c.buffered = gc.OutboundBuffered() > 0
+		c.wmu.Unlock()
+		recycle(b)
+		return nil
+	})
+	if err != nil {
 		return fmt.Errorf("cannot write to %s: %w", c.remote, err)
 	}
 	return nil
+}
+
+// openDirect lets write use the socket directly; called on the event loop
+// once the peer's hello arrived, long after gnet wrote ours.
+func (c *Conn) openDirect(gc gnet.Conn) {
+	fd, err := gc.Dup()
+	if err != nil {
+		c.t.log.Warn("cannot duplicate a connection's descriptor; its frames go through the event loop", zap.String("remote", c.remote), zap.Error(err))
+		return
+	}
+	c.wmu.Lock()
+	select {
+	case <-c.done:
+		_ = unix.Close(fd)
+	default:
+		c.wfd = fd
+	}
+	c.wmu.Unlock()
+}
+
+// closeDirect closes the duplicate descriptor: until then the socket
+// stays open whatever gnet does with its own.
+func (c *Conn) closeDirect() {
+	c.wmu.Lock()
+	if c.wfd >= 0 {
+		_ = unix.Close(c.wfd)
+		c.wfd = -1
+	}
+	c.wmu.Unlock()
 }
 
 // Close closes the connection.
@@ -439,6 +519,7 @@ func (c *Conn) fail(err error) {
 		c.err = err
 		close(c.done)
 	})
+	c.closeDirect()
 }
 
 // deliver is called from the event loop with a frame it has copied.
@@ -502,9 +583,9 @@ func (c *Conn) inlineCall(f frame.Frame) bool {
 }
 
 // serveCallInline serves request f on the event loop and writes its reply
-// into gc at once (gnet buffers what the socket does not take, and closes
-// the connection when the write fails).
-func (c *Conn) serveCallInline(gc gnet.Conn, f frame.Frame) error {
+// at once (what the socket does not take goes through gnet, and a failed
+// write closes the connection).
+func (c *Conn) serveCallInline(f frame.Frame) error {
 	out, err := c.serve(c.t.opts.Handler, f)
 	if errors.Is(err, ErrNoReply) {
 		return nil
@@ -515,9 +596,7 @@ func (c *Conn) serveCallInline(gc gnet.Conn, f frame.Frame) error {
 	} else {
 		b = frame.AppendFrame(newFrame(len(out)), ctl.KindReply, f.ID, out)
 	}
-	_, werr := gc.Write(b)
-	recycle(b) // Write has written or copied it
-	return werr
+	return c.write(b)
 }
 
 // run serves the inbox in order until the connection closes.
@@ -621,6 +700,7 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		_, _ = gc.Discard(frame.HelloSize)
 		c.helloSeen = true
+		c.openDirect(gc)
 		close(c.ready)
 	}
 	for {
@@ -653,9 +733,9 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 			continue
 		}
 		if c.inlineCall(f) {
-			err := c.serveCallInline(gc, f) // borrows the read buffer too
+			err := c.serveCallInline(f) // borrows the read buffer too
 			if err != nil {
-				return gnet.None // gnet closed the connection on the failed write
+				return gnet.None // the failed write closed the connection
 			}
 			_, _ = gc.Discard(size)
 			continue

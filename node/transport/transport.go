@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -319,6 +320,12 @@ type Conn struct {
 	wfd      int  // the duplicate; -1 until the hellos are through and once closed
 	queuedGn int  // AsyncWrites not called back yet
 	buffered bool // gnet held unwritten bytes at the last callback
+	// writing says a goroutine is writing into wfd; the frames others
+	// send meanwhile wait in pend for it, in order.
+	writing    bool
+	pend       [][]byte
+	spare      [][]byte // a drained pend, reused
+	closeAfter bool     // closeDirect came while writing
 
 	mu      sync.Mutex
 	inbox   []frame.Frame
@@ -423,7 +430,10 @@ func (c *Conn) Call(ctx context.Context, kind frame.Kind, body []byte) ([]byte, 
 	}
 }
 
-// write sends the frame in b, which it recycles once written.
+// write sends the frame in b, which it recycles once written. The
+// goroutine that finds the socket free writes its frame and then, in one
+// writev each time, the frames others queued meanwhile: under many
+// concurrent senders a frame costs less than a system call.
 func (c *Conn) write(b []byte) error {
 	select {
 	case <-c.done:
@@ -435,41 +445,120 @@ func (c *Conn) write(b []byte) error {
 		return ErrClosed
 	}
 	c.wmu.Lock()
-	if c.wfd >= 0 && c.queuedGn == 0 && !c.buffered {
-		n, err := unix.Write(c.wfd, b)
-		if n < 0 {
-			n = 0
+	switch {
+	case c.writing:
+		c.pend = append(c.pend, b) // the writing goroutine takes it along
+		c.wmu.Unlock()
+		return nil
+	case c.wfd < 0 || c.queuedGn > 0 || c.buffered:
+		return c.writeLater(*gc, [][]byte{b}, 0) // unlocks wmu
+	}
+	c.writing = true
+	c.pend = append(c.pend, b)
+	fd := c.wfd // stays open while writing (closeDirect waits)
+	for len(c.pend) > 0 {
+		batch := c.pend
+		c.pend, c.spare = c.spare, nil
+		c.wmu.Unlock()
+		done, sent, err := writeFrames(fd, batch)
+		for _, f := range batch[:done] {
+			recycle(f)
 		}
-		if n == len(b) {
-			c.wmu.Unlock()
-			recycle(b)
-			return nil
-		}
+		c.wmu.Lock()
 		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			c.stopWriting()
 			c.wmu.Unlock()
 			_ = (*gc).Close()
 			return fmt.Errorf("cannot write to %s: %w", c.remote, err)
 		}
-		return c.writeLater(*gc, b, n) // unlocks wmu
+		var rest [][]byte
+		if done < len(batch) {
+			// The socket is full: gnet writes the rest, and what was
+			// queued behind it, once the socket takes them.
+			rest = make([][]byte, 0, len(batch)-done+len(c.pend))
+			rest = append(append(rest, batch[done:]...), c.pend...)
+			clear(c.pend)
+			c.pend = c.pend[:0]
+		}
+		clear(batch)
+		c.spare = batch[:0]
+		if rest != nil {
+			c.stopWriting()
+			return c.writeLater(*gc, rest, sent) // unlocks wmu
+		}
 	}
-	return c.writeLater(*gc, b, 0)
+	c.stopWriting()
+	c.wmu.Unlock()
+	return nil
 }
 
-// writeLater hands b[sent:] to gnet, which writes it when the socket
-// takes it; called with wmu held, which it releases.
-func (c *Conn) writeLater(gc gnet.Conn, b []byte, sent int) error {
+// maxIovecs bounds the frames of one writev (the kernel's IOV_MAX).
+const maxIovecs = 1024
+
+// writeFrames writes the frames of batch in order until the socket takes
+// no more or fails. It returns how many went whole, and how many bytes of
+// the next one went.
+func writeFrames(fd int, batch [][]byte) (done, sent int, err error) {
+	for done < len(batch) {
+		iov := batch[done:min(len(batch), done+maxIovecs)]
+		var n int
+		if len(iov) == 1 {
+			n, err = unix.Write(fd, iov[0])
+		} else {
+			n, err = unix.Writev(fd, iov)
+		}
+		n = max(n, 0)
+		for _, f := range iov {
+			if n < len(f) {
+				return done, n, err
+			}
+			n -= len(f)
+			done++
+		}
+		if err != nil {
+			return done, 0, err
+		}
+	}
+	return done, 0, nil
+}
+
+// stopWriting ends a goroutine's turn at writing, closing the descriptor
+// if closeDirect asked meanwhile; called with wmu held.
+func (c *Conn) stopWriting() {
+	c.writing = false
+	if c.closeAfter {
+		c.closeAfter = false
+		_ = unix.Close(c.wfd)
+		c.wfd = -1
+	}
+}
+
+// writeLater hands frames to gnet, which writes them when the socket
+// takes them, less the first sent bytes already written; called with wmu
+// held, which it releases.
+func (c *Conn) writeLater(gc gnet.Conn, frames [][]byte, sent int) error {
 	c.queuedGn++
 	c.wmu.Unlock()
-	// On an error the write may still be queued: b is left to the
-	// collector rather than recycled.
-	err := gc.AsyncWrite(b[sent:], func(gc gnet.Conn, _ error) error {
+	// On an error the write may still be queued: the frames are left to
+	// the collector rather than recycled.
+	done := func(gc gnet.Conn, _ error) error {
 		c.wmu.Lock()
 		c.queuedGn--
 		c.buffered = gc.OutboundBuffered() > 0
 		c.wmu.Unlock()
-		recycle(b)
+		for _, f := range frames {
+			recycle(f)
+		}
 		return nil
-	})
+	}
+	var err error
+	if len(frames) == 1 {
+		err = gc.AsyncWrite(frames[0][sent:], done)
+	} else {
+		bufs := slices.Clone(frames)
+		bufs[0] = bufs[0][sent:]
+		err = gc.AsyncWritev(bufs, done)
+	}
 	if err != nil {
 		return fmt.Errorf("cannot write to %s: %w", c.remote, err)
 	}
@@ -498,7 +587,9 @@ func (c *Conn) openDirect(gc gnet.Conn) {
 // stays open whatever gnet does with its own.
 func (c *Conn) closeDirect() {
 	c.wmu.Lock()
-	if c.wfd >= 0 {
+	if c.writing {
+		c.closeAfter = true // the writing goroutine closes it when done
+	} else if c.wfd >= 0 {
 		_ = unix.Close(c.wfd)
 		c.wfd = -1
 	}

@@ -466,6 +466,10 @@ func (c *Conn) write(b []byte) error {
 		}
 		c.wmu.Lock()
 		if err != nil && err != unix.EAGAIN && err != unix.EINTR {
+			// The link is broken: what was queued goes with it, as
+			// frames gnet still held went when it closed a link.
+			clear(c.pend)
+			c.pend = c.pend[:0]
 			c.stopWriting()
 			c.wmu.Unlock()
 			_ = (*gc).Close()

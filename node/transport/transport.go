@@ -829,10 +829,10 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		if c.inlineCall(f) {
 			err := c.serveCallInline(f) // borrows the read buffer too
+			_, _ = gc.Discard(size)     // served, answered or not: never twice
 			if err != nil {
-				return gnet.None // the failed write closed the connection
+				return gnet.Close // the reply could not be written: the link is gone
 			}
-			_, _ = gc.Discard(size)
 			continue
 		}
 		f.Body = append([]byte(nil), f.Body...) // the read buffer is reused after Discard

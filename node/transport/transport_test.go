@@ -365,26 +365,6 @@ func TestInlineCallsKeepArrivalOrder(t *testing.T) {
 	}
 }
 
-// sequence records the pushes it is served, in arrival order.
-type sequence struct {
-	mu   sync.Mutex
-	got  [][]byte
-	done chan struct{}
-	want int
-}
-
-func (s *sequence) Serve(c *Conn, f frame.Frame) ([]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.got = append(s.got, f.Body)
-	if len(s.got) == s.want {
-		close(s.done)
-	}
-	return nil, nil
-}
-
-func (s *sequence) Closed(*Conn, error) {}
-
 // TestFramesKeepTheirOrderPastAFullSocket: frames are written straight
 // into the socket until one does not fit; that one and the frames after
 // it go through the event loop until it has written them all. Several
@@ -392,8 +372,8 @@ func (s *sequence) Closed(*Conn, error) {}
 // each see their frames arrive whole and in the order they sent them.
 func TestFramesKeepTheirOrderPastAFullSocket(t *testing.T) {
 	const senders, each = 4, 24
-	s := &sequence{done: make(chan struct{}), want: senders * each}
-	c := dialListener(t, Options{MaxFrame: 8 << 20, Handler: s, Logger: zaptest.NewLogger(t)})
+	h := &echo{pushes: make(chan []byte, senders*each)}
+	c := dialListener(t, Options{MaxFrame: 8 << 20, Handler: h, Logger: zaptest.NewLogger(t)})
 	body := func(g, i int) []byte {
 		n := []int{9, 3 << 20, 100, 200 << 10, 1}[(g+i)%5]
 		b := bytes.Repeat([]byte{byte(g*59 + i)}, n+2)
@@ -412,15 +392,14 @@ func TestFramesKeepTheirOrderPastAFullSocket(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%d of %d frames arrived", len(s.got), s.want)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	next := make([]int, senders)
-	for _, b := range s.got {
+	for k := range senders * each {
+		var b []byte
+		select {
+		case b = <-h.pushes:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d frames arrived", k, senders*each)
+		}
 		g, i := int(b[0]), int(b[1])
 		if g >= senders || i != next[g] {
 			t.Fatalf("frame %d of sender %d arrived when %d was next", i, g, next[g])

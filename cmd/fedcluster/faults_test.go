@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,11 +19,14 @@ import (
 	"testing"
 	"time"
 
+	flatbuffers "github.com/google/flatbuffers/go"
+
 	"github.com/fedcluster/fedcluster/node/device/sim"
 	"github.com/fedcluster/fedcluster/node/local"
 	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/node/modelstore"
 	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
@@ -342,6 +346,9 @@ func TestKillScheduler(t *testing.T) {
 	if err := local.GetJSON(context.Background(), r.c.ServerURL(0)+"/status", &st); err != nil || st.ModelIteration < 3 {
 		t.Fatalf("server without scheduler: %+v %v", st, err)
 	}
+	// It cannot admit: every startFLJob is refused and counted, and the
+	// warning is logged once per period with the count, not per request.
+	checkRefusalsWithoutScheduler(t, r.c, 0, 40)
 	if err := r.c.StartScheduler(); err != nil {
 		t.Fatal(err)
 	}
@@ -458,4 +465,46 @@ func (p *cutProxy) heal() {
 	p.mu.Lock()
 	p.isCut = false
 	p.mu.Unlock()
+}
+
+// checkRefusalsWithoutScheduler sends n startFLJob requests to server i of
+// a cluster whose scheduler is gone: each gets the safemode refusal, the
+// server's /metrics counts them, and its log has a line or two for them.
+func checkRefusalsWithoutScheduler(t *testing.T, c *local.Cluster, i, n int) {
+	t.Helper()
+	for k := 0; k < n; k++ {
+		req := flmsg.BuildRequestFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobArgs{FLName: "LeNet", FLID: "probe-" + strconv.Itoa(k), DataSize: 1, Timestamp: now()})
+		resp, err := http.Post(c.ServerURL(i)+"/startFLJob", "application/octet-stream", bytes.NewReader(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != flmsg.BodySafemode {
+			t.Fatalf("startFLJob without a scheduler: HTTP %d %q, want %q", resp.StatusCode, body, flmsg.BodySafemode)
+		}
+	}
+	resp, err := http.Get(c.ServerURL(i) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	counted := -1.0
+	for _, line := range strings.Split(string(metrics), "\n") {
+		if strings.HasPrefix(line, "fedcluster_device_requests_total{") && strings.Contains(line, `endpoint="startFLJob"`) && strings.Contains(line, `outcome="safemode"`) {
+			fields := strings.Fields(line)
+			counted, _ = strconv.ParseFloat(fields[len(fields)-1], 64)
+		}
+	}
+	if counted < float64(n) {
+		t.Fatalf("server %d counted %v safemode refusals of startFLJob, want %d or more", i, counted, n)
+	}
+	log, err := os.ReadFile(filepath.Join(c.Dir(), "server_"+strconv.Itoa(i), "server.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Count(string(log), "cannot admit device"); lines < 1 || lines > 3 {
+		t.Fatalf("server %d logged %d lines for %v refused admissions, want 1 to 3 (one per 10 s)", i, lines, counted)
+	}
 }

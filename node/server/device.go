@@ -14,6 +14,7 @@ import (
 
 	"github.com/fedcluster/fedcluster/native"
 	"github.com/fedcluster/fedcluster/node/agg"
+	"github.com/fedcluster/fedcluster/node/logging"
 	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/frame"
@@ -46,6 +47,38 @@ func (s *Server) nextReq(ms int64) string { return strconv.FormatInt(ms, 10) }
 func plain(ctx *fasthttp.RequestCtx, body string) {
 	ctx.SetStatusCode(fasthttp.StatusOK)
 	ctx.SetBodyString(body)
+}
+
+// requestWarnings are the warnings of conditions every device request may
+// meet while they last, each logged once per warnEvery with the number
+// held back; fedcluster_device_requests_total counts every refusal.
+type requestWarnings struct {
+	admit, count, notReached, noModel logging.Every
+}
+
+const warnEvery = 10 * time.Second
+
+func (w *requestWarnings) init(period time.Duration) {
+	for _, e := range []*logging.Every{&w.admit, &w.count, &w.notReached, &w.noModel} {
+		e.Period = period
+	}
+}
+
+// warn logs msg if e lets it through.
+func (s *Server) warn(e *logging.Every, msg string, fields ...zap.Field) {
+	if ok, held := e.Allow(time.Now()); ok {
+		if held > 0 {
+			fields = append(fields, zap.Int("held_back", held))
+		}
+		s.Logger().Warn(msg, fields...)
+	}
+}
+
+// refuse answers with one of MindSpore's plain-text refusals and counts
+// it under outcome.
+func (s *Server) refuse(ctx *fasthttp.RequestCtx, endpoint, outcome, body string) {
+	s.count(endpoint, outcome)
+	plain(ctx, body)
 }
 
 // ask sends an admission or count request to the scheduler. A server that
@@ -95,7 +128,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !st.ready {
-		plain(ctx, flmsg.BodyJobNotReady)
+		s.refuse(ctx, "startFLJob", "not_ready", flmsg.BodyJobNotReady)
 		return
 	}
 	if reason := s.checkTime(req.Timestamp); reason != "" {
@@ -104,7 +137,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if st.instance != "running" {
-		plain(ctx, flmsg.BodyJobDisabled)
+		s.refuse(ctx, "startFLJob", "disabled", flmsg.BodyJobDisabled)
 		return
 	}
 	if len(req.FLID) == 0 || len(req.FLID) > 256 {
@@ -117,16 +150,16 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	}
 	a, err := s.ask(ctl.KindAdmit, ctl.Admit{FLID: string(req.FLID), DataSize: int(req.DataSize)})
 	if err != nil {
-		s.Logger().Warn("cannot admit device", zap.Error(err))
-		plain(ctx, flmsg.BodySafemode)
+		s.warn(&s.warned.admit, "cannot admit device", zap.Error(err))
+		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
 		return
 	}
 	switch a.Code {
 	case ctl.AnswerDisabled:
-		plain(ctx, flmsg.BodyJobDisabled)
+		s.refuse(ctx, "startFLJob", "disabled", flmsg.BodyJobDisabled)
 		return
 	case ctl.AnswerSafemode:
-		plain(ctx, flmsg.BodySafemode)
+		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
 		return
 	case ctl.AnswerOutOfTime:
 		s.count("startFLJob", "out_of_time")
@@ -135,18 +168,18 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	}
 	// Admitted for a.Iteration: serve the model of the iteration before it.
 	if !s.plane.waitIteration(a.Iteration, admitWait) {
-		s.Logger().Warn("a device admitted for an iteration this server has not reached is turned away; the iteration will miss its update",
+		s.warn(&s.warned.notReached, "a device admitted for an iteration this server has not reached is turned away; the iteration will miss its update",
 			zap.Uint64("iteration", a.Iteration), zap.ByteString("fl_id", req.FLID))
-		plain(ctx, flmsg.BodySafemode)
+		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
 		return
 	}
 	it, m := s.plane.store.Latest()
 	if it+1 < a.Iteration {
 		// This server lacks the model the iteration starts from (it could
 		// not fetch it): the device is better served elsewhere.
-		s.Logger().Warn("a device admitted for an iteration whose starting model this server lacks is turned away; the iteration will miss its update",
+		s.warn(&s.warned.noModel, "a device admitted for an iteration whose starting model this server lacks is turned away; the iteration will miss its update",
 			zap.Uint64("iteration", a.Iteration), zap.Uint64("latest", it), zap.ByteString("fl_id", req.FLID))
-		plain(ctx, flmsg.BodySafemode)
+		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
 		return
 	}
 	st = s.plane.state()
@@ -209,7 +242,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if !st.ready {
-		plain(ctx, flmsg.BodyJobNotReady)
+		s.refuse(ctx, "updateModel", "not_ready", flmsg.BodyJobNotReady)
 		return
 	}
 	if reason := s.checkTime(req.Timestamp); reason != "" {
@@ -218,7 +251,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if st.instance != "running" {
-		plain(ctx, flmsg.BodyJobDisabled)
+		s.refuse(ctx, "updateModel", "disabled", flmsg.BodyJobDisabled)
 		return
 	}
 	if reason := s.validateUpdate(req.FeatureMaps); reason != "" {
@@ -245,12 +278,12 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		pa.end(false, 0, 0, 0, 0)
 		switch {
 		case err != nil:
-			s.Logger().Warn("cannot count update", zap.Error(err))
-			plain(ctx, flmsg.BodySafemode)
+			s.warn(&s.warned.count, "cannot count update", zap.Error(err))
+			s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
 		case a.Code == ctl.AnswerDisabled:
-			plain(ctx, flmsg.BodyJobDisabled)
+			s.refuse(ctx, "updateModel", "disabled", flmsg.BodyJobDisabled)
 		case a.Code == ctl.AnswerSafemode:
-			plain(ctx, flmsg.BodySafemode)
+			s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
 		default:
 			s.count("updateModel", "out_of_time")
 			reply(flmsg.OutOfTime, a.Reason, a.NextReqTime)

@@ -49,6 +49,8 @@ type Server struct {
 	startCache respCache
 	getCache   respCache
 	blocks     blockCache
+	// warned limits the warnings a device request may trigger.
+	warned requestWarnings
 
 	mu         sync.Mutex
 	rank       int
@@ -74,6 +76,7 @@ type Server struct {
 // New prepares a server; Start opens its ports and joins the cluster.
 func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
 	s := &Server{cfg: cfg, nodeID: nodeID, rank: -1, stop: make(chan struct{}), scaledInCh: make(chan struct{})}
+	s.warned.init(warnEvery)
 	s.rankID.Store(-1)
 	s.log = withIdentity(log.Named("server"), nodeID, &s.rankID)
 	s.faultAllReduceDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_DELAY"))

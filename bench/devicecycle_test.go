@@ -199,8 +199,19 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	cfg.OnEvent = ev.on
 	runCtx, cancelRun := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancelRun()
+	keys := []string{"scheduler"}
+	for i := 0; i < servers; i++ {
+		keys = append(keys, strconv.Itoa(i))
+	}
+	stopWatch := watchCluster(c, keys, cancelRun)
 	sum, err := sim.Run(runCtx, cfg)
 	b.StopTimer()
+	if gone := stopWatch(); gone != "" {
+		if gone != "scheduler" {
+			gone = "server " + gone
+		}
+		b.Fatalf("the cluster's %s exited during the run (devices: %v)", gone, err)
+	}
 	if err != nil {
 		b.Fatalf("devices: %v", err)
 	}
@@ -276,6 +287,37 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	}
 	b.Logf("%d servers, %d devices, %d floats: %d iterations (1 warm-up), %s timed; requests: %s",
 		servers, devices, floats, iterations, timed.Round(time.Millisecond), classCounts(sum))
+}
+
+// watchCluster cancels the run when a process of c exits: the devices
+// would otherwise retry the survivors' refusals until the run's timeout,
+// half an hour. stop ends the watch and names the process that exited.
+func watchCluster(c *local.Cluster, keys []string, cancel func()) (stop func() string) {
+	done := make(chan struct{})
+	gone := make(chan string, 1)
+	go func() {
+		defer close(gone)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			for _, k := range keys {
+				if c.Exited(k) {
+					gone <- k
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return func() string {
+		close(done)
+		return <-gone // "" once closed without a name
+	}
 }
 
 func endpointShort(e device.Endpoint) string {

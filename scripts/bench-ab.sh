@@ -51,10 +51,16 @@ mkdir -p "$out"
 failed=0
 run() { # run base|new
 	echo "bench-ab: round $r, $1" >&2
+	local before
+	before=$(grep -c '^Benchmark' "$out/$1.txt" || true)
 	if ! FEDCLUSTER_BIN="$work/fedcluster-$1" "$work/bench.test" -test.run '^$' \
 		-test.bench "$pattern" -test.benchtime "$benchtime" | tee -a "$out/$1.txt" | { grep -E '^(Benchmark|FAIL)' >&2 || true; }; then
 		echo "bench-ab: round $r, $1 failed; its output is in $out/$1.txt" >&2
 		failed=1
+	elif [ "$(grep -c '^Benchmark' "$out/$1.txt" || true)" = "$before" ]; then
+		# go test splits -bench at every '/', groups included: '(1srv/8|4srv/8)dev' matches nothing.
+		echo "bench-ab: '$pattern' matched no benchmark (go test cuts the pattern at each '/': keep an alternation within one level)" >&2
+		exit 2
 	fi
 }
 for r in $(seq "$rounds"); do

@@ -43,12 +43,6 @@ var builders = sync.Pool{New: func() any { return flatbuffers.NewBuilder(1 << 10
 
 func (s *Server) nextReq(ms int64) string { return strconv.FormatInt(ms, 10) }
 
-// plain answers with one of MindSpore's plain-text refusals.
-func plain(ctx *fasthttp.RequestCtx, body string) {
-	ctx.SetStatusCode(fasthttp.StatusOK)
-	ctx.SetBodyString(body)
-}
-
 // requestWarnings are the warnings of conditions every device request may
 // meet while they last, each logged once per warnEvery with the number
 // held back; fedcluster_device_requests_total counts every refusal.
@@ -78,7 +72,8 @@ func (s *Server) warn(e *logging.Every, msg string, fields ...zap.Field) {
 // it under outcome.
 func (s *Server) refuse(ctx *fasthttp.RequestCtx, endpoint, outcome, body string) {
 	s.count(endpoint, outcome)
-	plain(ctx, body)
+	ctx.SetStatusCode(fasthttp.StatusOK)
+	ctx.SetBodyString(body)
 }
 
 // ask sends an admission or count request to the scheduler. A server that

@@ -2,10 +2,7 @@ package scheduler
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,21 +39,22 @@ func (s *Scheduler) restore() error {
 	if path == "" {
 		return nil
 	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
+	s.stateFile = newStateFile(path)
+	b, from, err := s.stateFile.load()
 	if err != nil {
-		return fmt.Errorf("cannot read recovery state: %w", err)
+		return err
+	}
+	if b == nil {
+		return nil
 	}
 	var p persisted
 	if err := json.Unmarshal(b, &p); err != nil {
-		return fmt.Errorf("cannot parse recovery state %s: %w", path, err)
+		return fmt.Errorf("cannot parse recovery state %s: %w", from, err)
 	}
 	now := s.now()
 	it, err := iteration.Restore(p.Iteration, iterationConfig(s.cfg), now)
 	if err != nil {
-		return fmt.Errorf("cannot restore iteration state from %s: %w", path, err)
+		return fmt.Errorf("cannot restore iteration state from %s: %w", from, err)
 	}
 	s.iter = it
 	s.members = membership.Restore(p.Membership, time.Duration(s.cfg.Cluster.HeartbeatTimeout), now)
@@ -68,7 +66,7 @@ func (s *Scheduler) restore() error {
 	for _, id := range it.Status().Members {
 		s.joined[id] = true
 	}
-	s.log.Info("[Scheduler start]: recovered control state", zap.String("from", path), zap.Uint64("iteration", it.Iteration()),
+	s.log.Info("[Scheduler start]: recovered control state", zap.String("from", from), zap.Uint64("iteration", it.Iteration()),
 		zap.Int("servers", len(p.Membership.Nodes)), zap.Time("saved_at", p.SavedAt))
 	return nil
 }
@@ -94,41 +92,12 @@ func (s *Scheduler) saveLocked(force bool) {
 		s.log.Error("cannot encode recovery state", zap.Error(err))
 		return
 	}
-	if err := writeAtomic(path, b); err != nil {
+	if s.stateFile == nil {
+		s.stateFile = newStateFile(path)
+	}
+	if err := s.stateFile.save(b); err != nil {
 		s.log.Error("cannot write recovery state", zap.String("path", path), zap.Error(err))
 		return
 	}
 	s.dirty, s.savedAt = false, now
-}
-
-// writeAtomic replaces path with b: temporary file, fsync, rename, fsync dir.
-func writeAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -63,6 +63,8 @@ type Scheduler struct {
 	iterationsTotal *prometheus.CounterVec
 	updatesLost     prometheus.Counter
 	savedAt         time.Time // last persist
+	// stateFile holds the persisted control state (recovery on).
+	stateFile *stateFile
 	// adoptRounds is set when the scheduler was given no round parameters
 	// (they equal the defaults): it takes those of the first server that
 	// registers, as the seed passes them to the servers only.
@@ -189,6 +191,9 @@ func (s *Scheduler) Close() error {
 	s.wg.Wait()
 	s.mu.Lock()
 	s.saveLocked(true)
+	if s.stateFile != nil {
+		errs = append(errs, s.stateFile.close())
+	}
 	s.mu.Unlock()
 	errs = append(errs, s.records.Close())
 	return errors.Join(errs...)

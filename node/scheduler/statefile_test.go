@@ -61,6 +61,27 @@ func TestStateFileAlternatesSlots(t *testing.T) {
 	}
 }
 
+// loadThenSave loads path's state, which must be want, saves next, and
+// checks that the save left the slot it loaded from as it was and that a
+// restart loads next.
+func loadThenSave(t *testing.T, path, want, next string) {
+	t.Helper()
+	f := newStateFile(path)
+	got, from, err := f.load()
+	if err != nil || string(got) != want {
+		t.Fatalf("loaded %q (%v), want %s", got, err, want)
+	}
+	before := readFile(t, from)
+	saveAll(t, f, next)
+	f.close()
+	if after := readFile(t, from); !bytes.Equal(before, after) {
+		t.Fatalf("the save overwrote %s, the slot it loaded from", from)
+	}
+	if got, _ := loadState(t, path); got != next {
+		t.Fatalf("loaded %s after the save, want %s", got, next)
+	}
+}
+
 // A save cut short by a crash, or a slot whose bytes went bad, leaves the
 // other slot's state, and the next save goes to the bad slot, not over the
 // state just loaded.
@@ -82,19 +103,7 @@ func TestStateFileSurvivesABadSlot(t *testing.T) {
 			if err := os.WriteFile(path, spoil(encodeStateSlot(3, []byte(`{"n":3,"more":"bytes"}`))), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			got, f := loadState(t, path)
-			if got != `{"n":2}` {
-				t.Fatalf("loaded %s, want the intact older save", got)
-			}
-			before := readFile(t, path+".1")
-			saveAll(t, f, `{"n":4}`)
-			if after := readFile(t, path+".1"); !bytes.Equal(before, after) {
-				t.Fatal("the save after loading overwrote the slot it loaded from")
-			}
-			f.close()
-			if got, _ := loadState(t, path); got != `{"n":4}` {
-				t.Fatalf("loaded %s, want the save after the bad slot", got)
-			}
+			loadThenSave(t, path, `{"n":2}`, `{"n":4}`)
 		})
 	}
 }
@@ -105,18 +114,7 @@ func TestStateFileSavesBesideTheNewest(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "recovery.json")
 	os.WriteFile(path, encodeStateSlot(6, []byte(`{"n":6}`)), 0o644)
 	os.WriteFile(path+".1", encodeStateSlot(3, []byte(`{"n":3}`)), 0o644)
-	got, f := loadState(t, path)
-	if got != `{"n":6}` {
-		t.Fatalf("loaded %s", got)
-	}
-	saveAll(t, f, `{"n":7}`)
-	if _, st, _ := decodeStateSlot(readFile(t, path)); string(st) != `{"n":6}` {
-		t.Fatalf("the newest state was overwritten: %s", st)
-	}
-	f.close()
-	if got, _ := loadState(t, path); got != `{"n":7}` {
-		t.Fatalf("loaded %s, want the save after it", got)
-	}
+	loadThenSave(t, path, `{"n":6}`, `{"n":7}`)
 }
 
 // A state file written before slots existed is bare JSON: it loads, and
@@ -126,18 +124,7 @@ func TestStateFileLoadsBareJSON(t *testing.T) {
 	if err := os.WriteFile(path, []byte(`{"old":true}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, f := loadState(t, path)
-	if got != `{"old":true}` {
-		t.Fatalf("loaded %q", got)
-	}
-	saveAll(t, f, `{"new":1}`)
-	if b := readFile(t, path); string(b) != `{"old":true}` {
-		t.Fatalf("the first save overwrote the old file: %q", b)
-	}
-	f.close()
-	if got, _ := loadState(t, path); got != `{"new":1}` {
-		t.Fatalf("loaded %q, want the new save", got)
-	}
+	loadThenSave(t, path, `{"old":true}`, `{"new":1}`)
 }
 
 func TestStateFileTruncatesAShorterSave(t *testing.T) {

@@ -19,10 +19,9 @@ import (
 // Instead the state alternates between two slots, the configured path and
 // <path>.1, each kept open and overwritten in place, then fdatasync'd:
 // 0.13-0.17 ms (BenchmarkStateFileSave). A save never touches the slot
-// holding the newest valid state,
-// so a crash during one leaves the previous save intact; each slot carries
-// a sequence number and a checksum, and loading takes the newest slot that
-// checks out.
+// holding the newest valid state, so a crash during one leaves the
+// previous save intact; each slot carries a sequence number and a
+// checksum, and loading takes the newest slot that checks out.
 //
 // A slot is a header line and the state's JSON:
 //

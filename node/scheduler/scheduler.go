@@ -120,16 +120,11 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 
 // inlineCalls are the requests served on the event loop: a device's
 // admission and its update's count, two per device-iteration on every
-// request's path, and a server's aggregation report, whose last one sends
-// NextIteration: each would otherwise wait for the connection's goroutine
-// to wake. They apply the iteration machine under s.mu and leave the
-// round's recovery state to the tick loop. The iteration's end writes its
-// record and, with recovery on, the forced save (one fdatasync) on the
-// loop: what arrives meanwhile is early for the next iteration or late for
-// this one.
-func inlineCalls(k frame.Kind) bool {
-	return k == ctl.KindAdmit || k == ctl.KindCountUpdate || k == ctl.KindAggregated
-}
+// request's path. They apply the iteration machine under s.mu and leave
+// the round's recovery state to the tick loop; the iteration's end
+// (records, the forced save) comes with KindAggregated, which keeps to the
+// connection's goroutine.
+func inlineCalls(k frame.Kind) bool { return k == ctl.KindAdmit || k == ctl.KindCountUpdate }
 
 // Start listens on the cluster port and the management port.
 func (s *Scheduler) Start() error {

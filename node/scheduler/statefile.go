@@ -10,6 +10,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/fedcluster/fedcluster/node/modelstore"
 )
 
 // stateFile keeps the recovery state durable at one disk flush per save.
@@ -130,25 +132,13 @@ func (f *stateFile) open(i int) (*os.File, error) {
 		return nil, fmt.Errorf("cannot open recovery state: %w", err)
 	}
 	if errors.Is(statErr, os.ErrNotExist) {
-		if err := syncDir(dir); err != nil {
+		if err := modelstore.OSFS.SyncDir(dir); err != nil {
 			file.Close()
 			return nil, fmt.Errorf("cannot sync recovery state folder: %w", err)
 		}
 	}
 	f.files[i] = file
 	return file, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func (f *stateFile) close() error {

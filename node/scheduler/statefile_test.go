@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/fedcluster/fedcluster/node/modelstore"
 )
 
 func saveAll(t *testing.T, f *stateFile, states ...string) {
@@ -208,7 +210,7 @@ func BenchmarkStateFileSave(b *testing.B) {
 				err = os.Rename(tmp.Name(), path)
 			}
 			if err == nil {
-				err = syncDir(dir)
+				err = modelstore.OSFS.SyncDir(dir)
 			}
 			if err != nil {
 				b.Fatal(err)

@@ -222,9 +222,14 @@ func (r *faultRun) summaryLine() string {
 
 // records reads metrics.json, keeping the last record of each iteration.
 func (r *faultRun) records() map[uint64]record.Record {
-	f, err := os.Open(filepath.Join(r.c.Dir(), "metrics.json"))
+	return readRecords(r.t, filepath.Join(r.c.Dir(), "metrics.json"))
+}
+
+func readRecords(t *testing.T, path string) map[uint64]record.Record {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
-		r.t.Fatal(err)
+		t.Fatal(err)
 	}
 	defer f.Close()
 	out := map[uint64]record.Record{}
@@ -233,7 +238,7 @@ func (r *faultRun) records() map[uint64]record.Record {
 	for sc.Scan() {
 		var rec record.Record
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			r.t.Fatalf("metrics.json line %q: %v", sc.Text(), err)
+			t.Fatalf("metrics.json line %q: %v", sc.Text(), err)
 		}
 		out[rec.CurrentIteration] = rec
 	}

@@ -523,13 +523,23 @@ func (m *Machine) UpdatesBy(serverID string) int {
 	return n
 }
 
-// RecordLost adds n updates of iteration that serverID acknowledged but the
-// machine never counted (it was restored from a state saved before them)
-// to the iteration's lost updates, so that the record accounts for them.
-func (m *Machine) RecordLost(serverID string, iteration uint64, n int) {
-	if n > 0 && iteration == m.iter {
-		m.addLost(serverID, n)
-		m.uncounted += n
+// UncountedLost accounts for n updates of iteration that serverID
+// acknowledged but the machine never counted: it was restored from a state
+// saved before them, and the server dropped them with its partial sum when
+// it registered again. They are recorded as lost. Their devices were told
+// SUCCEED and wait for the iteration's model without sending again, so the
+// round may never fill: unless the iteration is already aggregating, it
+// fails at once and the devices move on to the next one.
+func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64, n int) {
+	m.advance(now)
+	if n <= 0 || iteration != m.iter {
+		return
+	}
+	m.addLost(serverID, n)
+	m.uncounted += n
+	if m.phase != PhaseAggregating {
+		m.endIteration(now, false, fmt.Sprintf(
+			"Acknowledged updates of iteration %d were lost with the scheduler's restart. This iteration is invalid. Proceed to next iteration.", m.iter), "")
 	}
 }
 

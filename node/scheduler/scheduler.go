@@ -321,12 +321,10 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	// Updates this server acknowledged that the iteration machine never
 	// counted (it was restored from a state saved before them) are dropped
-	// with the server's partial sum: the record must show them as lost.
+	// with the server's partial sum.
+	uncounted := 0
 	if r.Iteration == s.iter.Iteration() {
-		if extra := r.Folded - s.iter.UpdatesBy(r.NodeID); extra > 0 {
-			s.log.Warn("updates acknowledged before the scheduler's restart are lost", zap.String("node", r.NodeID), zap.Int("updates", extra))
-			s.iter.RecordLost(r.NodeID, r.Iteration, extra)
-		}
+		uncounted = r.Folded - s.iter.UpdatesBy(r.NodeID)
 	}
 	if s.joined[r.NodeID] {
 		// A server that registers again has lost its partial sums (it
@@ -341,6 +339,13 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.conns[r.NodeID] = c
 	c.Value.Store(r.NodeID)
+	if uncounted > 0 {
+		// Once the link is known, so that this server, too, is told if the
+		// iteration fails for them.
+		s.log.Warn("updates acknowledged before the scheduler's restart are lost", zap.String("node", r.NodeID), zap.Int("updates", uncounted))
+		s.iter.UncountedLost(s.now(), r.NodeID, r.Iteration, uncounted)
+		s.runActionsLocked()
+	}
 	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
 	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked()}

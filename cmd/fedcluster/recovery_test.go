@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	flatbuffers "github.com/google/flatbuffers/go"
+
+	"github.com/fedcluster/fedcluster/node/local"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/wire/rest"
+)
+
+// TestSchedulerRestartLosesUncountedUpdates: a scheduler that restarts from
+// a state saved before a device's update (its counts reach the disk at most
+// every 200 ms) learns of the update only from the server that folded it.
+// The device was told SUCCEED and waits for the iteration's model, so the
+// iteration must end at once, not after its round window.
+func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
+	dir := t.TempDir()
+	recovery := filepath.Join(dir, "recovery.json")
+	cfg := filepath.Join(dir, "config.json")
+	os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644)
+	c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold=2", "--fl_iteration_num=3",
+		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	// The ready cluster's state is saved (membership changes are saved at
+	// once); keep it as the state the scheduler will restart from.
+	saved := map[string][]byte{}
+	for _, p := range []string{recovery, recovery + ".1"} {
+		if b, err := os.ReadFile(p); err == nil {
+			saved[p] = b
+		}
+	}
+	if len(saved) == 0 {
+		t.Fatal("no recovery file written")
+	}
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	if got, _ := d.round(1); got == nil {
+		t.FailNow()
+	}
+	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{recovery, recovery + ".1"} {
+		os.Remove(p)
+		if b, ok := saved[p]; ok {
+			os.WriteFile(p, b, 0o644)
+		}
+	}
+	if err := c.StartScheduler(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := local.Poll(ctx, func() (bool, error) {
+		var st rest.State
+		err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
+		return err == nil && st.Iteration >= 2, nil
+	})
+	if err != nil {
+		t.Fatalf("iteration 1 did not end after the restart: %v", err)
+	}
+	// The device gets iteration 1's model: the initial one, stored again.
+	if m := d.getModel(1); m == nil {
+		t.FailNow()
+	}
+	rec := readRecords(t, filepath.Join(dir, "metrics.json"))[1]
+	if rec.IterationResult != record.ResultFail || !strings.Contains(rec.FailReason, "lost with the scheduler's restart") || rec.Lost != 1 {
+		t.Fatalf("iteration 1's record: %+v", rec)
+	}
+}

@@ -485,11 +485,19 @@ func (p *plane) catchUp(current uint64, members []ctl.Member) {
 	}
 	want := current - 1
 	m, err := p.fetchFromPeers(want, "", members)
+	// A NextIteration the scheduler sent before its registration reply
+	// may store the model meanwhile: then nothing is missing.
+	if have, _ := p.store.Latest(); have >= want {
+		return
+	}
 	if err != nil {
 		p.s.Logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
 		return
 	}
 	if err := p.store.Put(want, m); err != nil {
+		if have, _ := p.store.Latest(); have >= want && errors.Is(err, modelstore.ErrOutOfOrder) {
+			return
+		}
 		p.s.Logger().Error("cannot store fetched model", zap.Error(err))
 		return
 	}

@@ -289,6 +289,13 @@ func TestScaleOutAndIn(t *testing.T) {
 		}
 	}
 	r.finish(live)
+	// Scaling is graceful: a server leaves at an iteration's end, after
+	// its aggregation, and takes no update of the next one with it.
+	for it, rec := range r.records() {
+		if rec.Lost > 0 {
+			t.Errorf("iteration %d lost %d updates while the cluster scaled", it, rec.Lost)
+		}
+	}
 }
 
 func TestKillRankZeroDuringUpdates(t *testing.T) {

@@ -333,6 +333,10 @@ func (s *Scheduler) applyScaleInLocked() {
 		return
 	}
 	s.log.Info("servers scaled in", zap.Strings("node_ids", ids), zap.Int("server_num", s.members.ServerNum()))
+	// Out of the iteration now, not at the next push of the membership:
+	// an update one of them counted in the iteration that has just begun
+	// would be lost when it leaves.
+	s.syncMembersLocked()
 	for _, id := range ids {
 		if c := s.conns[id]; c != nil {
 			_ = c.Send(ctl.KindScaleIn, nil)

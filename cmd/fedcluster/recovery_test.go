@@ -27,8 +27,10 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 	dir := t.TempDir()
 	recovery := filepath.Join(dir, "recovery.json")
 	cfg := filepath.Join(dir, "config.json")
-	os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
-		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644)
+	if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold=2", "--fl_iteration_num=3",
 		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
@@ -53,7 +55,9 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 	for _, p := range []string{recovery, recovery + ".1"} {
 		os.Remove(p)
 		if b, ok := saved[p]; ok {
-			os.WriteFile(p, b, 0o644)
+			if err := os.WriteFile(p, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if err := c.StartScheduler(); err != nil {

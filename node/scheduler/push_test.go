@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -69,16 +70,15 @@ func (p *pushes) await(t *testing.T, what string, done func(states []ctl.Iterati
 	}
 }
 
-// TestRoundEventsPushOnlyChanges runs one iteration of two devices through
-// a real scheduler and one registered server: of the four round events
-// (first and last admission, first and last update) only the first changes
-// the iteration state (its next_req_time), so only it is pushed.
-func TestRoundEventsPushOnlyChanges(t *testing.T) {
+// startScheduler starts a scheduler on free ports for servers servers,
+// with a startFLJob threshold and an updateModel ratio of 1.
+func startScheduler(t *testing.T, servers, threshold int) *scheduler.Scheduler {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Cluster.SchedulerPort = 0
 	cfg.Cluster.SchedulerManagePort = 0
-	cfg.Cluster.ServerNum = 1
-	cfg.FL.StartFLJobThreshold = 2
+	cfg.Cluster.ServerNum = servers
+	cfg.FL.StartFLJobThreshold = threshold
 	cfg.FL.UpdateModelRatio = 1
 	s, err := scheduler.New(&cfg, "sched", zap.NewNop())
 	if err != nil {
@@ -87,34 +87,60 @@ func TestRoundEventsPushOnlyChanges(t *testing.T) {
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// fakeServer is a registered server link that calls the scheduler as a
+// server would and records what the scheduler pushes to it.
+type fakeServer struct {
+	t      *testing.T
+	c      *transport.Conn
+	pushes *pushes
+}
+
+func connectServer(t *testing.T, s *scheduler.Scheduler, id string, port int) *fakeServer {
+	t.Helper()
 	seen := &pushes{more: make(chan struct{}, 1)}
 	tr, err := transport.New(transport.Options{Logger: zap.NewNop(), Handler: seen})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer tr.Close()
+	t.Cleanup(func() { tr.Close() })
 	c, err := tr.Dial(s.Addr(), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	f := &fakeServer{t: t, c: c, pushes: seen}
+	f.call(ctl.KindRegister, ctl.Register{NodeID: id, PeerAddr: "127.0.0.1:" + strconv.Itoa(port), HTTPAddr: "127.0.0.1:" + strconv.Itoa(port+1000), PID: port})
+	return f
+}
+
+func (f *fakeServer) call(kind frame.Kind, v any) ctl.Answer {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	call := func(kind frame.Kind, v any) ctl.Answer {
-		t.Helper()
-		out, err := c.Call(ctx, kind, ctl.Encode(v))
-		if err != nil {
-			t.Fatalf("call %d: %v", kind, err)
-		}
-		var a ctl.Answer
-		if kind == ctl.KindAdmit || kind == ctl.KindCountUpdate {
-			if err := ctl.Decode(out, &a); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return a
+	out, err := f.c.Call(ctx, kind, ctl.Encode(v))
+	if err != nil {
+		f.t.Fatalf("call %d: %v", kind, err)
 	}
-	call(ctl.KindRegister, ctl.Register{NodeID: "srv-0", PeerAddr: "127.0.0.1:20000", HTTPAddr: "127.0.0.1:30000", PID: 1})
+	var a ctl.Answer
+	if kind == ctl.KindAdmit || kind == ctl.KindCountUpdate {
+		if err := ctl.Decode(out, &a); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	return a
+}
+
+// TestRoundEventsPushOnlyChanges runs one iteration of two devices through
+// a real scheduler and one registered server: of the four round events
+// (first and last admission, first and last update) only the first changes
+// the iteration state (its next_req_time), so only it is pushed.
+func TestRoundEventsPushOnlyChanges(t *testing.T) {
+	s := startScheduler(t, 1, 2)
+	srv := connectServer(t, s, "srv-0", 20000)
+	seen, call := srv.pushes, srv.call
 	first := call(ctl.KindAdmit, ctl.Admit{FLID: "dev-a", DataSize: 10})
 	if first.Code != ctl.AnswerSucceed {
 		t.Fatalf("the first admission answered %+v", first)

@@ -1,81 +1,19 @@
 package scheduler_test
 
 import (
-	"context"
 	"net/http"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	"go.uber.org/zap"
-
-	"github.com/fedcluster/fedcluster/node/config"
-	"github.com/fedcluster/fedcluster/node/scheduler"
-	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
-	"github.com/fedcluster/fedcluster/wire/frame"
 )
-
-// fakeServer is a registered server link that calls the scheduler as a
-// server would.
-type fakeServer struct {
-	t *testing.T
-	c *transport.Conn
-}
-
-func connectServer(t *testing.T, s *scheduler.Scheduler, id string, port int) *fakeServer {
-	t.Helper()
-	tr, err := transport.New(transport.Options{Logger: zap.NewNop(), Handler: &pushes{more: make(chan struct{}, 1)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	c, err := tr.Dial(s.Addr(), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &fakeServer{t: t, c: c}
-	f.call(ctl.KindRegister, ctl.Register{NodeID: id, PeerAddr: "127.0.0.1:" + strconv.Itoa(port), HTTPAddr: "127.0.0.1:" + strconv.Itoa(port+1000), PID: port})
-	return f
-}
-
-func (f *fakeServer) call(kind frame.Kind, v any) ctl.Answer {
-	f.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := f.c.Call(ctx, kind, ctl.Encode(v))
-	if err != nil {
-		f.t.Fatalf("call %d: %v", kind, err)
-	}
-	var a ctl.Answer
-	if kind == ctl.KindAdmit || kind == ctl.KindCountUpdate {
-		if err := ctl.Decode(out, &a); err != nil {
-			f.t.Fatal(err)
-		}
-	}
-	return a
-}
 
 // TestScaledInServerLeavesWithItsIteration: a scale-in asked for during an
 // iteration takes effect at its end. From the next iteration on, the
 // servers scaled in must not admit or count: an update they counted would
 // be lost when they leave.
 func TestScaledInServerLeavesWithItsIteration(t *testing.T) {
-	cfg := config.Default()
-	cfg.Cluster.SchedulerPort = 0
-	cfg.Cluster.SchedulerManagePort = 0
-	cfg.Cluster.ServerNum = 2
-	cfg.FL.StartFLJobThreshold = 1
-	cfg.FL.UpdateModelRatio = 1
-	s, err := scheduler.New(&cfg, "sched", zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := startScheduler(t, 2, 1)
 	stay := connectServer(t, s, "srv-0", 20000)
 	leave := connectServer(t, s, "srv-1", 20001)
 

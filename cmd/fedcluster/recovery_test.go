@@ -15,6 +15,7 @@ import (
 	"github.com/fedcluster/fedcluster/node/local"
 	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/wire/flmsg"
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
@@ -80,5 +81,49 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 	rec := readRecords(t, filepath.Join(dir, "metrics.json"))[1]
 	if rec.IterationResult != record.ResultFail || !strings.Contains(rec.FailReason, "lost with the scheduler's restart") || rec.Lost != 1 {
 		t.Fatalf("iteration 1's record: %+v", rec)
+	}
+}
+
+// TestServerWithoutTheModelAdmitsNoDevice: a server that restarted without
+// its checkpoints and could not fetch the current model (its only peer is
+// itself) must turn devices away before the scheduler admits them: an
+// admission counts toward the startFLJob threshold, and a device it then
+// cannot serve never sends the update the round waits for.
+func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
+	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	for it := int32(1); it <= 2; it++ {
+		if got, _ := d.round(it); got == nil {
+			t.FailNow()
+		}
+		if d.getModel(it) == nil {
+			t.FailNow()
+		}
+	}
+	if err := c.Kill("0", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(c.Dir(), "server_0", "checkpoints")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartServer("0", c.ServerPorts[0]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.WaitServerReady(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	body := d.post("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: "dev-1", DataSize: 10, Timestamp: now()}))
+	if string(body) != flmsg.BodySafemode {
+		t.Fatalf("startFLJob on a server without iteration 2's model answered %q, want %q", body, flmsg.BodySafemode)
+	}
+	var st rest.State
+	if err := local.GetJSON(ctx, c.ManageURL()+"/state", &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Iteration != 3 || st.Admitted != 0 {
+		t.Fatalf("the scheduler is at iteration %d with %d admitted, want iteration 3 with none", st.Iteration, st.Admitted)
 	}
 }

@@ -143,6 +143,15 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		reply(flmsg.RequestError, fmt.Sprintf("FL job data size %d is larger than the limit %d.", req.DataSize, maxDataSize), st.iteration, st.nextReqTime)
 		return
 	}
+	if latest, _ := s.plane.store.Latest(); latest+1 < st.iteration {
+		// Without the model this iteration starts from (it could not fetch
+		// it), turn the device away before the scheduler admits it: the
+		// admission would count toward the threshold, its update never.
+		s.warn(&s.warned.noModel, "this server lacks the model the iteration starts from; devices are turned away",
+			zap.Uint64("iteration", st.iteration), zap.Uint64("latest", latest))
+		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
+		return
+	}
 	a, err := s.ask(ctl.KindAdmit, ctl.Admit{FLID: string(req.FLID), DataSize: int(req.DataSize)})
 	if err != nil {
 		s.warn(&s.warned.admit, "cannot admit device", zap.Error(err))

@@ -127,3 +127,31 @@ func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
 		t.Fatalf("the scheduler is at iteration %d with %d admitted, want iteration 3 with none", st.Iteration, st.Admitted)
 	}
 }
+
+// TestServerWithoutSchedulerRefusesUpdates: a server cut off from the
+// scheduler cannot count an update, and its iteration may be behind the
+// cluster's. An update for an iteration it has not reached gets safemode,
+// so that the device tries another server, not OutOfTime from the stale
+// iteration, which would make the device sit out the iteration.
+func TestServerWithoutSchedulerRefusesUpdates(t *testing.T) {
+	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	if got, _ := d.round(1); got == nil {
+		t.FailNow()
+	}
+	if d.getModel(1) == nil {
+		t.FailNow()
+	}
+	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	up := model.New(d.layout)
+	for _, it := range []int32{2, 4} { // the server's iteration, and one it has not reached
+		body := d.post("/updateModel", flmsg.BuildRequestUpdateModel(d.b, &flmsg.UpdateModelArgs{FLName: "LeNet", FLID: "dev-1", Iteration: it, Timestamp: now(), Model: up}))
+		if string(body) != flmsg.BodySafemode {
+			r, err := flmsg.DecodeResponseUpdateModel(body)
+			t.Fatalf("updateModel for iteration %d without a scheduler answered %d %q %v, want %q", it, r.Retcode, r.Reason, err, flmsg.BodySafemode)
+		}
+	}
+}

@@ -95,6 +95,22 @@ func (s *Server) ask(kind frame.Kind, v any) (ctl.Answer, error) {
 	return a, ctl.Decode(body, &a)
 }
 
+// linked reports whether the link to the scheduler is up.
+func (s *Server) linked() bool {
+	s.mu.Lock()
+	c := s.sched
+	s.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	select {
+	case <-c.Done():
+		return false
+	default:
+		return true
+	}
+}
+
 func (s *Server) checkTime(ts []byte) string {
 	return checkTimestamp(ts, time.Now(), time.Duration(s.cfg.FL.ReplayAttackTimeDiff)*time.Millisecond, s.cfg.FL.LegacyTimestamps == "accept")
 }
@@ -247,6 +263,14 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	}
 	if !st.ready {
 		s.refuse(ctx, "updateModel", "not_ready", flmsg.BodyJobNotReady)
+		return
+	}
+	if !s.linked() {
+		// Cut off from the scheduler, this server can count nothing and its
+		// iteration may be behind the cluster's: OutOfTime from that view
+		// would make the device sit the iteration out; safemode sends it
+		// to another server.
+		s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
 		return
 	}
 	if reason := s.checkTime(req.Timestamp); reason != "" {

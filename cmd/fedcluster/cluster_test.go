@@ -416,3 +416,49 @@ func TestInstanceCommands(t *testing.T) {
 		t.Fatalf("/queryInstance during the iteration: %+v", q.Result)
 	}
 }
+
+// TestServerJoiningDuringAnAggregationReports: the scheduler counts a new
+// server in as soon as it registers, so the server can be ordered to
+// aggregate while it still catches up (fetching the current model from a
+// peer). Its report must reach the scheduler all the same, or the
+// iteration waits for the aggregation timeout (30 s) and fails.
+func TestServerJoiningDuringAnAggregationReports(t *testing.T) {
+	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=5s")
+	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	resp, err := http.Post(c.ManageURL()+"/scaleout", "application/json", strings.NewReader(`{"worker_num":0,"server_num":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	port, err := local.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FEDCLUSTER_FAULT_REGISTER_DELAY", "2s") // for the new server only
+	if err := c.StartServer("new", port[0], "--server_num=2"); err != nil {
+		t.Fatal(err)
+	}
+	waitNode(t, c, "new", "true", "1")
+	// The new server is registered with the scheduler and still busy with
+	// its catch-up: the iteration's one update starts an aggregation of
+	// both servers.
+	served, _ := d.round(1)
+	if served == nil {
+		t.FailNow()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var st rest.State
+	err = local.Poll(ctx, func() (bool, error) {
+		err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
+		return err == nil && st.Iteration >= 2, nil
+	})
+	if err != nil {
+		t.Fatalf("iteration 1 did not end: %v (last /state %+v)", err, st)
+	}
+	// Valid, not failed: the model is the update's, not iteration 0's again.
+	if m := d.getModel(1); m == nil || equal(m, served) {
+		t.Fatal("iteration 1 stored the model it started from: it failed")
+	}
+}

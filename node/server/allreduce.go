@@ -202,7 +202,7 @@ func (pc *peerConns) get(nodeID, addr string) (*transport.Conn, error) {
 }
 
 // aggregate runs one all-reduce attempt and reports to the scheduler.
-func (p *plane) aggregate(a ctl.Aggregate) {
+func (p *plane) aggregate(from *transport.Conn, a ctl.Aggregate) {
 	log := p.s.Logger().With(zap.Uint64("iteration", a.Iteration), zap.Int("attempt", a.Attempt))
 	start := time.Now()
 	me := -1
@@ -272,7 +272,7 @@ func (p *plane) aggregate(a ctl.Aggregate) {
 	pa.mu.Lock()
 	lossSum, losses := pa.lossSum, pa.losses
 	pa.mu.Unlock()
-	p.s.report(ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name(),
+	p.s.report(from, ctl.KindAggregated, ctl.Aggregated{Iteration: a.Iteration, Attempt: a.Attempt, SHA256: sha, Folded: folded, FoldMBps: pa.foldMBps(), Engine: p.engine.Name(),
 		LossSum: lossSum, Losses: losses})
 	// Logged after the report, which the switch waits for.
 	log.Info("all-reduce done", zap.Int("servers", len(a.Participants)), zap.Int("folded", folded), zap.Float64("data_size", total),
@@ -646,14 +646,10 @@ func (p *plane) ack(c *transport.Conn, kind frame.Kind, h peer.Header, me int) {
 	}
 }
 
-// report sends a message to the scheduler, if connected.
-func (s *Server) report(kind frame.Kind, v any) {
-	s.mu.Lock()
-	c := s.sched
-	s.mu.Unlock()
-	if c == nil {
-		return
-	}
+// report answers an order of the scheduler on the link it came by: a
+// server ordered to aggregate while it still completes its registration
+// (catching up from a peer) has no other link to the scheduler yet.
+func (s *Server) report(c *transport.Conn, kind frame.Kind, v any) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := c.Call(ctx, kind, ctl.Encode(v)); err != nil {

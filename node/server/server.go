@@ -68,6 +68,10 @@ type Server struct {
 	// duration) holds every all-reduce before it starts, so that tests can
 	// crash a server in the middle of one. Unset in production.
 	faultAllReduceDelay time.Duration
+	// faultRegisterDelay (env FEDCLUSTER_FAULT_REGISTER_DELAY) holds a
+	// registration after the scheduler's reply, as a slow catch-up from a
+	// peer does, so that tests can order an aggregation meanwhile.
+	faultRegisterDelay time.Duration
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -80,6 +84,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
 	s.rankID.Store(-1)
 	s.log = withIdentity(log.Named("server"), nodeID, &s.rankID)
 	s.faultAllReduceDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_DELAY"))
+	s.faultRegisterDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_REGISTER_DELAY"))
 	return s
 }
 
@@ -307,6 +312,9 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	if err := ctl.Decode(body, &r); err != nil {
 		return err
 	}
+	if d := s.faultRegisterDelay; d > 0 {
+		time.Sleep(d) // fault injection: a slow catch-up
+	}
 	// Updates folded before this registration were written off by the
 	// scheduler when the old link went: they must not reach an aggregate.
 	s.plane.resetPartials()
@@ -413,7 +421,7 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			s.plane.aggregate(a)
+			s.plane.aggregate(c, a)
 		}()
 		return nil, nil
 	case ctl.KindPartial, ctl.KindReduced, ctl.KindPieceAck:

@@ -312,9 +312,6 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	if err := ctl.Decode(body, &r); err != nil {
 		return err
 	}
-	if d := s.faultRegisterDelay; d > 0 {
-		time.Sleep(d) // fault injection: a slow catch-up
-	}
 	// Updates folded before this registration were written off by the
 	// scheduler when the old link went: they must not reach an aggregate.
 	s.plane.resetPartials()
@@ -322,6 +319,9 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	// membership says the cluster is ready (and "Server started
 	// successfully." is logged), the server can answer devices.
 	s.plane.align(r.Iteration.Iteration)
+	if d := s.faultRegisterDelay; d > 0 {
+		time.Sleep(d) // fault injection: a slow catch-up
+	}
 	s.plane.catchUp(r.Iteration.Iteration, r.Membership.Members)
 	s.plane.setState(r.Iteration, true)
 	s.mu.Lock()

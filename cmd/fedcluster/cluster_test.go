@@ -425,7 +425,7 @@ func TestInstanceCommands(t *testing.T) {
 func TestServerJoiningDuringAnAggregationReports(t *testing.T) {
 	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=5s")
-	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	d := lenetDevice(t, c, "dev-0")
 	resp, err := http.Post(c.ManageURL()+"/scaleout", "application/json", strings.NewReader(`{"worker_num":0,"server_num":1}`))
 	if err != nil {
 		t.Fatal(err)

@@ -37,6 +37,11 @@ type testDevice struct {
 	b      *flatbuffers.Builder
 }
 
+// lenetDevice is one LeNet device with 10 samples.
+func lenetDevice(t *testing.T, c *local.Cluster, id string) *testDevice {
+	return &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: id, size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+}
+
 func (d *testDevice) post(path string, body []byte) []byte {
 	url := d.c.ServerURL(d.rng.IntN(len(d.c.ServerPorts))) + path
 	resp, err := http.Post(url, "application/octet-stream", bytes.NewReader(body))

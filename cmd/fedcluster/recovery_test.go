@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	flatbuffers "github.com/google/flatbuffers/go"
 
 	"github.com/fedcluster/fedcluster/node/local"
 	"github.com/fedcluster/fedcluster/node/model"
@@ -46,7 +43,7 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 	if len(saved) == 0 {
 		t.Fatal("no recovery file written")
 	}
-	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	d := lenetDevice(t, c, "dev-0")
 	if got, _ := d.round(1); got == nil {
 		t.FailNow()
 	}
@@ -92,7 +89,7 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
 	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
-	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	d := lenetDevice(t, c, "dev-0")
 	for it := int32(1); it <= 2; it++ {
 		if got, _ := d.round(it); got == nil {
 			t.FailNow()
@@ -136,7 +133,7 @@ func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
 func TestServerWithoutSchedulerRefusesUpdates(t *testing.T) {
 	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
-	d := &testDevice{t: t, c: c, layout: model.LeNet5Layout(), id: "dev-0", size: 10, rng: rand.New(rand.NewPCG(1, 1)), b: flatbuffers.NewBuilder(0)}
+	d := lenetDevice(t, c, "dev-0")
 	if got, _ := d.round(1); got == nil {
 		t.FailNow()
 	}

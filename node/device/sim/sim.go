@@ -32,6 +32,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -213,6 +214,11 @@ type run struct {
 
 	trainSem chan struct{}
 
+	// planIters is the job's fl_iteration_num from the last FLPlan any
+	// device of the run received (0 if none yet): it tells a finished job
+	// from a disabled one, also to a device never admitted itself.
+	planIters atomic.Int32
+
 	mu       sync.Mutex
 	iters    map[int32]*iterStat
 	newest   int32
@@ -312,16 +318,13 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 
 // simDevice is one device of a run.
 type simDevice struct {
-	r    *run
-	i    int
-	c    *device.Client
-	iter int32 // the iteration it was last admitted to
-	// planIters is the job's fl_iteration_num from the last FLPlan (0 if
-	// none yet): it tells a finished job from a disabled one.
-	planIters int32
-	rng       *rand.Rand
-	shard     *mnist.Subset
-	tr        *lenet.Trainer
+	r     *run
+	i     int
+	c     *device.Client
+	iter  int32 // the iteration it was last admitted to
+	rng   *rand.Rand
+	shard *mnist.Subset
+	tr    *lenet.Trainer
 }
 
 // loadBlock builds the update every load device sends: random weights in
@@ -393,11 +396,12 @@ const disabledWait = time.Second
 // "disabled or finished": the server's current iteration (from getModel,
 // which is served in both cases) has not passed the plan's last one.
 func (d *simDevice) disabled(ctx context.Context) bool {
-	if d.planIters == 0 {
+	plan := d.r.planIters.Load()
+	if plan == 0 {
 		return false
 	}
 	r, err := d.c.GetModel(ctx, d.iter)
-	return err == nil && r.Iteration <= d.planIters
+	return err == nil && r.Iteration <= plan
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -459,7 +463,7 @@ func (d *simDevice) loop(ctx context.Context) {
 func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error) {
 	d.iter = job.Iteration
 	if job.HasPlan {
-		d.planIters = job.Plan.Iterations
+		d.r.planIters.Store(job.Plan.Iterations)
 	}
 	d.r.admitted(d, job.Iteration)
 	if d.r.cfg.Mode == ModeLoad {

@@ -31,6 +31,14 @@ type flServer struct {
 	iterations    int32
 	safemodeEvery int
 
+	// After iteration disableAt (0: never) startFLJob answers "disabled or
+	// finished" until it has done so enableAfter times; afterEnable then
+	// records the devices that ask again.
+	disableAt   int32
+	enableAfter int
+	refused     int
+	afterEnable map[string]bool
+
 	requests  int
 	iter      int32
 	admitted  map[string]int32
@@ -50,6 +58,7 @@ func newFLServer(t *testing.T, servers, threshold int, iterations int32, initial
 		t: t, threshold: threshold, iterations: iterations, iter: 1,
 		admitted: map[string]int32{}, updated: map[string]bool{}, models: map[int32]*model.Model{},
 		cur: initial, sum: make([]float64, len(initial.Data)), hitServer: make([]int, servers),
+		afterEnable: map[string]bool{},
 	}
 	for i := range servers {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fs.serve(i, w, r) }))
@@ -90,11 +99,19 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			fs.t.Errorf("bad startFLJob: %s", err)
 			return
 		}
+		id := string(q.FLID)
+		if fs.disableAt > 0 && fs.iter > fs.disableAt && fs.refused < fs.enableAfter {
+			fs.refused++
+			w.Write([]byte(flmsg.BodyJobDisabled))
+			return
+		}
+		if fs.disableAt > 0 && fs.refused == fs.enableAfter {
+			fs.afterEnable[id] = true
+		}
 		if fs.finished {
 			w.Write([]byte(flmsg.BodyJobDisabled))
 			return
 		}
-		id := string(q.FLID)
 		if _, dup := fs.admitted[id]; dup || len(fs.admitted) >= fs.threshold {
 			w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: flmsg.OutOfTime, Reason: "threshold", NextReqTime: fs.next(5 * time.Millisecond)}))
 			return
@@ -244,6 +261,34 @@ func TestRunLoad(t *testing.T) {
 		t.Errorf("WriteText: %v\n%s", err, out.String())
 	}
 	t.Log("\n" + out.String())
+}
+
+// TestRunWaitsOutADisabledJob: a job disabled after its first iteration
+// answers startFLJob with "disabled or finished" while iterations remain.
+// Every device waits for it to be enabled again, also one that was never
+// admitted and so never had an FLPlan of its own.
+func TestRunWaitsOutADisabledJob(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{4}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices = 2
+	fs := newFLServer(t, 1, 1, 3, model.New(l)) // one device per iteration
+	fs.disableAt, fs.enableAfter = 1, devices   // each device refused once (or one twice)
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if len(fs.afterEnable) != devices || s.Finished != devices {
+		t.Fatalf("%d of %d devices came back after the job was enabled again (%d told it finished)", len(fs.afterEnable), devices, s.Finished)
+	}
 }
 
 func TestRunTrain(t *testing.T) {

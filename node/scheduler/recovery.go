@@ -75,9 +75,8 @@ func (s *Scheduler) restore() error {
 // forced (iteration ends, membership and instance changes), else at most
 // every persistEvery.
 func (s *Scheduler) saveLocked(force bool) {
-	path := s.recoveryPath()
-	if path == "" || !s.dirty {
-		return
+	if s.stateFile == nil || !s.dirty {
+		return // recovery off (restore opens the file when on), or saved
 	}
 	now := s.now()
 	if !force && now.Sub(s.savedAt) < persistEvery {
@@ -92,11 +91,8 @@ func (s *Scheduler) saveLocked(force bool) {
 		s.log.Error("cannot encode recovery state", zap.Error(err))
 		return
 	}
-	if s.stateFile == nil {
-		s.stateFile = newStateFile(path)
-	}
 	if err := s.stateFile.save(b); err != nil {
-		s.log.Error("cannot write recovery state", zap.String("path", path), zap.Error(err))
+		s.log.Error("cannot write recovery state", zap.String("path", s.stateFile.path), zap.Error(err))
 		return
 	}
 	s.dirty, s.savedAt = false, now

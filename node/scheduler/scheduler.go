@@ -63,7 +63,8 @@ type Scheduler struct {
 	iterationsTotal *prometheus.CounterVec
 	updatesLost     prometheus.Counter
 	savedAt         time.Time // last persist
-	// stateFile holds the persisted control state (recovery on).
+	// stateFile holds the persisted control state; nil when recovery is
+	// off (restore opens it).
 	stateFile *stateFile
 	// adoptRounds is set when the scheduler was given no round parameters
 	// (they equal the defaults): it takes those of the first server that

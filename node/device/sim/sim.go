@@ -392,10 +392,19 @@ func (r *run) newDevice(i int, httpc *fasthttp.Client, block *flmsg.ModelBlock) 
 // disabled job was enabled.
 const disabledWait = time.Second
 
-// disabled tells a disabled job from a finished one after the plain-text
-// "disabled or finished": the server's current iteration (from getModel,
-// which is served in both cases) has not passed the plan's last one.
-func (d *simDevice) disabled(ctx context.Context) bool {
+// unfinished tells a disabled (or since re-enabled) job from a finished
+// one after the plain-text "disabled or finished". A fedcluster server
+// says which in its GET /status. Others (MindSpore's) are judged by their
+// current iteration (from getModel, served in both cases) against the
+// plan's last one, which holds only while iterations number from 1: after
+// a MindSpore newInstance they restart at 1, while fedcluster's keep
+// growing.
+func (d *simDevice) unfinished(ctx context.Context) bool {
+	for range min(len(d.r.cfg.Servers), 3) { // a dead server is passed over next time
+		if st, err := d.c.Status(ctx); err == nil {
+			return st.Instance != device.InstanceFinished
+		}
+	}
 	plan := d.r.planIters.Load()
 	if plan == 0 {
 		return false
@@ -427,7 +436,7 @@ func (d *simDevice) loop(ctx context.Context) {
 			r.deviceDone(d, res)
 			continue
 		}
-		if errors.Is(err, device.ErrJobFinished) && d.disabled(ctx) {
+		if errors.Is(err, device.ErrJobFinished) && d.unfinished(ctx) {
 			// "disabled or finished" while iterations remain: the job is
 			// disabled (/disableFLS); wait for it to be enabled again.
 			if sleep(ctx, disabledWait) != nil {

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -38,6 +39,12 @@ type flServer struct {
 	enableAfter int
 	refused     int
 	afterEnable map[string]bool
+
+	// base is the iteration before the first one (fedcluster's numbers
+	// keep growing over /newInstance); noStatus makes GET /status a 404,
+	// as on a MindSpore server.
+	base     int32
+	noStatus bool
 
 	requests  int
 	iter      int32
@@ -78,6 +85,10 @@ func (fs *flServer) next(d time.Duration) string {
 	return strconv.FormatInt(time.Now().Add(d).UnixMilli(), 10)
 }
 
+func (fs *flServer) disabledLocked() bool {
+	return fs.disableAt > 0 && fs.iter > fs.disableAt && fs.refused < fs.enableAfter
+}
+
 func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
@@ -93,6 +104,18 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch r.URL.Path {
+	case "/status":
+		if fs.noStatus {
+			http.NotFound(w, r)
+			return
+		}
+		instance := device.InstanceRunning
+		if fs.disabledLocked() {
+			instance = device.InstanceDisabled
+		} else if fs.finished {
+			instance = device.InstanceFinished
+		}
+		fmt.Fprintf(w, `{"node_id":"fake","iteration":%d,"instance":%q}`, fs.iter, instance)
 	case "/startFLJob":
 		q, err := flmsg.DecodeRequestFLJob(body)
 		if err != nil {
@@ -100,7 +123,7 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		id := string(q.FLID)
-		if fs.disableAt > 0 && fs.iter > fs.disableAt && fs.refused < fs.enableAfter {
+		if fs.disabledLocked() {
 			fs.refused++
 			w.Write([]byte(flmsg.BodyJobDisabled))
 			return
@@ -155,7 +178,7 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			fs.iter++
 			clear(fs.admitted)
 			clear(fs.updated)
-			fs.finished = fs.iter > fs.iterations
+			fs.finished = fs.iter > fs.base+fs.iterations
 		}
 		w.Write(flmsg.BuildResponseUpdateModel(b, &flmsg.UpdateModelReply{Retcode: flmsg.Succeed, Reason: flmsg.ReasonUpdateModelSuccess, NextReqTime: fs.next(time.Second)}))
 	case "/getModel":
@@ -272,22 +295,38 @@ func TestRunWaitsOutADisabledJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const devices = 2
-	fs := newFLServer(t, 1, 1, 3, model.New(l)) // one device per iteration
-	fs.disableAt, fs.enableAfter = 1, devices   // each device refused once (or one twice)
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if len(fs.afterEnable) != devices || s.Finished != devices {
-		t.Fatalf("%d of %d devices came back after the job was enabled again (%d told it finished)", len(fs.afterEnable), devices, s.Finished)
+	for _, tc := range []struct {
+		name     string
+		base     int32
+		noStatus bool
+	}{
+		// A server without GET /status: told apart by iteration numbers.
+		{name: "numbered from 1", noStatus: true},
+		// After a fedcluster /newInstance the numbers have passed the
+		// plan's count: only the server's /status tells.
+		{name: "after a new instance", base: 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const devices = 2
+			fs := newFLServer(t, 1, 1, 3, model.New(l)) // one device per iteration
+			fs.base, fs.iter, fs.noStatus = tc.base, tc.base+1, tc.noStatus
+			fs.disableAt, fs.enableAfter = tc.base+1, devices // each device refused once (or one twice)
+			cfg := DefaultConfig(devices, fs.urls)
+			cfg.Mode = ModeLoad
+			cfg.Device = fastDevice()
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			s, err := Run(ctx, cfg)
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			fs.mu.Lock()
+			defer fs.mu.Unlock()
+			if len(fs.afterEnable) != devices || s.Finished != devices || fs.iter != tc.base+4 {
+				t.Fatalf("%d of %d devices came back after the job was enabled again (%d told it finished, at iteration %d)",
+					len(fs.afterEnable), devices, s.Finished, fs.iter)
+			}
+		})
 	}
 }
 

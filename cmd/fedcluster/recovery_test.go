@@ -85,7 +85,8 @@ func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
 // its checkpoints and could not fetch the current model (its only peer is
 // itself) must turn devices away before the scheduler admits them: an
 // admission counts toward the startFLJob threshold, and a device it then
-// cannot serve never sends the update the round waits for.
+// cannot serve never sends the update the round waits for. Asked for the
+// model it lacks, it must not answer with an older one.
 func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
 	c := startCluster(t, 1, "--start_fl_job_threshold=1", "--fl_iteration_num=10",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
@@ -122,6 +123,12 @@ func TestServerWithoutTheModelAdmitsNoDevice(t *testing.T) {
 	}
 	if st.Iteration != 3 || st.Admitted != 0 {
 		t.Fatalf("the scheduler is at iteration %d with %d admitted, want iteration 3 with none", st.Iteration, st.Admitted)
+	}
+	// Nor does it serve an older model for iteration 2's: the device is
+	// told to ask again (elsewhere).
+	body = d.post("/getModel", flmsg.BuildRequestGetModel(d.b, &flmsg.GetModelArgs{FLName: "LeNet", Iteration: 2, Timestamp: now()}))
+	if r, err := flmsg.DecodeResponseGetModel(body); err != nil || r.Retcode != flmsg.SucNotReady {
+		t.Fatalf("getModel(2) on a server holding iteration 0's model only: retcode %d %q, %v; want SucNotReady", r.Retcode, r.Reason, err)
 	}
 }
 

@@ -249,9 +249,14 @@ func (p *plane) waitIteration(it uint64, d time.Duration) bool {
 func (p *plane) waitStored(it uint64, d time.Duration) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	// Stop waiting too once the server has moved past it without storing
-	// it (it missed that iteration): the latest model is served then.
-	waitFor(p.changed, time.Now().Add(d), func() bool { return p.store.Has(it) || p.iteration > it })
+	// Stop waiting too once the server has moved past it with a newer
+	// model (it missed that iteration, and the device will be served the
+	// latest). A server that moved past it without a model that new
+	// (catching up after a restart or a partition) has yet to fetch it.
+	waitFor(p.changed, time.Now().Add(d), func() bool {
+		latest, _ := p.store.Latest()
+		return p.store.Has(it) || p.iteration > it && latest > it
+	})
 	return p.store.Has(it)
 }
 
@@ -381,6 +386,11 @@ func (p *plane) fetchAggregate(it uint64, sha string) (*model.Model, error) {
 	return nil, err
 }
 
+var errNoPeer = errors.New("no live peer to fetch from")
+
+// catchUpTries bounds catchUp's fetches of a model no peer could give.
+const catchUpTries = 4
+
 // fetchFromPeers asks the other servers for stored model it, checking its
 // checksum when want is set.
 func (p *plane) fetchFromPeers(it uint64, want string, members []ctl.Member) (*model.Model, error) {
@@ -396,7 +406,7 @@ func (p *plane) fetchFromPeers(it uint64, want string, members []ctl.Member) (*m
 		errs = append(errs, fmt.Errorf("%s: %w", mem.NodeID, err))
 	}
 	if len(errs) == 0 {
-		return nil, errors.New("no live peer to fetch from")
+		return nil, errNoPeer
 	}
 	return nil, errors.Join(errs...)
 }
@@ -484,14 +494,28 @@ func (p *plane) catchUp(current uint64, members []ctl.Member) {
 		return
 	}
 	want := current - 1
-	m, err := p.fetchFromPeers(want, "", members)
-	// A NextIteration the scheduler sent before its registration reply
-	// may store the model meanwhile: then nothing is missing.
-	if have, _ := p.store.Latest(); have >= want {
-		return
+	var m *model.Model
+	var err error
+	// A peer may not have stored it yet (its NextIteration and this
+	// registration crossed): a few tries, over less than a second.
+	for try, wait := 1, 50*time.Millisecond; ; try, wait = try+1, 2*wait {
+		m, err = p.fetchFromPeers(want, "", members)
+		// A NextIteration the scheduler sent before its registration
+		// reply may store the model meanwhile: then nothing is missing.
+		if have, _ := p.store.Latest(); have >= want {
+			return
+		}
+		if err == nil || errors.Is(err, errNoPeer) || try == catchUpTries {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-p.s.stop:
+			return
+		}
 	}
 	if err != nil {
-		p.s.Logger().Warn("cannot fetch the current model from a peer; serving the newest local one", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
+		p.s.Logger().Warn("cannot fetch the current model from a peer; devices asking for it are told it is not ready", zap.Uint64("want", want), zap.Uint64("have", latest), zap.Error(err))
 		return
 	}
 	if err := p.store.Put(want, m); err != nil {
@@ -501,6 +525,9 @@ func (p *plane) catchUp(current uint64, members []ctl.Member) {
 		p.s.Logger().Error("cannot store fetched model", zap.Error(err))
 		return
 	}
+	p.mu.Lock()
+	p.changed.Broadcast() // getModel calls waiting for it
+	p.mu.Unlock()
 	p.s.Logger().Info("restored the current model from a peer", zap.Uint64("iteration", want))
 }
 

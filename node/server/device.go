@@ -385,8 +385,11 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 	}
 	want := uint64(max(req.Iteration, 0))
 	// The current iteration's model (or a later one's, asked of a server
-	// still switching) is awaited for a while, then SucNotReady.
-	if req.Iteration >= 0 && want >= st.iteration && !s.plane.waitStored(want, time.Duration(s.cfg.Server.GetModelWait)) {
+	// still switching), or one newer than any this server holds (it is
+	// catching up after a restart or a partition), is awaited for a
+	// while, then SucNotReady: never an older model in its place.
+	latest, _ := s.plane.store.Latest()
+	if req.Iteration >= 0 && (want >= st.iteration || want > latest) && !s.plane.waitStored(want, time.Duration(s.cfg.Server.GetModelWait)) {
 		st = s.plane.state()
 		s.count("getModel", "not_ready")
 		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.SucNotReady,

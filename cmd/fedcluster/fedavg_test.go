@@ -35,6 +35,9 @@ type testDevice struct {
 	size   int32
 	rng    *rand.Rand
 	b      *flatbuffers.Builder
+	// pinned sends every request to server; else each goes to a random one.
+	pinned bool
+	server int
 }
 
 // lenetDevice is one LeNet device with 10 samples.
@@ -43,7 +46,11 @@ func lenetDevice(t *testing.T, c *local.Cluster, id string) *testDevice {
 }
 
 func (d *testDevice) post(path string, body []byte) []byte {
-	url := d.c.ServerURL(d.rng.IntN(len(d.c.ServerPorts))) + path
+	server := d.server
+	if !d.pinned {
+		server = d.rng.IntN(len(d.c.ServerPorts))
+	}
+	url := d.c.ServerURL(server) + path
 	resp, err := http.Post(url, "application/octet-stream", bytes.NewReader(body))
 	if err != nil {
 		d.t.Errorf("device %s: POST %s: %v", d.id, path, err)

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,67 +20,103 @@ import (
 )
 
 // TestSchedulerRestartLosesUncountedUpdates: a scheduler that restarts from
-// a state saved before a device's update (its counts reach the disk at most
-// every 200 ms) learns of the update only from the server that folded it.
-// The device was told SUCCEED and waits for the iteration's model, so the
-// iteration must end at once, not after its round window.
+// a state saved before devices' updates (its counts reach the disk at most
+// every 200 ms) learns of them only from the servers that folded them. The
+// devices were told SUCCEED and wait for the iteration's model, so the
+// iteration must end at once, not after its round window. When both
+// servers folded such an update, the first to register fails the
+// iteration (its record counts its loss) and the second's loss is counted
+// in fedcluster_updates_lost_total all the same.
 func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
-	dir := t.TempDir()
-	recovery := filepath.Join(dir, "recovery.json")
-	cfg := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+	for _, tc := range []struct {
+		name      string
+		threshold int
+		pinned    []int // the server each updating device uses (-1: any)
+	}{
+		{name: "one server's", threshold: 2, pinned: []int{-1}},
+		{name: "two servers'", threshold: 3, pinned: []int{0, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			recovery := filepath.Join(dir, "recovery.json")
+			cfg := filepath.Join(dir, "config.json")
+			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
 		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold=2", "--fl_iteration_num=3",
-		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
-		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
-	// The ready cluster's state is saved (membership changes are saved at
-	// once); keep it as the state the scheduler will restart from.
-	saved := map[string][]byte{}
-	for _, p := range []string{recovery, recovery + ".1"} {
-		if b, err := os.ReadFile(p); err == nil {
-			saved[p] = b
-		}
-	}
-	if len(saved) == 0 {
-		t.Fatal("no recovery file written")
-	}
-	d := lenetDevice(t, c, "dev-0")
-	if got, _ := d.round(1); got == nil {
-		t.FailNow()
-	}
-	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{recovery, recovery + ".1"} {
-		os.Remove(p)
-		if b, ok := saved[p]; ok {
-			if err := os.WriteFile(p, b, 0o644); err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-	if err := c.StartScheduler(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := local.Poll(ctx, func() (bool, error) {
-		var st rest.State
-		err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
-		return err == nil && st.Iteration >= 2, nil
-	})
-	if err != nil {
-		t.Fatalf("iteration 1 did not end after the restart: %v", err)
-	}
-	// The device gets iteration 1's model: the initial one, stored again.
-	if m := d.getModel(1); m == nil {
-		t.FailNow()
-	}
-	rec := readRecords(t, filepath.Join(dir, "metrics.json"))[1]
-	if rec.IterationResult != record.ResultFail || !strings.Contains(rec.FailReason, "lost with the scheduler's restart") || rec.Lost != 1 {
-		t.Fatalf("iteration 1's record: %+v", rec)
+			c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(tc.threshold), "--fl_iteration_num=3",
+				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			// The ready cluster's state is saved (membership changes are
+			// saved at once); keep it as the state the scheduler will
+			// restart from.
+			saved := map[string][]byte{}
+			for _, p := range []string{recovery, recovery + ".1"} {
+				if b, err := os.ReadFile(p); err == nil {
+					saved[p] = b
+				}
+			}
+			if len(saved) == 0 {
+				t.Fatal("no recovery file written")
+			}
+			var devs []*testDevice
+			for i, server := range tc.pinned {
+				d := lenetDevice(t, c, "dev-"+strconv.Itoa(i))
+				d.pinned, d.server = server >= 0, server
+				if got, _ := d.round(1); got == nil {
+					t.FailNow()
+				}
+				devs = append(devs, d)
+			}
+			if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{recovery, recovery + ".1"} {
+				os.Remove(p)
+				if b, ok := saved[p]; ok {
+					if err := os.WriteFile(p, b, 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := c.StartScheduler(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := local.Poll(ctx, func() (bool, error) {
+				var st rest.State
+				err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
+				return err == nil && st.Iteration >= 2, nil
+			})
+			if err != nil {
+				t.Fatalf("iteration 1 did not end after the restart: %v", err)
+			}
+			// The devices get iteration 1's model: the initial one, stored again.
+			for _, d := range devs {
+				if m := d.getModel(1); m == nil {
+					t.FailNow()
+				}
+			}
+			rec := readRecords(t, filepath.Join(dir, "metrics.json"))[1]
+			if rec.IterationResult != record.ResultFail || !strings.Contains(rec.FailReason, "lost with the scheduler's restart") || rec.Lost != 1 {
+				t.Fatalf("iteration 1's record: %+v", rec)
+			}
+			// Both servers registered (the iteration ended in both), so
+			// every loss is counted by now.
+			want := `fedcluster_updates_lost_total{node_id="20"} ` + strconv.Itoa(len(tc.pinned)) + "\n"
+			if err := local.Poll(ctx, func() (bool, error) {
+				resp, err := http.Get(c.ManageURL() + "/metrics")
+				if err != nil {
+					return false, nil
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return strings.Contains(string(b), want), nil
+			}); err != nil {
+				t.Fatalf("the scheduler's /metrics never showed %q: %v", want, err)
+			}
+		})
 	}
 }
 

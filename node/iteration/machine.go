@@ -194,8 +194,17 @@ type Machine struct {
 	rejects   [numRejects]int
 	attempts  int
 
+	// failedUncounted is the last iteration UncountedLost failed, with
+	// what each server counted in it, for servers that register later.
+	failedUncounted failedUncounted
+
 	agg     *aggregation
 	actions []Action
+}
+
+type failedUncounted struct {
+	iteration uint64
+	counted   map[string]int
 }
 
 // NewMachine returns a Machine at iteration 1, instance running, no member.
@@ -523,24 +532,55 @@ func (m *Machine) UpdatesBy(serverID string) int {
 	return n
 }
 
-// UncountedLost accounts for n updates of iteration that serverID
-// acknowledged but the machine never counted: it was restored from a state
-// saved before them, and the server dropped them with its partial sum when
-// it registered again. They are recorded as lost. Their devices were told
-// SUCCEED and wait for the iteration's model without sending again, so the
-// round may never fill: unless the iteration is already aggregating, it
-// fails at once and the devices move on to the next one.
-func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64, n int) {
+// UncountedLost accounts for the updates of iteration that serverID
+// acknowledged (folded of them) but the machine never counted: it was
+// restored from a state saved before them, and the server dropped them
+// with its partial sum when it registered again. They are recorded as lost
+// and their number returned. Their devices were told SUCCEED and wait for
+// the iteration's model without sending again, so the round may never
+// fill: unless the iteration is already aggregating, it fails at once and
+// the devices move on to the next one.
+//
+// Another server of that iteration may register only after it failed so:
+// its uncounted updates are returned too, but the iteration's Record is
+// out already, so the caller must account for them itself.
+func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64, folded int) int {
 	m.advance(now)
-	if n <= 0 || iteration != m.iter {
-		return
+	switch {
+	case iteration == m.iter:
+		n := folded - m.UpdatesBy(serverID)
+		if n <= 0 {
+			return 0
+		}
+		m.addLost(serverID, n)
+		m.uncounted += n
+		if m.phase != PhaseAggregating {
+			m.failedUncounted = failedUncounted{iteration: m.iter, counted: m.updatesByServer()}
+			m.failedUncounted.counted[serverID] = folded // accounted for here
+			m.endIteration(now, false, fmt.Sprintf(
+				"Acknowledged updates of iteration %d were lost with the scheduler's restart. This iteration is invalid. Proceed to next iteration.", m.iter), "")
+		}
+		return n
+	case iteration == m.failedUncounted.iteration && iteration != 0:
+		n := folded - m.failedUncounted.counted[serverID]
+		if n <= 0 {
+			return 0
+		}
+		m.failedUncounted.counted[serverID] = folded // once per server
+		return n
 	}
-	m.addLost(serverID, n)
-	m.uncounted += n
-	if m.phase != PhaseAggregating {
-		m.endIteration(now, false, fmt.Sprintf(
-			"Acknowledged updates of iteration %d were lost with the scheduler's restart. This iteration is invalid. Proceed to next iteration.", m.iter), "")
+	return 0
+}
+
+// updatesByServer is UpdatesBy of every server that counted an update.
+func (m *Machine) updatesByServer() map[string]int {
+	by := map[string]int{}
+	for i := range m.devs {
+		if s := m.devs[i].updatedBy; s != "" {
+			by[s]++
+		}
 	}
+	return by
 }
 
 func (m *Machine) addLost(serverID string, n int) {

@@ -30,7 +30,7 @@ import (
 //	admit <server> <fl_id> <size> Admit
 //	count <server> <fl_id> <iter> CountUpdate
 //	done <server> <iter> <attempt> <sha> <folded>  AggregationDone
-//	uncounted <server> <iter> <n> UncountedLost
+//	uncounted <server> <iter> <folded> UncountedLost
 //	clock <+N|N>                  move the clock only
 //	tick <+N|N>                   move the clock and Tick
 //	disable | enable              Disable / Enable
@@ -239,8 +239,7 @@ func (e *env) exec(cmd string) string {
 		}
 		out = errString(e.m.AggregationDone(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]), sha, e.atoi(f[5])))
 	case "uncounted":
-		e.m.UncountedLost(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]))
-		out = "ok"
+		out = fmt.Sprintf("lost=%d", e.m.UncountedLost(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
 	case "clock":
 		e.setClock(f[1])
 		out = fmt.Sprintf("now=%d", e.now.UnixMilli())

@@ -97,7 +97,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	}
 	s.iterationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedcluster_iterations_total", Help: "Ended iterations by result.",
 		ConstLabels: prometheus.Labels{"node_id": nodeID}}, []string{"result"})
-	s.updatesLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_updates_lost_total", Help: "Acknowledged updates missing from their aggregate (their server died).",
+	s.updatesLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_updates_lost_total", Help: "Acknowledged updates missing from their aggregate (their server died, or the scheduler restarted before counting them).",
 		ConstLabels: prometheus.Labels{"node_id": nodeID}})
 	s.metrics = s.newMetricsHandler()
 	it, err := iteration.NewMachine(iterationConfig(cfg), s.now())
@@ -320,13 +320,6 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		}
 		s.members.Disconnected(r.NodeID)
 	}
-	// Updates this server acknowledged that the iteration machine never
-	// counted (it was restored from a state saved before them) are dropped
-	// with the server's partial sum.
-	uncounted := 0
-	if r.Iteration == s.iter.Iteration() {
-		uncounted = r.Folded - s.iter.UpdatesBy(r.NodeID)
-	}
 	if s.joined[r.NodeID] {
 		// A server that registers again has lost its partial sums (it
 		// restarted) or may have: the iteration treats it as a new member.
@@ -340,12 +333,23 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.conns[r.NodeID] = c
 	c.Value.Store(r.NodeID)
-	if uncounted > 0 {
-		// Once the link is known, so that this server, too, is told if the
+	if r.Folded > 0 {
+		// Updates this server acknowledged that the iteration machine never
+		// counted (it was restored from a state saved before them) are
+		// dropped with the server's partial sum. Accounted for once the
+		// link is known, so that this server, too, is told if the
 		// iteration fails for them.
-		s.log.Warn("updates acknowledged before the scheduler's restart are lost", zap.String("node", r.NodeID), zap.Int("updates", uncounted))
-		s.iter.UncountedLost(s.now(), r.NodeID, r.Iteration, uncounted)
-		s.runActionsLocked()
+		current := r.Iteration == s.iter.Iteration()
+		if n := s.iter.UncountedLost(s.now(), r.NodeID, r.Iteration, r.Folded); n > 0 {
+			s.log.Warn("updates acknowledged before the scheduler's restart are lost", zap.String("node", r.NodeID),
+				zap.Uint64("iteration", r.Iteration), zap.Int("updates", n))
+			if !current {
+				// The iteration failed for another server's: its record
+				// is out without these.
+				s.updatesLost.Add(float64(n))
+			}
+			s.runActionsLocked()
+		}
 	}
 	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))

@@ -25,9 +25,9 @@ func TestStatus(t *testing.T) {
 		{name: "no state", body: `{"iteration":3}`, bad: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var path string
+			paths := make(chan string, 1)
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				path = r.Method + " " + r.URL.Path
+				paths <- r.Method + " " + r.URL.Path
 				if tc.status != 0 {
 					w.WriteHeader(tc.status)
 				}
@@ -41,7 +41,7 @@ func TestStatus(t *testing.T) {
 				t.Fatal(err)
 			}
 			st, err := c.Status(context.Background())
-			if path != "GET /status" {
+			if path := <-paths; path != "GET /status" {
 				t.Errorf("asked %q", path)
 			}
 			switch {

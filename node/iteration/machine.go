@@ -194,6 +194,9 @@ type Machine struct {
 	rejects   [numRejects]int
 	attempts  int
 
+	// restored is the iteration running when the Machine was restored
+	// (0 for a new one).
+	restored uint64
 	// failedUncounted is the last iteration UncountedLost failed, with
 	// what each server counted in it, for servers that register later.
 	failedUncounted failedUncounted
@@ -372,14 +375,27 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		return m.refuse(CodeOutOfTime, RejectUpdateThreshold,
 			"Current amount for updateModel is enough. Please retry later.")
 	}
+	// Devices the previous scheduler admitted to the restored iteration
+	// (admissions reach the saved state in batches, and the iteration
+	// fails when a server reports updates it never counted) are sent back
+	// to startFLJob at once, not at the iteration's end, so that they can
+	// take part in the iteration running.
 	if iteration != m.iter {
-		return m.refuse(CodeOutOfTime, RejectWrongIteration,
+		r := m.refuse(CodeOutOfTime, RejectWrongIteration,
 			fmt.Sprintf("UpdateModel iteration number is invalid:%d, current iteration:%d. Retry later.", iteration, m.iter))
+		if m.restored != 0 && iteration == m.restored && m.iter == m.restored+1 {
+			r.NextReqTime = now.UnixMilli()
+		}
+		return r
 	}
 	i, ok := m.devIndex[flID]
 	if !ok {
-		return m.refuse(CodeOutOfTime, RejectNotAdmitted,
+		r := m.refuse(CodeOutOfTime, RejectNotAdmitted,
 			"devices_meta for "+flID+" is not set. Please retry later.")
+		if m.iter == m.restored {
+			r.NextReqTime = now.UnixMilli()
+		}
+		return r
 	}
 	d := &m.devs[i]
 	if d.updatedBy != "" {

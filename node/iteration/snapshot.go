@@ -193,6 +193,7 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 	cfg.Params = s.Params
 	m := newMachine(cfg)
 	m.iter, m.base, m.instance, m.phase = s.Iteration, s.InstanceBase, inst, phase
+	m.restored = m.iter
 	if s.Pending != nil {
 		p := *s.Pending
 		m.pending, m.pendingEnable = &p, s.PendingEnable

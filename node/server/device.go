@@ -288,9 +288,13 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	it := uint64(max(req.Iteration, 0))
-	if req.Iteration < 0 || (it != st.iteration && it != st.iteration+1) {
+	if req.Iteration < 0 || it+1 < st.iteration || it > st.iteration+1 {
 		s.count("updateModel", "out_of_time")
 		reply(flmsg.OutOfTime, fmt.Sprintf("UpdateModel iteration number is invalid:%d, current iteration:%d. Retry later.", req.Iteration, st.iteration), st.nextReqTime)
+		return
+	}
+	if it+1 == st.iteration {
+		s.lateUpdate(ctx, string(req.FLID), it, reply)
 		return
 	}
 	pa, err := s.plane.partialFor(it)
@@ -327,6 +331,32 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	folded = true
 	s.count("updateModel", "succeed")
 	reply(flmsg.Succeed, flmsg.ReasonUpdateModelSuccess, a.NextReqTime)
+}
+
+// lateUpdate answers an update of the iteration before this server's. The
+// scheduler refuses it (its iteration is never behind a server's) and says
+// when the device may come back: at once when its restart failed that
+// iteration, which its devices could not help.
+func (s *Server) lateUpdate(ctx *fasthttp.RequestCtx, flID string, it uint64, reply func(int32, string, int64)) {
+	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: flID, Iteration: it})
+	switch {
+	case err != nil:
+		s.warn(&s.warned.count, "cannot count update", zap.Error(err))
+		s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
+	case a.Code == ctl.AnswerDisabled:
+		s.refuse(ctx, "updateModel", "disabled", flmsg.BodyJobDisabled)
+	case a.Code == ctl.AnswerSafemode:
+		s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
+	case a.Code == ctl.AnswerSucceed:
+		// Counted for an iteration this server has left: nothing can fold
+		// it. Cannot happen while servers learn iterations from the
+		// scheduler; said loudly if it does.
+		s.Logger().Error("the scheduler counted an update of an iteration this server has left", zap.String("fl_id", flID), zap.Uint64("iteration", it))
+		reply(flmsg.SystemError, fmt.Sprintf("UpdateModel for iteration %d cannot be folded any more.", it), a.NextReqTime)
+	default:
+		s.count("updateModel", "out_of_time")
+		reply(flmsg.OutOfTime, a.Reason, a.NextReqTime)
+	}
 }
 
 // validateUpdate checks an upload against the model before anything is

@@ -193,6 +193,8 @@ type Machine struct {
 	uncounted int // of lost: acknowledged updates the machine never counted
 	rejects   [numRejects]int
 	attempts  int
+	// rejectedUpdates is the part of rejects refusing updateModel.
+	rejectedUpdates int
 
 	// restored is the iteration running when the Machine was restored
 	// (0 for a new one).
@@ -315,6 +317,13 @@ func (m *Machine) refuse(code Code, kind Reject, reason string) Reply {
 	return Reply{Code: code, Reject: kind, Reason: reason, Iteration: m.iter, NextReqTime: m.nextReqTime()}
 }
 
+// refuseUpdate is refuse for updateModel: safemode and disabled refuse
+// either round, and the record tells them apart.
+func (m *Machine) refuseUpdate(code Code, kind Reject, reason string) Reply {
+	m.rejectedUpdates++
+	return m.refuse(code, kind, reason)
+}
+
 // Admit is the global part of startFLJob, asked by serverID for a device
 // whose request it has already verified. On CodeSucceed the device is a
 // participant of Reply.Iteration and the server serves the model of
@@ -366,13 +375,13 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration uint64) Reply {
 	m.advance(now)
 	if _, ok := m.members[serverID]; !ok {
-		return m.refuse(CodeSafemode, RejectSafemode, TextSafemode)
+		return m.refuseUpdate(CodeSafemode, RejectSafemode, TextSafemode)
 	}
 	if m.instance != InstanceRunning {
-		return m.refuse(CodeDisabled, RejectDisabled, TextDisabledOrFinished)
+		return m.refuseUpdate(CodeDisabled, RejectDisabled, TextDisabledOrFinished)
 	}
 	if m.updated >= m.updThreshold || m.phase == PhaseAggregating {
-		return m.refuse(CodeOutOfTime, RejectUpdateThreshold,
+		return m.refuseUpdate(CodeOutOfTime, RejectUpdateThreshold,
 			"Current amount for updateModel is enough. Please retry later.")
 	}
 	// Devices the previous scheduler admitted to the restored iteration
@@ -381,7 +390,7 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 	// to startFLJob at once, not at the iteration's end, so that they can
 	// take part in the iteration running.
 	if iteration != m.iter {
-		r := m.refuse(CodeOutOfTime, RejectWrongIteration,
+		r := m.refuseUpdate(CodeOutOfTime, RejectWrongIteration,
 			fmt.Sprintf("UpdateModel iteration number is invalid:%d, current iteration:%d. Retry later.", iteration, m.iter))
 		if m.restored != 0 && iteration == m.restored && m.iter == m.restored+1 {
 			r.NextReqTime = now.UnixMilli()
@@ -390,7 +399,7 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 	}
 	i, ok := m.devIndex[flID]
 	if !ok {
-		r := m.refuse(CodeOutOfTime, RejectNotAdmitted,
+		r := m.refuseUpdate(CodeOutOfTime, RejectNotAdmitted,
 			"devices_meta for "+flID+" is not set. Please retry later.")
 		if m.iter == m.restored {
 			r.NextReqTime = now.UnixMilli()
@@ -399,7 +408,7 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 	}
 	d := &m.devs[i]
 	if d.updatedBy != "" {
-		return m.refuse(CodeOutOfTime, RejectDuplicateUpdate,
+		return m.refuseUpdate(CodeOutOfTime, RejectDuplicateUpdate,
 			fmt.Sprintf("UpdateModel for fl_id %s was already counted in iteration %d. Please retry later.", flID, m.iter))
 	}
 	d.updatedBy = serverID
@@ -876,6 +885,7 @@ func (m *Machine) endIteration(now time.Time, valid bool, reason, sha string) {
 		LostByServer:    map[string]int{},
 	}
 	rec.Lost, rec.Uncounted = m.lost, m.uncounted
+	rec.RejectedUpdates = m.rejectedUpdates
 	for s, n := range m.lostBy {
 		rec.LostByServer[s] = n
 	}
@@ -942,6 +952,7 @@ func (m *Machine) resetIteration(now time.Time) {
 	m.uncounted = 0
 	clear(m.lostBy)
 	m.rejects = [numRejects]int{}
+	m.rejectedUpdates = 0
 	m.attempts = 0
 	m.agg = nil
 }

@@ -29,8 +29,10 @@ type Record struct {
 	// Uncounted is the part of Lost that Updated does not include:
 	// acknowledged updates a restored machine had never counted.
 	Uncounted int
-	// Rejected counts refusals by kind (Reject.String()).
-	Rejected map[string]int
+	// Rejected counts refusals by kind (Reject.String()), of both rounds;
+	// RejectedUpdates is how many of them refused updateModel.
+	Rejected        map[string]int
+	RejectedUpdates int
 	// Servers are the servers of the last aggregation attempt.
 	Servers  []string
 	Attempts int

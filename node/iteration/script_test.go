@@ -334,8 +334,8 @@ func fmtAction(a Action) string {
 		if !a.StartedAt.IsZero() {
 			start = a.StartedAt.UnixMilli()
 		}
-		return fmt.Sprintf("Record iter=%d valid=%t instance=%s admitted=%d updated=%d lost=%d lost_by=%v rejected=%v servers=%v attempts=%d sha=%q started=%d ended=%d durations(start=%d update=%d switch=%d exec=%d) reason=%q",
-			a.Iteration, a.Valid, a.Instance, a.Admitted, a.Updated, a.Lost, a.LostByServer, a.Rejected, a.Servers, a.Attempts, a.Sha256,
+		return fmt.Sprintf("Record iter=%d valid=%t instance=%s admitted=%d updated=%d lost=%d lost_by=%v rejected=%v (updateModel %d) servers=%v attempts=%d sha=%q started=%d ended=%d durations(start=%d update=%d switch=%d exec=%d) reason=%q",
+			a.Iteration, a.Valid, a.Instance, a.Admitted, a.Updated, a.Lost, a.LostByServer, a.Rejected, a.RejectedUpdates, a.Servers, a.Attempts, a.Sha256,
 			start, a.EndedAt.UnixMilli(), msOf(a.StartFLJobDuration), msOf(a.UpdateModelDuration), msOf(a.SwitchTime), msOf(a.ExecutionTime), a.Reason)
 	}
 	return fmt.Sprintf("unknown action %T", a)

@@ -42,7 +42,9 @@ type Snapshot struct {
 	Uncounted     int            `json:"uncounted,omitempty"`
 	LostByServer  map[string]int `json:"lost_by_server,omitempty"`
 	Rejected      map[string]int `json:"rejected,omitempty"`
-	Attempts      int            `json:"attempts"`
+	// RejectedUpdates is the part of Rejected refusing updateModel.
+	RejectedUpdates int `json:"rejected_updates,omitempty"`
+	Attempts        int `json:"attempts"`
 	// Aggregation is set while aggregating.
 	Aggregation *AggregationState `json:"aggregation,omitempty"`
 }
@@ -97,6 +99,8 @@ func (m *Machine) Snapshot() Snapshot {
 		LostByServer: maps.Clone(m.lostBy),
 		Rejected:     map[string]int{},
 		Attempts:     m.attempts,
+
+		RejectedUpdates: m.rejectedUpdates,
 	}
 	if m.pending != nil {
 		p := *m.pending
@@ -229,6 +233,7 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 			m.rejects[r] = n
 		}
 	}
+	m.rejectedUpdates = s.RejectedUpdates
 	m.attempts = s.Attempts
 	if phase == PhaseAggregating {
 		a := s.Aggregation

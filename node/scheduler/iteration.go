@@ -212,9 +212,11 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 			rejected += uint64(v)
 		}
 	}
-	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected
-	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected
-	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated)
+	rejectedUpd := uint64(r.RejectedUpdates)
+	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected - rejectedUpd
+	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected - rejectedUpd
+	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated) + rejectedUpd
+	rec.ClientVisitedInfo.UpdateModelRejectClientNum = rejectedUpd
 	var lossSum float64
 	var losses int
 	for _, l := range s.losses[r.Iteration] {

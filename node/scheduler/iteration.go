@@ -212,7 +212,7 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 			rejected += uint64(v)
 		}
 	}
-	rejectedUpd := uint64(r.RejectedUpdates)
+	rejectedUpd := min(uint64(r.RejectedUpdates), rejected) // a subset, even from a restored state
 	rec.ClientVisitedInfo.StartFLJobTotalClientNum = uint64(r.Admitted) + rejected - rejectedUpd
 	rec.ClientVisitedInfo.StartFLJobRejectClientNum = rejected - rejectedUpd
 	rec.ClientVisitedInfo.UpdateModelTotalClientNum = uint64(r.Updated) + rejectedUpd

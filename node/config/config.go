@@ -17,6 +17,9 @@ import (
 	"github.com/fedcluster/fedcluster/node/iteration"
 )
 
+// MaxServerNum bounds server_num, at start and after a scale-out.
+const MaxServerNum = 4096
+
 // Config is the whole configuration of every role. Each role reads the
 // sections it needs; flags of the same names override the file.
 type Config struct {
@@ -251,8 +254,8 @@ func (c *Config) Validate() error {
 	port("cluster.scheduler_port", cl.SchedulerPort)
 	port("cluster.scheduler_manage_port", cl.SchedulerManagePort)
 	ip("cluster.manage_ip", cl.ManageIP)
-	if cl.ServerNum < 1 || cl.ServerNum > 4096 {
-		bad("cluster.server_num", "must be in 1..4096, got %d", cl.ServerNum)
+	if cl.ServerNum < 1 || cl.ServerNum > MaxServerNum {
+		bad("cluster.server_num", "must be in 1..%d, got %d", MaxServerNum, cl.ServerNum)
 	}
 	if len(cl.NodeID) > 100 {
 		bad("cluster.node_id", "must be at most 100 characters, got %d", len(cl.NodeID))

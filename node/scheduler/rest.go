@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
+	"github.com/fedcluster/fedcluster/node/config"
 	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/membership"
 	"github.com/fedcluster/fedcluster/wire/ctl"
@@ -198,6 +199,9 @@ func (s *Scheduler) handleScaleOut(ctx *fasthttp.RequestCtx) (any, error) {
 	if st := s.clusterStateLocked(); st != "CLUSTER_READY" {
 		return nil, errBad("The cluster is not ready.")
 	}
+	if n := s.members.ServerNum(); *req.ServerNum > config.MaxServerNum-n {
+		return nil, errBad("server_num %d would take the cluster from %d to over %d servers", *req.ServerNum, n, config.MaxServerNum)
+	}
 	if err := s.members.ScaleOut(*req.ServerNum); err != nil {
 		return nil, errBad("%v", err)
 	}
@@ -293,9 +297,13 @@ func (s *Scheduler) handleDisable(*fasthttp.RequestCtx) (any, error) {
 
 // handleRecords returns the recent per-iteration records (?n=, default 100).
 func (s *Scheduler) handleRecords(ctx *fasthttp.RequestCtx) (any, error) {
-	n := ctx.QueryArgs().GetUintOrZero("n")
-	if n <= 0 {
-		n = 100
+	n := 100
+	if ctx.QueryArgs().Has("n") {
+		v, err := ctx.QueryArgs().GetUint("n")
+		if err != nil || v < 1 {
+			return nil, errBad("n must be a positive integer, got %q", ctx.QueryArgs().Peek("n"))
+		}
+		n = v
 	}
 	return s.records.Last(n), nil
 }

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -135,6 +137,23 @@ func TestBadInputIsHarmless(t *testing.T) {
 	conn.Close()
 	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 413") {
 		t.Fatalf("oversized body: %q %v, want HTTP 413", status, err)
+	}
+	// startFLJob and getModel take small bodies: their limit is named.
+	conn, err = net.Dial("tcp", strings.TrimPrefix(c.ServerURL(0), "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "POST /startFLJob HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", 100<<10)
+	conn.Write(make([]byte, 16<<10))
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("oversized startFLJob: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	conn.Close()
+	if resp.StatusCode != 413 || !strings.Contains(string(body), "at most 65536 bytes") {
+		t.Fatalf("oversized startFLJob: HTTP %d %s, want 413 naming the limit", resp.StatusCode, body)
 	}
 
 	// The two admitted devices upload; the model is exactly their average.

@@ -28,7 +28,7 @@ import (
 // smallBodyLimit bounds startFLJob and getModel bodies.
 const smallBodyLimit = 64 << 10
 
-var errBodyTooLarge = errors.New("request body exceeds max_body_size")
+var errBodyTooLarge = errors.New("request body too large")
 
 // uploads lends the buffers updateModel bodies are read into.
 type uploads struct {
@@ -168,19 +168,25 @@ func releaseSmall(p *[]byte) {
 	}
 }
 
+// tooLarge says which limit a body passed: max_body_size for updateModel,
+// smallBodyLimit for the small requests.
+func tooLarge(max int) error {
+	return fmt.Errorf("%w: this endpoint takes at most %d bytes", errBodyTooLarge, max)
+}
+
 // readBody appends the request body to dst, refusing more than max bytes.
 func readBody(ctx *fasthttp.RequestCtx, dst []byte, max int) ([]byte, error) {
 	r := ctx.RequestBodyStream()
 	if r == nil { // not streamed (e.g. an in-memory test server)
 		b := ctx.PostBody()
 		if len(b) > max {
-			return dst, errBodyTooLarge
+			return dst, tooLarge(max)
 		}
 		return append(dst, b...), nil
 	}
 	if n := ctx.Request.Header.ContentLength(); n > 0 {
 		if n > max {
-			return dst, errBodyTooLarge
+			return dst, tooLarge(max)
 		}
 		if cap(dst) < n {
 			dst = make([]byte, 0, n)
@@ -199,7 +205,7 @@ func readBody(ctx *fasthttp.RequestCtx, dst []byte, max int) ([]byte, error) {
 		n, err := r.Read(dst[len(dst):cap(dst)])
 		dst = dst[:len(dst)+n]
 		if len(dst) > max {
-			return dst[:0], errBodyTooLarge
+			return dst[:0], tooLarge(max)
 		}
 		if err == io.EOF {
 			return dst, nil

@@ -308,18 +308,7 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: string(req.FLID), Iteration: it})
 	if err != nil || a.Code != ctl.AnswerSucceed {
 		pa.end(false, 0, 0, 0, 0)
-		switch {
-		case err != nil:
-			s.warn(&s.warned.count, "cannot count update", zap.Error(err))
-			s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
-		case a.Code == ctl.AnswerDisabled:
-			s.refuse(ctx, "updateModel", "disabled", flmsg.BodyJobDisabled)
-		case a.Code == ctl.AnswerSafemode:
-			s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
-		default:
-			s.count("updateModel", "out_of_time")
-			reply(flmsg.OutOfTime, a.Reason, a.NextReqTime)
-		}
+		s.countRefused(ctx, a, err, reply)
 		return
 	}
 	start := time.Now()
@@ -339,6 +328,20 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 // iteration, which its devices could not help.
 func (s *Server) lateUpdate(ctx *fasthttp.RequestCtx, flID string, it uint64, reply func(int32, string, int64)) {
 	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: flID, Iteration: it})
+	if err == nil && a.Code == ctl.AnswerSucceed {
+		// Counted for an iteration this server has left: nothing can fold
+		// it. Cannot happen while servers learn iterations from the
+		// scheduler; said loudly if it does.
+		s.Logger().Error("the scheduler counted an update of an iteration this server has left", zap.String("fl_id", flID), zap.Uint64("iteration", it))
+		reply(flmsg.SystemError, fmt.Sprintf("UpdateModel for iteration %d cannot be folded any more.", it), a.NextReqTime)
+		return
+	}
+	s.countRefused(ctx, a, err, reply)
+}
+
+// countRefused answers an update the scheduler did not count (err: it
+// could not be asked).
+func (s *Server) countRefused(ctx *fasthttp.RequestCtx, a ctl.Answer, err error, reply func(int32, string, int64)) {
 	switch {
 	case err != nil:
 		s.warn(&s.warned.count, "cannot count update", zap.Error(err))
@@ -347,12 +350,6 @@ func (s *Server) lateUpdate(ctx *fasthttp.RequestCtx, flID string, it uint64, re
 		s.refuse(ctx, "updateModel", "disabled", flmsg.BodyJobDisabled)
 	case a.Code == ctl.AnswerSafemode:
 		s.refuse(ctx, "updateModel", "safemode", flmsg.BodySafemode)
-	case a.Code == ctl.AnswerSucceed:
-		// Counted for an iteration this server has left: nothing can fold
-		// it. Cannot happen while servers learn iterations from the
-		// scheduler; said loudly if it does.
-		s.Logger().Error("the scheduler counted an update of an iteration this server has left", zap.String("fl_id", flID), zap.Uint64("iteration", it))
-		reply(flmsg.SystemError, fmt.Sprintf("UpdateModel for iteration %d cannot be folded any more.", it), a.NextReqTime)
 	default:
 		s.count("updateModel", "out_of_time")
 		reply(flmsg.OutOfTime, a.Reason, a.NextReqTime)

@@ -47,6 +47,17 @@ type Snapshot struct {
 	Attempts        int `json:"attempts"`
 	// Aggregation is set while aggregating.
 	Aggregation *AggregationState `json:"aggregation,omitempty"`
+	// FailedUncounted is the last iteration UncountedLost failed, and
+	// what each server counted in it.
+	FailedUncounted *FailedUncountedState `json:"failed_uncounted,omitempty"`
+}
+
+// FailedUncountedState is the iteration a restart failed for updates the
+// restored state never counted, and what each server counted in it, for
+// servers that register after it ended.
+type FailedUncountedState struct {
+	Iteration uint64         `json:"iteration"`
+	Counted   map[string]int `json:"counted"`
 }
 
 // DeviceState is one admitted device of the current iteration.
@@ -113,6 +124,9 @@ func (m *Machine) Snapshot() Snapshot {
 		if n > 0 {
 			s.Rejected[Reject(k).String()] = n
 		}
+	}
+	if f := m.failedUncounted; f.iteration != 0 {
+		s.FailedUncounted = &FailedUncountedState{Iteration: f.iteration, Counted: maps.Clone(f.counted)}
 	}
 	if a := m.agg; a != nil {
 		as := &AggregationState{
@@ -234,6 +248,12 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 		}
 	}
 	m.rejectedUpdates = s.RejectedUpdates
+	if f := s.FailedUncounted; f != nil && f.Iteration < m.iter {
+		m.failedUncounted = failedUncounted{iteration: f.Iteration, counted: maps.Clone(f.Counted)}
+		if m.failedUncounted.counted == nil {
+			m.failedUncounted.counted = map[string]int{}
+		}
+	}
 	m.attempts = s.Attempts
 	if phase == PhaseAggregating {
 		a := s.Aggregation

@@ -1,0 +1,135 @@
+package server
+
+import (
+	"errors"
+	"sync"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/fedcluster/fedcluster/node/config"
+	"github.com/fedcluster/fedcluster/node/model"
+	"github.com/fedcluster/fedcluster/node/modelstore"
+	"github.com/fedcluster/fedcluster/node/transport"
+	"github.com/fedcluster/fedcluster/wire/ctl"
+	"github.com/fedcluster/fedcluster/wire/frame"
+)
+
+// lateStoringPeer answers model fetches as a peer that stores iteration
+// 2's model only after refusals fetches: the NextIteration that stores it
+// there crossed the asking server's registration.
+type lateStoringPeer struct {
+	refusals int
+	body     []byte // iteration 2's encoded checkpoint
+
+	mu    sync.Mutex
+	calls int
+}
+
+func (p *lateStoringPeer) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
+	if f.Kind != ctl.KindFetchModel {
+		return nil, errors.New("unexpected frame")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls++
+	if p.calls <= p.refusals {
+		return nil, errors.New("iteration 2 is not stored here")
+	}
+	return p.body, nil
+}
+
+func (*lateStoringPeer) Closed(*transport.Conn, error) {}
+
+func (p *lateStoringPeer) fetches() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.calls
+}
+
+// A server that registers at iteration 3 holding only iteration 0 fetches
+// iteration 2's model from a peer, and tries again while the peer has not
+// stored it yet: a bounded number of times, then it gives up and serves
+// nothing newer than it has.
+func TestCatchUpRetriesAPeerStoringLate(t *testing.T) {
+	layout := model.LeNet5Layout()
+	enc, err := modelstore.Open(modelstore.Options{Dir: "/d", FLName: "lenet", FS: modelstore.NewMemFS(), Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := model.New(layout)
+	for i := range want.Data {
+		want.Data[i] = float32(i%97) / 97
+	}
+	body, err := enc.EncodeModel(want, 2, want.SHA256())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name      string
+		refusals  int
+		wantCalls int
+		stored    bool
+	}{
+		{"stored at once", 0, 1, true},
+		{"stored after two refusals", 2, 3, true},
+		{"never stored", 1 << 30, catchUpTries, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peer := &lateStoringPeer{refusals: tc.refusals, body: body}
+			ptr, err := transport.New(transport.Options{Handler: peer})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ptr.Close()
+			if err := ptr.Listen("127.0.0.1:0", false); err != nil {
+				t.Fatal(err)
+			}
+
+			cfg := config.Default()
+			cfg.Model.CheckpointDir = t.TempDir()
+			s := New(&cfg, "1", zap.NewNop())
+			if s.tr, err = transport.New(transport.Options{Handler: s}); err != nil {
+				t.Fatal(err)
+			}
+			defer s.tr.Close()
+			if s.plane, err = newPlane(s); err != nil {
+				t.Fatal(err)
+			}
+			defer s.plane.close()
+
+			members := []ctl.Member{
+				{NodeID: "1", PeerAddr: "127.0.0.1:1", Alive: true}, // itself: never asked
+				{NodeID: "0", PeerAddr: ptr.Addr(), Alive: true},
+			}
+			s.plane.catchUp(3, members)
+
+			if got := peer.fetches(); got != tc.wantCalls {
+				t.Errorf("%d fetches from the peer, want %d", got, tc.wantCalls)
+			}
+			latest, m := s.plane.store.Latest()
+			switch {
+			case tc.stored && latest != 2:
+				t.Fatalf("latest stored iteration %d, want 2", latest)
+			case tc.stored && m.SHA256() != want.SHA256():
+				t.Fatal("the stored model is not the peer's")
+			case !tc.stored && latest != 0:
+				t.Fatalf("latest stored iteration %d after the peer never had it, want 0", latest)
+			}
+		})
+	}
+
+	// No live peer: nothing to wait for.
+	cfg := config.Default()
+	cfg.Model.CheckpointDir = t.TempDir()
+	s := New(&cfg, "1", zap.NewNop())
+	if s.plane, err = newPlane(s); err != nil {
+		t.Fatal(err)
+	}
+	defer s.plane.close()
+	s.plane.catchUp(3, []ctl.Member{{NodeID: "0", PeerAddr: "127.0.0.1:1", Alive: false}})
+	if latest, _ := s.plane.store.Latest(); latest != 0 {
+		t.Fatalf("latest stored iteration %d with no live peer, want 0", latest)
+	}
+}

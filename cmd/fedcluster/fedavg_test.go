@@ -186,23 +186,8 @@ func fedAvgRun(t *testing.T, servers, devices, iterations int, layout *model.Lay
 				t.Fatalf("iteration %d: device %d was served a model other than iteration %d's", it, i, it-1)
 			}
 		}
-		// The float64 FedAvg of the uploads.
-		want := make([]float64, len(uploads[0]))
-		var n float64
-		for i, u := range uploads {
-			for j, v := range u {
-				want[j] += float64(v)
-			}
-			n += float64(devs[i].size)
-		}
-		var errNorm, refNorm float64
 		got := devs[0].getModel(it)
-		for j := range want {
-			want[j] /= n
-			errNorm += (float64(got[j]) - want[j]) * (float64(got[j]) - want[j])
-			refNorm += want[j] * want[j]
-		}
-		if rel := math.Sqrt(errNorm / refNorm); rel > 1e-6 || math.IsNaN(rel) {
+		if rel := fedAvgError(got, uploads, devs); rel > 1e-6 || math.IsNaN(rel) {
 			t.Fatalf("iteration %d: model differs from the float64 FedAvg by %g (relative)", it, rel)
 		}
 		prev = got
@@ -286,4 +271,28 @@ func equal(a, b []float32) bool {
 		}
 	}
 	return true
+}
+
+// fedAvgError is the relative L2 distance of got from the float64 FedAvg
+// of uploads (weight × data_size, as devices upload them), uploads[i] from
+// devs[i].
+func fedAvgError(got []float32, uploads [][]float32, devs []*testDevice) float64 {
+	want := make([]float64, len(uploads[0]))
+	if len(got) != len(want) {
+		return math.NaN()
+	}
+	var n float64
+	for i, u := range uploads {
+		for j, v := range u {
+			want[j] += float64(v)
+		}
+		n += float64(devs[i].size)
+	}
+	var errNorm, refNorm float64
+	for j := range want {
+		want[j] /= n
+		errNorm += (float64(got[j]) - want[j]) * (float64(got[j]) - want[j])
+		refNorm += want[j] * want[j]
+	}
+	return math.Sqrt(errNorm / refNorm)
 }

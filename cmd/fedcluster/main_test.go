@@ -39,9 +39,15 @@ func TestMain(m *testing.M) {
 // startCluster starts a local cluster of real processes, stopped at cleanup.
 func startCluster(t *testing.T, servers int, args ...string) *local.Cluster {
 	t.Helper()
+	return startClusterEnv(t, servers, nil, args...)
+}
+
+// startClusterEnv is startCluster with extra environment for every process.
+func startClusterEnv(t *testing.T, servers int, env []string, args ...string) *local.Cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: t.TempDir(), Servers: servers, Args: args})
+	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: t.TempDir(), Servers: servers, Args: args, Env: env})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"io"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -196,5 +198,101 @@ func TestServerWithoutSchedulerRefusesUpdates(t *testing.T) {
 			r, err := flmsg.DecodeResponseUpdateModel(body)
 			t.Fatalf("updateModel for iteration %d without a scheduler answered %d %q %v, want %q", it, r.Retcode, r.Reason, err, flmsg.BodySafemode)
 		}
+	}
+}
+
+// TestSchedulerRestartKeepsCountedUpdates: when the state a scheduler
+// restarts from has counted every update the servers folded (it was saved
+// after them), the servers keep their partial sums and the iteration goes
+// on: its model averages the updates from before the restart with any
+// after it, none lost. Restarted while aggregating, the scheduler starts a
+// new attempt as the servers register again.
+func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		threshold int
+		env       []string
+		saved     string // what the state the scheduler restarts from holds
+	}{
+		// Two updates counted, a third after the restart.
+		{name: "collecting", threshold: 3, saved: `"phase":"collecting"`},
+		// Both updates counted and the servers' all-reduce held up.
+		{name: "aggregating", threshold: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=1s"}, saved: `"phase":"aggregating"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			recovery := filepath.Join(dir, "recovery.json")
+			metrics := filepath.Join(dir, "metrics.json")
+			cfg := filepath.Join(dir, "config.json")
+			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := startClusterEnv(t, 2, tc.env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(tc.threshold), "--fl_iteration_num=3",
+				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			devs := make([]*testDevice, tc.threshold)
+			uploads := make([][]float32, tc.threshold)
+			for i := range devs {
+				devs[i] = lenetDevice(t, c, "dev-"+strconv.Itoa(i))
+				devs[i].size = int32(10 + 7*i)
+				devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
+				devs[i].pinned, devs[i].server = true, i%2
+			}
+			// One update on each server, then a save that counts both.
+			for i := range 2 {
+				if _, uploads[i] = devs[i].round(1); uploads[i] == nil {
+					t.FailNow()
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := local.Poll(ctx, func() (bool, error) {
+				for _, p := range []string{recovery, recovery + ".1"} {
+					b, err := os.ReadFile(p)
+					if err == nil && strings.Count(string(b), `"updated_by":`) == 2 && strings.Contains(string(b), tc.saved) {
+						return true, nil
+					}
+				}
+				return false, nil
+			}); err != nil {
+				t.Fatalf("no saved state counts both updates with %s: %v", tc.saved, err)
+			}
+			if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.StartScheduler(); err != nil {
+				t.Fatal(err)
+			}
+			for i := range c.ServerPorts {
+				want := `fedcluster_registrations_total{node_id="` + strconv.Itoa(i) + `"} 2` + "\n"
+				if err := local.Poll(ctx, func() (bool, error) {
+					resp, err := http.Get(c.ServerURL(i) + "/metrics")
+					if err != nil {
+						return false, nil
+					}
+					defer resp.Body.Close()
+					b, _ := io.ReadAll(resp.Body)
+					return strings.Contains(string(b), want), nil
+				}); err != nil {
+					t.Fatalf("server %d never registered with the restarted scheduler: %v", i, err)
+				}
+			}
+			for i := 2; i < tc.threshold; i++ {
+				if _, uploads[i] = devs[i].round(1); uploads[i] == nil {
+					t.FailNow()
+				}
+			}
+			for _, d := range devs {
+				got := d.getModel(1)
+				if rel := fedAvgError(got, uploads, devs); rel > 1e-6 || math.IsNaN(rel) {
+					t.Fatalf("device %s got an iteration-1 model %g (relative) from the FedAvg of all %d updates", d.id, rel, tc.threshold)
+				}
+			}
+			rec := readRecords(t, metrics)[1]
+			if rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != uint64(tc.threshold) {
+				t.Fatalf("iteration 1's record: %+v", rec)
+			}
+		})
 	}
 }

@@ -597,6 +597,35 @@ func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64
 	return 0
 }
 
+// Rejoined is called for a member registering again on a new link: after
+// a scheduler restart, or when its link broke while it ran on. It reports
+// whether the server still holds in its partial sum exactly the updates of
+// the current iteration the machine counts for it (folded of them, all
+// counted). Such a server stays a member with its counts and keeps its
+// partial sum; if an aggregation attempt including it is running, a new
+// attempt among the same servers starts, so that it is told on its new
+// link. Any other server must be reported with ServerLost: its sums are
+// gone, or hold what the machine never counted.
+func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, folded int) bool {
+	m.advance(now)
+	if _, member := m.members[serverID]; !member || folded <= 0 || iteration != m.iter {
+		return false
+	}
+	switch m.phase {
+	case PhaseWaiting, PhaseCollecting:
+		return m.countedBy[serverID] == folded
+	case PhaseAggregating:
+		a := m.agg
+		if exp, in := a.expected[serverID]; !in || exp != folded {
+			return false
+		}
+		m.undoReportLosses()
+		m.newAttempt(now, a.servers, a.expected)
+		return true
+	}
+	return false
+}
+
 // updatesByServer is UpdatesBy of every server that counted an update.
 func (m *Machine) updatesByServer() map[string]int {
 	by := map[string]int{}

@@ -238,6 +238,8 @@ func (e *env) exec(cmd string) string {
 			sha = ""
 		}
 		out = errString(e.m.AggregationDone(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]), sha, e.atoi(f[5])))
+	case "rejoined":
+		out = fmt.Sprintf("rejoined=%t", e.m.Rejoined(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
 	case "uncounted":
 		out = fmt.Sprintf("lost=%d", e.m.UncountedLost(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
 	case "clock":

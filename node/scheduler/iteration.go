@@ -49,12 +49,14 @@ func answer(r iteration.Reply) ctl.Answer {
 }
 
 // syncMembersLocked tells the iteration machine which servers take part:
-// alive members join, dead or scaled-in ones are lost.
+// alive members join, dead or scaled-in ones are lost. A member restored
+// from the saved state counts as alive until it registers again or the
+// heartbeat timeout declares it dead.
 func (s *Scheduler) syncMembersLocked() {
 	now := s.now()
 	live := map[string]bool{}
 	for _, n := range s.members.Members() {
-		if n.Alive && s.conns[n.ID] != nil {
+		if n.Alive && (s.conns[n.ID] != nil || s.awaited[n.ID]) {
 			live[n.ID] = true
 		}
 	}

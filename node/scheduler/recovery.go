@@ -61,10 +61,13 @@ func (s *Scheduler) restore() error {
 	for _, id := range p.Leaving {
 		s.leaving[id] = true
 	}
-	// The restored machine counts the saved members as joined; none is
-	// connected yet, so they are lost until they register again.
+	// The restored machine counts the saved members as joined. None is
+	// connected yet: each keeps its place, and the updates the state
+	// counts for it, until it registers again (with its partial sum, if
+	// it still holds exactly those) or is declared dead.
 	for _, id := range it.Status().Members {
 		s.joined[id] = true
+		s.awaited[id] = true
 	}
 	s.log.Info("[Scheduler start]: recovered control state", zap.String("from", from), zap.Uint64("iteration", it.Iteration()),
 		zap.Int("servers", len(p.Membership.Nodes)), zap.Time("saved_at", p.SavedAt))

@@ -48,6 +48,10 @@ type Scheduler struct {
 
 	iter   *iteration.Machine
 	joined map[string]bool // servers the iteration machine counts as members
+	// awaited are restored members that have not registered again since
+	// the restart: they stay in the iteration, with what they counted,
+	// until they register or the membership declares them dead.
+	awaited map[string]bool
 	// pushedState is the IterationState body last pushed to every server.
 	pushedState []byte
 	records     *record.Writer
@@ -89,6 +93,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		members:  membership.New(cfg.Cluster.ServerNum, time.Duration(cfg.Cluster.HeartbeatTimeout)),
 		conns:    make(map[string]*transport.Conn),
 		joined:   make(map[string]bool),
+		awaited:  make(map[string]bool),
 		engines:  make(map[uint64]string),
 		foldMBps: make(map[uint64]float64),
 		losses:   make(map[uint64]map[string]lossReport),
@@ -320,11 +325,22 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		}
 		s.members.Disconnected(r.NodeID)
 	}
+	delete(s.awaited, r.NodeID)
+	var keep uint64
 	if s.joined[r.NodeID] {
-		// A server that registers again has lost its partial sums (it
-		// restarted) or may have: the iteration treats it as a new member.
-		delete(s.joined, r.NodeID)
-		s.iter.ServerLost(s.now(), r.NodeID)
+		if s.iter.Rejoined(s.now(), r.NodeID, r.Iteration, r.Folded) {
+			// It folded exactly what the iteration counts for it (a
+			// scheduler restart from a state saved after its last count,
+			// or a link that broke while it ran on): it stays a member
+			// and keeps its partial sum.
+			keep = r.Iteration
+		} else {
+			// A server that registers again has lost its partial sums (it
+			// restarted) or may have: the iteration treats it as a new
+			// member.
+			delete(s.joined, r.NodeID)
+			s.iter.ServerLost(s.now(), r.NodeID)
+		}
 	}
 	rank, err := s.members.Register(s.now(), membership.Registration{ID: r.NodeID, PeerAddr: r.PeerAddr, HTTPAddr: r.HTTPAddr, PID: r.PID})
 	if err != nil {
@@ -333,7 +349,12 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.conns[r.NodeID] = c
 	c.Value.Store(r.NodeID)
-	if r.Folded > 0 {
+	if keep != 0 {
+		// A new aggregation attempt, if one was running, goes out on the
+		// new link too.
+		s.runActionsLocked()
+	}
+	if r.Folded > 0 && keep == 0 {
 		// Updates this server acknowledged that the iteration machine never
 		// counted (it was restored from a state saved before them) are
 		// dropped with the server's partial sum. Accounted for once the
@@ -353,7 +374,7 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
-	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked()}
+	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked(), KeepPartial: keep}
 	s.broadcastLocked()
 	return ctl.Encode(reply), nil
 }

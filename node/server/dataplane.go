@@ -360,11 +360,17 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.dropPartials(ni.Completed)
 }
 
-// resetPartials drops every partial sum not yet aggregated: after a new
-// registration the scheduler counts this server's earlier updates as lost,
-// so they must not reach an aggregate.
-func (p *plane) resetPartials() {
-	p.dropPartials(math.MaxUint64)
+// resetPartials drops every partial sum not yet aggregated but keep's (0:
+// none): after a new registration the scheduler counts this server's
+// earlier updates as lost, so they must not reach an aggregate, unless it
+// counts them all. keep is the iteration the server registered in, and no
+// partial sum is ahead of the server's iteration.
+func (p *plane) resetPartials(keep uint64) {
+	if keep == 0 {
+		p.dropPartials(math.MaxUint64)
+		return
+	}
+	p.dropPartials(keep - 1)
 }
 
 // fetchAggregate gets iteration it's agreed model from a peer, retrying

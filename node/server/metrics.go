@@ -13,9 +13,10 @@ import (
 // metrics are the server's Prometheus series, on its own registry (no
 // global state), served on the device port at /metrics.
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	handler  fasthttp.RequestHandler
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	registrations prometheus.Counter
+	handler       fasthttp.RequestHandler
 }
 
 func newMetrics(s *Server) *metrics {
@@ -25,12 +26,14 @@ func newMetrics(s *Server) *metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedcluster_device_requests_total", Help: "Device requests by endpoint and outcome.", ConstLabels: labels}, []string{"endpoint", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "fedcluster_device_request_seconds", Help: "Device request latency by endpoint.", ConstLabels: labels,
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}, []string{"endpoint"}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_registrations_total",
+			Help: "Registrations with the scheduler; each after the first follows a lost link (scheduler restart, partition).", ConstLabels: labels}),
 	}
 	iteration := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedcluster_iteration", Help: "Iteration the server serves.", ConstLabels: labels},
 		func() float64 { return float64(s.plane.state().iteration) })
 	modelIter := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedcluster_model_iteration", Help: "Iteration of the latest stored model.", ConstLabels: labels},
 		func() float64 { it, _ := s.plane.store.Latest(); return float64(it) })
-	reg.MustRegister(m.requests, m.latency, iteration, modelIter, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.requests, m.latency, m.registrations, iteration, modelIter, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m
 }

@@ -313,8 +313,9 @@ func (s *Server) registerOn(c *transport.Conn) error {
 		return err
 	}
 	// Updates folded before this registration were written off by the
-	// scheduler when the old link went: they must not reach an aggregate.
-	s.plane.resetPartials()
+	// scheduler when the old link went, and must not reach an aggregate,
+	// unless it counts exactly those of the partial sum it says to keep.
+	s.plane.resetPartials(r.KeepPartial)
 	// Model and iteration first, then the link and the membership: once the
 	// membership says the cluster is ready (and "Server started
 	// successfully." is logged), the server can answer devices.
@@ -330,6 +331,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	s.mu.Unlock()
 	s.Logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership, c)
+	s.metrics.registrations.Inc()
 	return nil
 }
 

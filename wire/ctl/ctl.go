@@ -81,6 +81,10 @@ type RegisterReply struct {
 	Rank       int            `json:"rank"`
 	Membership Membership     `json:"membership"`
 	Iteration  IterationState `json:"iteration"`
+	// KeepPartial, when not 0, is the iteration whose partial sum the
+	// server keeps: the scheduler counts exactly the updates folded in it
+	// (Register.Folded). Every other partial sum is dropped.
+	KeepPartial uint64 `json:"keep_partial,omitempty"`
 }
 
 // Heartbeat tells the scheduler a server is alive.

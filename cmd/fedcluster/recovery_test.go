@@ -296,3 +296,58 @@ func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedulerRestartWithoutAServer: a server that died with the
+// scheduler stays in the restored iteration only until the heartbeat
+// timeout declares it dead; the iteration then aggregates without it.
+func TestSchedulerRestartWithoutAServer(t *testing.T) {
+	dir := t.TempDir()
+	recovery := filepath.Join(dir, "recovery.json")
+	metrics := filepath.Join(dir, "metrics.json")
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold=1", "--fl_iteration_num=3",
+		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	// The host of the scheduler and server 1 goes down.
+	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Kill("1", syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.StartScheduler(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want := `fedcluster_registrations_total{node_id="0"} 2` + "\n"
+	if err := local.Poll(ctx, func() (bool, error) {
+		resp, err := http.Get(c.ServerURL(0) + "/metrics")
+		if err != nil {
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), want), nil
+	}); err != nil {
+		t.Fatalf("server 0 never registered with the restarted scheduler: %v", err)
+	}
+	d := lenetDevice(t, c, "dev-0")
+	d.pinned, d.server = true, 0
+	_, upload := d.round(1)
+	if upload == nil {
+		t.FailNow()
+	}
+	got := d.getModel(1)
+	if rel := fedAvgError(got, [][]float32{upload}, []*testDevice{d}); rel > 1e-6 || math.IsNaN(rel) {
+		t.Fatalf("iteration 1's model is %g (relative) from the device's update", rel)
+	}
+	rec := readRecords(t, metrics)[1]
+	if rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 1 {
+		t.Fatalf("iteration 1's record: %+v", rec)
+	}
+}

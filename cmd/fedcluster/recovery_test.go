@@ -21,107 +21,6 @@ import (
 	"github.com/fedcluster/fedcluster/wire/rest"
 )
 
-// TestSchedulerRestartLosesUncountedUpdates: a scheduler that restarts from
-// a state saved before devices' updates (its counts reach the disk at most
-// every 200 ms) learns of them only from the servers that folded them. The
-// devices were told SUCCEED and wait for the iteration's model, so the
-// iteration must end at once, not after its round window. When both
-// servers folded such an update, the first to register fails the
-// iteration (its record counts its loss) and the second's loss is counted
-// in fedcluster_updates_lost_total all the same.
-func TestSchedulerRestartLosesUncountedUpdates(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		threshold int
-		pinned    []int // the server each updating device uses (-1: any)
-	}{
-		{name: "one server's", threshold: 2, pinned: []int{-1}},
-		{name: "two servers'", threshold: 3, pinned: []int{0, 1}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			recovery := filepath.Join(dir, "recovery.json")
-			cfg := filepath.Join(dir, "config.json")
-			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
-		"metrics": {"storage_type": 1, "storage_file_path": "`+filepath.Join(dir, "metrics.json")+`"}}`), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(tc.threshold), "--fl_iteration_num=3",
-				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
-				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
-			// The ready cluster's state is saved (membership changes are
-			// saved at once); keep it as the state the scheduler will
-			// restart from.
-			saved := map[string][]byte{}
-			for _, p := range []string{recovery, recovery + ".1"} {
-				if b, err := os.ReadFile(p); err == nil {
-					saved[p] = b
-				}
-			}
-			if len(saved) == 0 {
-				t.Fatal("no recovery file written")
-			}
-			var devs []*testDevice
-			for i, server := range tc.pinned {
-				d := lenetDevice(t, c, "dev-"+strconv.Itoa(i))
-				d.pinned, d.server = server >= 0, server
-				if got, _ := d.round(1); got == nil {
-					t.FailNow()
-				}
-				devs = append(devs, d)
-			}
-			if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range []string{recovery, recovery + ".1"} {
-				os.Remove(p)
-				if b, ok := saved[p]; ok {
-					if err := os.WriteFile(p, b, 0o644); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			if err := c.StartScheduler(); err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			err := local.Poll(ctx, func() (bool, error) {
-				var st rest.State
-				err := local.GetJSON(ctx, c.ManageURL()+"/state", &st)
-				return err == nil && st.Iteration >= 2, nil
-			})
-			if err != nil {
-				t.Fatalf("iteration 1 did not end after the restart: %v", err)
-			}
-			// The devices get iteration 1's model: the initial one, stored again.
-			for _, d := range devs {
-				if m := d.getModel(1); m == nil {
-					t.FailNow()
-				}
-			}
-			rec := readRecords(t, filepath.Join(dir, "metrics.json"))[1]
-			if rec.IterationResult != record.ResultFail || !strings.Contains(rec.FailReason, "lost with the scheduler's restart") || rec.Lost != 1 {
-				t.Fatalf("iteration 1's record: %+v", rec)
-			}
-			// Both servers registered (the iteration ended in both), so
-			// every loss is counted by now.
-			want := `fedcluster_updates_lost_total{node_id="20"} ` + strconv.Itoa(len(tc.pinned)) + "\n"
-			if err := local.Poll(ctx, func() (bool, error) {
-				resp, err := http.Get(c.ManageURL() + "/metrics")
-				if err != nil {
-					return false, nil
-				}
-				defer resp.Body.Close()
-				b, _ := io.ReadAll(resp.Body)
-				return strings.Contains(string(b), want), nil
-			}); err != nil {
-				t.Fatalf("the scheduler's /metrics never showed %q: %v", want, err)
-			}
-		})
-	}
-}
-
 // TestServerWithoutTheModelAdmitsNoDevice: a server that restarted without
 // its checkpoints and could not fetch the current model (its only peer is
 // itself) must turn devices away before the scheduler admits them: an
@@ -201,23 +100,27 @@ func TestServerWithoutSchedulerRefusesUpdates(t *testing.T) {
 	}
 }
 
-// TestSchedulerRestartKeepsCountedUpdates: when the state a scheduler
-// restarts from has counted every update the servers folded (it was saved
-// after them), the servers keep their partial sums and the iteration goes
-// on: its model averages the updates from before the restart with any
+// TestSchedulerRestartKeepsAcknowledgedUpdates: a scheduler restarts from
+// a state saved before or after devices' updates (its counts reach the
+// disk at most every 200 ms). The servers that folded them register again
+// with their partial sums and the updates in them: the restored state
+// counts those it lacks, the servers keep the sums, and the iteration goes
+// on. Its model averages the updates from before the restart with those
 // after it, none lost. Restarted while aggregating, the scheduler starts a
 // new attempt as the servers register again.
-func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
+func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
-		threshold int
+		threshold int // devices in the round
+		before    int // how many of them update before the restart
 		env       []string
-		saved     string // what the state the scheduler restarts from holds
+		saved     string // what the state the scheduler restarts from holds; "" the ready cluster's
 	}{
-		// Two updates counted, a third after the restart.
-		{name: "collecting", threshold: 3, saved: `"phase":"collecting"`},
-		// Both updates counted and the servers' all-reduce held up.
-		{name: "aggregating", threshold: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=1s"}, saved: `"phase":"aggregating"`},
+		{name: "uncounted, one server's", threshold: 2, before: 1},
+		{name: "uncounted, two servers'", threshold: 3, before: 2},
+		{name: "counted while collecting", threshold: 3, before: 2, saved: `"phase":"collecting"`},
+		// The servers' all-reduce held up while the scheduler goes.
+		{name: "counted while aggregating", threshold: 2, before: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=1s"}, saved: `"phase":"aggregating"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -231,6 +134,17 @@ func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
 			c := startClusterEnv(t, 2, tc.env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(tc.threshold), "--fl_iteration_num=3",
 				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
 				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			// The ready cluster's state is saved (membership changes are
+			// saved at once).
+			ready := map[string][]byte{}
+			for _, p := range []string{recovery, recovery + ".1"} {
+				if b, err := os.ReadFile(p); err == nil {
+					ready[p] = b
+				}
+			}
+			if len(ready) == 0 {
+				t.Fatal("no recovery file written")
+			}
 			devs := make([]*testDevice, tc.threshold)
 			uploads := make([][]float32, tc.threshold)
 			for i := range devs {
@@ -239,46 +153,46 @@ func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
 				devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
 				devs[i].pinned, devs[i].server = true, i%2
 			}
-			// One update on each server, then a save that counts both.
-			for i := range 2 {
+			for i := range tc.before {
 				if _, uploads[i] = devs[i].round(1); uploads[i] == nil {
 					t.FailNow()
 				}
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := local.Poll(ctx, func() (bool, error) {
-				for _, p := range []string{recovery, recovery + ".1"} {
-					b, err := os.ReadFile(p)
-					if err == nil && strings.Count(string(b), `"updated_by":`) == 2 && strings.Contains(string(b), tc.saved) {
-						return true, nil
+			if tc.saved != "" {
+				if err := local.Poll(ctx, func() (bool, error) {
+					for _, p := range []string{recovery, recovery + ".1"} {
+						b, err := os.ReadFile(p)
+						if err == nil && strings.Count(string(b), `"updated_by":`) == tc.before && strings.Contains(string(b), tc.saved) {
+							return true, nil
+						}
 					}
+					return false, nil
+				}); err != nil {
+					t.Fatalf("no saved state counts the %d updates with %s: %v", tc.before, tc.saved, err)
 				}
-				return false, nil
-			}); err != nil {
-				t.Fatalf("no saved state counts both updates with %s: %v", tc.saved, err)
 			}
 			if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
 				t.Fatal(err)
+			}
+			if tc.saved == "" {
+				for _, p := range []string{recovery, recovery + ".1"} {
+					os.Remove(p)
+					if b, ok := ready[p]; ok {
+						if err := os.WriteFile(p, b, 0o644); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
 			}
 			if err := c.StartScheduler(); err != nil {
 				t.Fatal(err)
 			}
 			for i := range c.ServerPorts {
-				want := `fedcluster_registrations_total{node_id="` + strconv.Itoa(i) + `"} 2` + "\n"
-				if err := local.Poll(ctx, func() (bool, error) {
-					resp, err := http.Get(c.ServerURL(i) + "/metrics")
-					if err != nil {
-						return false, nil
-					}
-					defer resp.Body.Close()
-					b, _ := io.ReadAll(resp.Body)
-					return strings.Contains(string(b), want), nil
-				}); err != nil {
-					t.Fatalf("server %d never registered with the restarted scheduler: %v", i, err)
-				}
+				waitRegistrations(ctx, t, c, i, 2)
 			}
-			for i := 2; i < tc.threshold; i++ {
+			for i := tc.before; i < tc.threshold; i++ {
 				if _, uploads[i] = devs[i].round(1); uploads[i] == nil {
 					t.FailNow()
 				}
@@ -294,6 +208,23 @@ func TestSchedulerRestartKeepsCountedUpdates(t *testing.T) {
 				t.Fatalf("iteration 1's record: %+v", rec)
 			}
 		})
+	}
+}
+
+// waitRegistrations waits until server i has registered n times.
+func waitRegistrations(ctx context.Context, t *testing.T, c *local.Cluster, i, n int) {
+	t.Helper()
+	want := `fedcluster_registrations_total{node_id="` + strconv.Itoa(i) + `"} ` + strconv.Itoa(n) + "\n"
+	if err := local.Poll(ctx, func() (bool, error) {
+		resp, err := http.Get(c.ServerURL(i) + "/metrics")
+		if err != nil {
+			return false, nil
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), want), nil
+	}); err != nil {
+		t.Fatalf("server %d never registered %d times: %v", i, n, err)
 	}
 }
 
@@ -324,18 +255,7 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	want := `fedcluster_registrations_total{node_id="0"} 2` + "\n"
-	if err := local.Poll(ctx, func() (bool, error) {
-		resp, err := http.Get(c.ServerURL(0) + "/metrics")
-		if err != nil {
-			return false, nil
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return strings.Contains(string(b), want), nil
-	}); err != nil {
-		t.Fatalf("server 0 never registered with the restarted scheduler: %v", err)
-	}
+	waitRegistrations(ctx, t, c, 0, 2)
 	d := lenetDevice(t, c, "dev-0")
 	d.pinned, d.server = true, 0
 	_, upload := d.round(1)

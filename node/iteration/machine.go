@@ -350,7 +350,15 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 	if _, dup := m.devIndex[flID]; dup {
 		return m.refuse(CodeOutOfTime, RejectDuplicateAdmit, "Updating device metadata failed for fl id "+flID)
 	}
-	m.devIndex[flID] = len(m.devs)
+	m.admit(now, serverID, flID, dataSize)
+	return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+}
+
+// admit adds a device to the iteration, with the startFLJob round's
+// bookkeeping, and returns its index.
+func (m *Machine) admit(now time.Time, serverID, flID string, dataSize int) int {
+	i := len(m.devs)
+	m.devIndex[flID] = i
 	m.devs = append(m.devs, device{flID: flID, dataSize: dataSize, admittedBy: serverID})
 	if len(m.devs) == 1 {
 		m.phase = PhaseCollecting
@@ -364,7 +372,7 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 		m.startDL = time.Time{}
 		m.emit(RoundEvent{Iteration: m.iter, Round: RoundStartFLJob, Kind: LastCount, At: now, NextReqTime: m.nextReqTime()})
 	}
-	return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+	return i
 }
 
 // CountUpdate is the global part of updateModel, asked by serverID after it
@@ -411,7 +419,18 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		return m.refuseUpdate(CodeOutOfTime, RejectDuplicateUpdate,
 			fmt.Sprintf("UpdateModel for fl_id %s was already counted in iteration %d. Please retry later.", flID, m.iter))
 	}
-	d.updatedBy = serverID
+	full := m.count(now, serverID, i)
+	r := Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
+	if full {
+		m.startAggregation(now)
+	}
+	return r
+}
+
+// count marks device i's update counted for serverID, with the updateModel
+// round's bookkeeping, and reports whether that filled the round.
+func (m *Machine) count(now time.Time, serverID string, i int) (full bool) {
+	m.devs[i].updatedBy = serverID
 	m.updated++
 	m.countedBy[serverID]++
 	if m.updated == 1 {
@@ -419,13 +438,12 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		m.updDL = now.Add(ms(m.cfg.UpdateModelTimeWindow))
 		m.emit(RoundEvent{Iteration: m.iter, Round: RoundUpdateModel, Kind: FirstCount, At: now, NextReqTime: m.nextReqTime()})
 	}
-	r := Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
 	if m.updated == m.updThreshold {
 		m.updFullAt = now
 		m.emit(RoundEvent{Iteration: m.iter, Round: RoundUpdateModel, Kind: LastCount, At: now, NextReqTime: m.nextReqTime()})
-		m.startAggregation(now)
+		return true
 	}
-	return r
+	return false
 }
 
 // startAggregation ends the collection: round timers stop (the global timer
@@ -433,7 +451,6 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 func (m *Machine) startAggregation(now time.Time) {
 	m.phase = PhaseAggregating
 	m.startDL, m.updDL = time.Time{}, time.Time{}
-	m.attempts = 0
 	m.newAttempt(now, m.memberList(), m.countedBy)
 }
 
@@ -597,33 +614,84 @@ func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64
 	return 0
 }
 
-// Rejoined is called for a member registering again on a new link: after
-// a scheduler restart, or when its link broke while it ran on. It reports
-// whether the server still holds in its partial sum exactly the updates of
-// the current iteration the machine counts for it (folded of them, all
-// counted). Such a server stays a member with its counts and keeps its
-// partial sum; if an aggregation attempt including it is running, a new
-// attempt among the same servers starts, so that it is told on its new
-// link. Any other server must be reported with ServerLost: its sums are
-// gone, or hold what the machine never counted.
-func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, folded int) bool {
+// AttemptSeen makes the next aggregation attempt of iteration number more
+// than attempt: a server registering after a scheduler restart may have
+// seen attempts the restored state does not know, and an attempt under
+// one of their numbers would mix with that attempt's pieces.
+func (m *Machine) AttemptSeen(iteration uint64, attempt int) {
+	if iteration == m.iter {
+		m.attempts = max(m.attempts, attempt)
+	}
+}
+
+// Folded is an update a server folded into its partial sum: the device
+// and the data size it was weighted with.
+type Folded struct {
+	FLID     string
+	DataSize int
+}
+
+// Rejoined is called for a member registering again on a new link, after
+// a scheduler restart or a link that broke while it ran on, with the
+// updates of iteration its partial sum holds. It reports whether that sum
+// can stay: it holds every update the machine counts for the server, and
+// any other it holds is one the machine has not counted anywhere (the
+// restored state was saved before the server counted it), with the data
+// size the device was admitted with. Those are counted now, for the
+// server, admitting their devices if the state lacks them too. The server
+// stays a member and keeps its partial sum; if an aggregation attempt
+// including it is running, a new attempt among the same servers starts,
+// with the new counts, and reaches it on its new link. Otherwise the
+// caller must report the server with ServerLost.
+func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, updates []Folded) bool {
 	m.advance(now)
-	if _, member := m.members[serverID]; !member || folded <= 0 || iteration != m.iter {
+	if _, member := m.members[serverID]; !member || len(updates) == 0 || iteration != m.iter || m.instance != InstanceRunning {
 		return false
 	}
-	switch m.phase {
-	case PhaseWaiting, PhaseCollecting:
-		return m.countedBy[serverID] == folded
-	case PhaseAggregating:
-		a := m.agg
-		if exp, in := a.expected[serverID]; !in || exp != folded {
+	if m.phase == PhaseAggregating && !slices.Contains(m.agg.servers, serverID) {
+		return false
+	}
+	var adopt []Folded
+	seen := make(map[string]bool, len(updates))
+	for _, u := range updates {
+		if seen[u.FLID] || u.DataSize < 1 {
 			return false
 		}
-		m.undoReportLosses()
-		m.newAttempt(now, a.servers, a.expected)
-		return true
+		seen[u.FLID] = true
+		if i, ok := m.devIndex[u.FLID]; ok {
+			d := m.devs[i]
+			switch {
+			case d.updatedBy == serverID && !d.lost:
+				continue // counted
+			case d.updatedBy != "" || d.dataSize != u.DataSize:
+				return false // counted elsewhere, or not this device's
+			}
+		}
+		adopt = append(adopt, u)
 	}
-	return false
+	if m.countedBy[serverID] != len(updates)-len(adopt) {
+		return false // a counted update is missing from the sum
+	}
+	full := false
+	for _, u := range adopt {
+		i, ok := m.devIndex[u.FLID]
+		if !ok {
+			i = m.admit(now, serverID, u.FLID, u.DataSize)
+		}
+		full = m.count(now, serverID, i) || full
+	}
+	switch {
+	case m.phase == PhaseAggregating:
+		m.undoReportLosses()
+		expected := make(map[string]int, len(m.agg.servers))
+		for _, s := range m.agg.servers {
+			expected[s] = m.countedBy[s]
+		}
+		m.newAttempt(now, m.agg.servers, expected)
+	case full:
+		m.startAggregation(now)
+	}
+	return true
 }
 
 // updatesByServer is UpdatesBy of every server that counted an update.

@@ -238,8 +238,18 @@ func (e *env) exec(cmd string) string {
 			sha = ""
 		}
 		out = errString(e.m.AggregationDone(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3]), sha, e.atoi(f[5])))
-	case "rejoined":
-		out = fmt.Sprintf("rejoined=%t", e.m.Rejoined(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
+	case "attemptseen":
+		e.m.AttemptSeen(uint64(e.atoi(f[1])), e.atoi(f[2]))
+		out = "ok"
+	case "rejoined": // rejoined SERVER ITERATION FLID:SIZE,... (- for none)
+		var ups []Folded
+		if f[3] != "-" {
+			for _, u := range strings.Split(f[3], ",") {
+				id, size, _ := strings.Cut(u, ":")
+				ups = append(ups, Folded{FLID: id, DataSize: e.atoi(size)})
+			}
+		}
+		out = fmt.Sprintf("rejoined=%t", e.m.Rejoined(e.now, f[1], uint64(e.atoi(f[2])), ups))
 	case "uncounted":
 		out = fmt.Sprintf("lost=%d", e.m.UncountedLost(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
 	case "clock":

@@ -326,13 +326,17 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		s.members.Disconnected(r.NodeID)
 	}
 	delete(s.awaited, r.NodeID)
+	s.iter.AttemptSeen(r.Iteration, r.Attempt)
 	var keep uint64
 	if s.joined[r.NodeID] {
-		if s.iter.Rejoined(s.now(), r.NodeID, r.Iteration, r.Folded) {
-			// It folded exactly what the iteration counts for it (a
-			// scheduler restart from a state saved after its last count,
-			// or a link that broke while it ran on): it stays a member
-			// and keeps its partial sum.
+		ups := make([]iteration.Folded, len(r.Updates))
+		for i, u := range r.Updates {
+			ups[i] = iteration.Folded{FLID: u.FLID, DataSize: u.DataSize}
+		}
+		if s.iter.Rejoined(s.now(), r.NodeID, r.Iteration, ups) {
+			// Its partial sum holds what the iteration counts for it,
+			// and maybe updates a restored state never counted (now
+			// counted): it stays a member and keeps the sum.
 			keep = r.Iteration
 		} else {
 			// A server that registers again has lost its partial sums (it

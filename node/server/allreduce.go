@@ -125,6 +125,19 @@ func (t *roundTable) drop(upTo uint64) {
 	}
 }
 
+// latest is the latest attempt of iteration it seen here (0: none).
+func (t *roundTable) latest(it uint64) uint32 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var n uint32
+	for k := range t.rounds {
+		if k.iteration == it {
+			n = max(n, k.attempt)
+		}
+	}
+	return n
+}
+
 // supersede closes the earlier attempts of an iteration.
 func (t *roundTable) supersede(it uint64, attempt uint32) {
 	t.mu.Lock()

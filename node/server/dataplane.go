@@ -155,16 +155,16 @@ func (p *plane) responseSize() int {
 // garbage more often.
 const largeModel = 16 << 20
 
-// folded is how many updates are folded into iteration it's partial sum.
-func (p *plane) folded(it uint64) int {
+// folded is the updates folded into iteration it's partial sum, once
+// none is in flight.
+func (p *plane) folded(it uint64) []ctl.FoldedUpdate {
 	p.mu.Lock()
 	pa := p.partials[it]
 	p.mu.Unlock()
 	if pa == nil {
-		return 0
+		return nil
 	}
-	_, n := pa.waitIdle()
-	return n
+	return pa.foldedUpdates()
 }
 
 // dropPartials retires the partial sums of iterations up to upTo, once

@@ -307,14 +307,14 @@ func (s *Server) updateModel(ctx *fasthttp.RequestCtx) {
 	pa.begin()
 	a, err := s.ask(ctl.KindCountUpdate, ctl.CountUpdate{FLID: string(req.FLID), Iteration: it})
 	if err != nil || a.Code != ctl.AnswerSucceed {
-		pa.end(false, 0, 0, 0, 0)
+		pa.end(false, foldedUpdate{})
 		s.countRefused(ctx, a, err, reply)
 		return
 	}
 	start := time.Now()
 	folded := false
 	defer func() { // also when a fold panics: the all-reduce waits for end
-		pa.end(folded, float64(a.DataSize), int64(4*s.plane.layout.Size), time.Since(start), req.UploadLoss)
+		pa.end(folded, foldedUpdate{flID: string(req.FLID), dataSize: a.DataSize, bytes: int64(4 * s.plane.layout.Size), took: time.Since(start), loss: req.UploadLoss})
 	}()
 	s.foldUpdate(pa, req.FeatureMaps)
 	folded = true

@@ -2,12 +2,14 @@ package server
 
 import (
 	"math"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/fedcluster/fedcluster/node/agg"
 	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/node/modelstore"
+	"github.com/fedcluster/fedcluster/wire/ctl"
 )
 
 // stripe is how many elements one fold lock covers: devices folding
@@ -28,6 +30,7 @@ type partial struct {
 	inflight int        // updates between count request and fold
 	n        float64    // Σ data_size of folded updates
 	folded   int
+	updates  []ctl.FoldedUpdate // the folded updates, for a registration
 	bytes    int64
 	// lossSum and losses: the training loss devices reported with their
 	// updates (≈r1.7 upload_loss), for the iteration's record.
@@ -174,15 +177,25 @@ func (p *partial) begin() {
 	p.mu.Unlock()
 }
 
+// foldedUpdate describes an update folded into a partial sum.
+type foldedUpdate struct {
+	flID     string
+	dataSize int // its weight in the average
+	bytes    int64
+	took     time.Duration
+	loss     float32 // upload_loss
+}
+
 // end closes begin; folded says whether the update went into the sum.
-func (p *partial) end(folded bool, n float64, bytes int64, d time.Duration, loss float32) {
+func (p *partial) end(folded bool, u foldedUpdate) {
 	p.mu.Lock()
 	if folded {
-		p.n += n
+		p.n += float64(u.dataSize)
 		p.folded++
-		p.bytes += bytes
-		p.foldTime += d
-		if loss != 0 && !math.IsNaN(float64(loss)) && !math.IsInf(float64(loss), 0) {
+		p.updates = append(p.updates, ctl.FoldedUpdate{FLID: u.flID, DataSize: u.dataSize})
+		p.bytes += u.bytes
+		p.foldTime += u.took
+		if loss := u.loss; loss != 0 && !math.IsNaN(float64(loss)) && !math.IsInf(float64(loss), 0) {
 			p.lossSum += float64(loss)
 			p.losses++
 		}
@@ -194,14 +207,27 @@ func (p *partial) end(folded bool, n float64, bytes int64, d time.Duration, loss
 	p.mu.Unlock()
 }
 
+// foldedUpdates waits until no update is in flight and returns the
+// updates folded.
+func (p *partial) foldedUpdates() []ctl.FoldedUpdate {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.waitIdleLocked()
+	return slices.Clone(p.updates)
+}
+
 // waitIdle waits until no update is in flight and returns the totals.
 func (p *partial) waitIdle() (n float64, folded int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.waitIdleLocked()
+	return p.n, p.folded
+}
+
+func (p *partial) waitIdleLocked() {
 	for p.inflight > 0 {
 		p.idle.Wait()
 	}
-	return p.n, p.folded
 }
 
 // foldMBps is the update bytes folded per second of fold time.

@@ -296,13 +296,17 @@ func inlineKinds(k frame.Kind) bool {
 func (s *Server) registerOn(c *transport.Conn) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	it := s.plane.state().iteration
+	folded := s.plane.folded(it)
 	body, err := c.Call(ctx, ctl.KindRegister, ctl.Encode(ctl.Register{
 		NodeID:    s.nodeID,
 		PeerAddr:  s.PeerAddr(),
 		HTTPAddr:  s.HTTPAddr(),
 		PID:       os.Getpid(),
-		Iteration: s.plane.state().iteration,
-		Folded:    s.plane.folded(s.plane.state().iteration),
+		Iteration: it,
+		Folded:    len(folded),
+		Updates:   folded,
+		Attempt:   int(s.plane.rounds.latest(it)),
 		Rounds:    roundParams(s.cfg.FL.Params()),
 	}))
 	if err != nil {

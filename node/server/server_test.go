@@ -70,7 +70,7 @@ func TestPartialConcurrentFolds(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			p.fold(0, x, 1)
-			p.end(true, 2, int64(4*n), time.Millisecond, 0.5)
+			p.end(true, foldedUpdate{flID: "d", dataSize: 2, bytes: int64(4 * n), took: time.Millisecond, loss: 0.5})
 		}()
 	}
 	total, folded := p.waitIdle()

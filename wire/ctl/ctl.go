@@ -54,13 +54,25 @@ type Register struct {
 	Iteration uint64 `json:"iteration"`
 	ModelSHA  string `json:"model_sha256,omitempty"`
 	// Folded is how many updates the server acknowledged and folded into
-	// its partial sum of iteration Iteration: a scheduler restored from a
-	// state saved before some of them records those as lost.
-	Folded int `json:"folded,omitempty"`
+	// its partial sum of iteration Iteration, and Updates which: a
+	// scheduler restored from a state saved before some of them counts
+	// them then (or, when it cannot, records them as lost).
+	Folded  int            `json:"folded,omitempty"`
+	Updates []FoldedUpdate `json:"updates,omitempty"`
+	// Attempt is the latest aggregation attempt of Iteration the server
+	// has seen: a restored scheduler numbers its attempts past it.
+	Attempt int `json:"attempt,omitempty"`
 	// Rounds are the round parameters the server was started with: the
 	// seed gives start_fl_job_threshold and friends to the servers only, so
 	// a scheduler started without them adopts the servers'.
 	Rounds *RoundParams `json:"rounds,omitempty"`
+}
+
+// FoldedUpdate is an update in a server's partial sum: the device and the
+// data size it was weighted with.
+type FoldedUpdate struct {
+	FLID     string `json:"fl_id"`
+	DataSize int    `json:"data_size"`
 }
 
 // RoundParams are MindSpore's round and plan hyper-parameters.
@@ -83,7 +95,7 @@ type RegisterReply struct {
 	Iteration  IterationState `json:"iteration"`
 	// KeepPartial, when not 0, is the iteration whose partial sum the
 	// server keeps: the scheduler counts exactly the updates folded in it
-	// (Register.Folded). Every other partial sum is dropped.
+	// (Register.Updates). Every other partial sum is dropped.
 	KeepPartial uint64 `json:"keep_partial,omitempty"`
 }
 

@@ -634,15 +634,17 @@ type Folded struct {
 // Rejoined is called for a member registering again on a new link, after
 // a scheduler restart or a link that broke while it ran on, with the
 // updates of iteration its partial sum holds. It reports whether that sum
-// can stay: it holds every update the machine counts for the server, and
-// any other it holds is one the machine has not counted anywhere (the
-// restored state was saved before the server counted it), with the data
-// size the device was admitted with. Those are counted now, for the
-// server, admitting their devices if the state lacks them too. The server
-// stays a member and keeps its partial sum; if an aggregation attempt
-// including it is running, a new attempt among the same servers starts,
-// with the new counts, and reaches it on its new link. Otherwise the
-// caller must report the server with ServerLost.
+// can stay: every update in it is either counted for the server or one the
+// machine has not counted anywhere (the restored state was saved before
+// the server counted it) with the data size its device was admitted with.
+// Those are counted now, for the server, admitting their devices if the
+// state lacks them too. The server stays a member and keeps its partial
+// sum; if an aggregation attempt including it is running, a new attempt
+// among the same servers starts, with the new counts, and reaches it on
+// its new link. An update counted for the server but missing from its sum
+// (the scheduler went before the server had the count, so the device was
+// not told SUCCEED) shows as lost when the server reports its fold count.
+// Otherwise the caller must report the server with ServerLost.
 func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, updates []Folded) bool {
 	m.advance(now)
 	if _, member := m.members[serverID]; !member || len(updates) == 0 || iteration != m.iter || m.instance != InstanceRunning {
@@ -668,9 +670,6 @@ func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, upd
 			}
 		}
 		adopt = append(adopt, u)
-	}
-	if m.countedBy[serverID] != len(updates)-len(adopt) {
-		return false // a counted update is missing from the sum
 	}
 	full := false
 	for _, u := range adopt {

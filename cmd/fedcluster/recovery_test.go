@@ -123,17 +123,7 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 		{name: "counted while aggregating", threshold: 2, before: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=1s"}, saved: `"phase":"aggregating"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			recovery := filepath.Join(dir, "recovery.json")
-			metrics := filepath.Join(dir, "metrics.json")
-			cfg := filepath.Join(dir, "config.json")
-			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
-		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			c := startClusterEnv(t, 2, tc.env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(tc.threshold), "--fl_iteration_num=3",
-				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
-				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			c, recovery, metrics := startRecoveryCluster(t, tc.threshold, tc.env)
 			// The ready cluster's state is saved (membership changes are
 			// saved at once).
 			ready := map[string][]byte{}
@@ -211,6 +201,25 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 	}
 }
 
+// startRecoveryCluster starts two servers and a scheduler that saves its
+// state in recovery and its records in metrics, with round windows longer
+// than any test and a 2 s heartbeat timeout.
+func startRecoveryCluster(t *testing.T, threshold int, env []string) (c *local.Cluster, recovery, metrics string) {
+	t.Helper()
+	dir := t.TempDir()
+	recovery = filepath.Join(dir, "recovery.json")
+	metrics = filepath.Join(dir, "metrics.json")
+	cfg := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c = startClusterEnv(t, 2, env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(threshold), "--fl_iteration_num=3",
+		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	return c, recovery, metrics
+}
+
 // waitRegistrations waits until server i has registered n times.
 func waitRegistrations(ctx context.Context, t *testing.T, c *local.Cluster, i, n int) {
 	t.Helper()
@@ -232,17 +241,7 @@ func waitRegistrations(ctx context.Context, t *testing.T, c *local.Cluster, i, n
 // scheduler stays in the restored iteration only until the heartbeat
 // timeout declares it dead; the iteration then aggregates without it.
 func TestSchedulerRestartWithoutAServer(t *testing.T) {
-	dir := t.TempDir()
-	recovery := filepath.Join(dir, "recovery.json")
-	metrics := filepath.Join(dir, "metrics.json")
-	cfg := filepath.Join(dir, "config.json")
-	if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
-		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	c := startCluster(t, 2, "--config_file_path="+cfg, "--start_fl_job_threshold=1", "--fl_iteration_num=3",
-		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
-		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+	c, _, metrics := startRecoveryCluster(t, 1, nil)
 	// The host of the scheduler and server 1 goes down.
 	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
 		t.Fatal(err)

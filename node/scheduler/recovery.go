@@ -63,8 +63,8 @@ func (s *Scheduler) restore() error {
 	}
 	// The restored machine counts the saved members as joined. None is
 	// connected yet: each keeps its place, and the updates the state
-	// counts for it, until it registers again (with its partial sum, if
-	// it still holds exactly those) or is declared dead.
+	// counts for it, until it registers again with its partial sum
+	// (Machine.Rejoined) or is declared dead.
 	for _, id := range it.Status().Members {
 		s.joined[id] = true
 		s.awaited[id] = true

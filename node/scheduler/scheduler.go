@@ -334,9 +334,9 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 			ups[i] = iteration.Folded{FLID: u.FLID, DataSize: u.DataSize}
 		}
 		if s.iter.Rejoined(s.now(), r.NodeID, r.Iteration, ups) {
-			// Its partial sum holds what the iteration counts for it,
-			// and maybe updates a restored state never counted (now
-			// counted): it stays a member and keeps the sum.
+			// Its partial sum can stay: it stays a member and keeps the
+			// sum, whose updates a restored state never counted are
+			// counted now.
 			keep = r.Iteration
 		} else {
 			// A server that registers again has lost its partial sums (it

@@ -120,7 +120,7 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 		{name: "uncounted, two servers'", threshold: 3, before: 2},
 		{name: "counted while collecting", threshold: 3, before: 2, saved: `"phase":"collecting"`},
 		// The servers' all-reduce held up while the scheduler goes.
-		{name: "counted while aggregating", threshold: 2, before: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=1s"}, saved: `"phase":"aggregating"`},
+		{name: "counted while aggregating", threshold: 2, before: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=2s"}, saved: `"phase":"aggregating"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, recovery, metrics := startRecoveryCluster(t, tc.threshold, tc.env)

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"math"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -268,5 +270,74 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 	rec := readRecords(t, metrics)[1]
 	if rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 1 {
 		t.Fatalf("iteration 1's record: %+v", rec)
+	}
+}
+
+// TestSchedulerRestartAfterSavingAnIterationsEnd: a scheduler that dies
+// after saving an iteration's end but before telling the servers (or
+// writing its record) restarts in the next iteration. The servers, which
+// hold that iteration's aggregate unstored, store it and serve it, and
+// metrics.json has one record per iteration.
+func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
+	for _, servers := range []int{1, 2} {
+		t.Run(strconv.Itoa(servers)+" servers", func(t *testing.T) {
+			dir := t.TempDir()
+			recovery := filepath.Join(dir, "recovery.json")
+			metrics := filepath.Join(dir, "metrics.json")
+			cfg := filepath.Join(dir, "config.json")
+			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
+		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := startClusterEnv(t, servers, []string{"FEDCLUSTER_FAULT_EXIT_AFTER_SAVE=2"}, "--config_file_path="+cfg, "--start_fl_job_threshold=1", "--fl_iteration_num=3",
+				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
+				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			d := lenetDevice(t, c, "dev-0")
+			d.pinned = true
+			var uploads [][]float32
+			for it := int32(1); it <= 2; it++ {
+				_, up := d.round(it)
+				if up == nil {
+					t.FailNow()
+				}
+				uploads = append(uploads, up)
+				if it == 1 && d.getModel(1) == nil {
+					t.FailNow()
+				}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := local.Poll(ctx, func() (bool, error) { return c.Exited("scheduler"), nil }); err != nil {
+				t.Fatalf("the scheduler did not exit after saving iteration 2's end: %v", err)
+			}
+			if err := c.StartScheduler(); err != nil {
+				t.Fatal(err)
+			}
+			got := d.getModel(2)
+			if rel := fedAvgError(got, uploads[1:], []*testDevice{d}); rel > 1e-6 || math.IsNaN(rel) {
+				t.Fatalf("iteration 2's model is %g (relative) from the device's update", rel)
+			}
+			if _, up := d.round(3); up == nil {
+				t.FailNow()
+			}
+			if d.getModel(3) == nil {
+				t.FailNow()
+			}
+			b, err := os.ReadFile(metrics)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var its []uint64
+			for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				var r record.Record
+				if err := json.Unmarshal([]byte(line), &r); err != nil {
+					t.Fatalf("metrics.json line %q: %v", line, err)
+				}
+				its = append(its, r.CurrentIteration)
+			}
+			if !slices.Equal(its, []uint64{1, 2, 3}) {
+				t.Fatalf("metrics.json records iterations %v, want [1 2 3]", its)
+			}
+		})
 	}
 }

@@ -11,6 +11,7 @@
 package record
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -190,6 +191,43 @@ func (w *Writer) Append(r *Record) error {
 		}
 	}
 	return nil
+}
+
+// LastWritten is the iteration of the last record in the file (ok false
+// when it holds none, or there is no file). Records are appended as the
+// iterations end, so it is also the newest.
+func (w *Writer) LastWritten() (iteration uint64, ok bool, err error) {
+	if w.opts.Path == "" {
+		return 0, false, nil
+	}
+	f, err := os.Open(w.opts.Path)
+	if err != nil {
+		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	// A record is well under a kilobyte; its rejection reasons are few.
+	const tail = 64 << 10
+	off := max(st.Size()-tail, 0)
+	b := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	b = bytes.TrimRight(b, "\n")
+	if len(b) == 0 {
+		return 0, false, nil
+	}
+	line := b[bytes.LastIndexByte(b, '\n')+1:]
+	var r struct {
+		CurrentIteration *uint64 `json:"currentIteration"`
+	}
+	if err := json.Unmarshal(line, &r); err != nil || r.CurrentIteration == nil {
+		return 0, false, fmt.Errorf("the last line of %s is not a record", w.opts.Path)
+	}
+	return *r.CurrentIteration, true, nil
 }
 
 // Last returns up to n of the most recent records, oldest first (n <= 0:

@@ -155,3 +155,42 @@ func TestConcurrentAppend(t *testing.T) {
 		}
 	}
 }
+
+func TestLastWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.json")
+	w, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if it, ok, err := w.LastWritten(); ok || err != nil {
+		t.Fatalf("empty file: %d %v %v, want nothing", it, ok, err)
+	}
+	for it := uint64(1); it <= 3; it++ {
+		if err := w.Append(&Record{CurrentIteration: it, IterationResult: ResultSuccess}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if it, ok, err := w.LastWritten(); it != 3 || !ok || err != nil {
+		t.Fatalf("after 3 records: %d %v %v, want 3", it, ok, err)
+	}
+	// A last line cut short (a crash while writing it) is not a record.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"flName":"LeNet","currentItera`)
+	f.Close()
+	if _, ok, err := w.LastWritten(); ok || err == nil {
+		t.Fatalf("a cut last line read as a record (ok %v, err %v)", ok, err)
+	}
+
+	mem, err := Open(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem.Append(&Record{CurrentIteration: 7})
+	if _, ok, err := mem.LastWritten(); ok || err != nil {
+		t.Fatalf("records kept in memory only: ok %v, err %v; want nothing written", ok, err)
+	}
+}

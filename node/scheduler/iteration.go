@@ -3,6 +3,7 @@ package scheduler
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"sort"
 	"time"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/fedcluster/fedcluster/node/config"
 	"github.com/fedcluster/fedcluster/node/iteration"
+	"github.com/fedcluster/fedcluster/node/logging"
 	"github.com/fedcluster/fedcluster/node/record"
 	"github.com/fedcluster/fedcluster/node/transport"
 	"github.com/fedcluster/fedcluster/wire/ctl"
@@ -90,11 +92,25 @@ func (s *Scheduler) runActionsLocked() {
 			force = true
 		}
 	}
+	// An iteration's end is saved with the state before the servers are
+	// told and its record is written.
+	var records []record.Record
+	for _, a := range actions {
+		switch a := a.(type) {
+		case iteration.NextIteration:
+			st := s.iter.Status()
+			s.lastNext = &ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime}
+		case iteration.Record:
+			records = append(records, s.recordOf(a))
+			s.lastRecord = &records[len(records)-1]
+		}
+	}
 	if force {
 		// Save before telling the servers, so that a scheduler that dies
 		// right after never restores a state older than theirs.
 		s.dirty = true
 		s.saveLocked(true)
+		s.faultExitLocked(actions)
 	}
 	for _, a := range actions {
 		switch a := a.(type) {
@@ -103,9 +119,7 @@ func (s *Scheduler) runActionsLocked() {
 		case iteration.StartAggregation:
 			s.startAggregationLocked(a)
 		case iteration.NextIteration:
-			st := s.iter.Status()
-			body := ctl.Encode(ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime})
-			s.sendAllLocked(ctl.KindNextIteration, body)
+			s.sendAllLocked(ctl.KindNextIteration, ctl.Encode(s.lastNext))
 			s.applyScaleInLocked()
 			if a.Valid {
 				s.log.Info("iteration completed", zap.Uint64("iteration", a.Completed), zap.String("model_sha256", a.Sha256), zap.String("instance", a.Instance.String()))
@@ -118,7 +132,8 @@ func (s *Scheduler) runActionsLocked() {
 				s.log.Info("instance state", zap.String("state", ic.State.String()), zap.String("reason", ic.Reason))
 			}
 		case iteration.Record:
-			s.writeRecordLocked(a)
+			s.writeRecordLocked(a, &records[0])
+			records = records[1:]
 		}
 	}
 	if !force {
@@ -176,7 +191,8 @@ func (s *Scheduler) sendAllLocked(kind frame.Kind, body []byte) {
 	}
 }
 
-func (s *Scheduler) writeRecordLocked(r iteration.Record) {
+// recordOf is r's line in metrics.json.
+func (s *Scheduler) recordOf(r iteration.Record) record.Record {
 	res := record.ResultSuccess
 	if !r.Valid {
 		res = record.ResultFail
@@ -230,15 +246,21 @@ func (s *Scheduler) writeRecordLocked(r iteration.Record) {
 		// MindSpore's metricsLoss: Σ upload_loss ÷ the updateModel threshold.
 		rec.MetricsLoss = lossSum / float64(max(r.UpdateThreshold, 1))
 	}
+	return rec
+}
+
+// writeRecordLocked appends rec, r's record, to metrics.json and forgets
+// what was kept for it.
+func (s *Scheduler) writeRecordLocked(r iteration.Record, rec *record.Record) {
 	delete(s.losses, r.Iteration)
-	s.iterationsTotal.WithLabelValues(res).Inc()
+	s.iterationsTotal.WithLabelValues(rec.IterationResult).Inc()
 	s.updatesLost.Add(float64(r.Lost))
 	delete(s.engines, r.Iteration)
 	delete(s.foldMBps, r.Iteration)
-	if err := s.records.Append(&rec); err != nil {
+	if err := s.records.Append(rec); err != nil {
 		s.log.Error("cannot write metrics record", zap.Error(err))
 	}
-	s.log.Info("iteration record", zap.Uint64("iteration", r.Iteration), zap.String("result", res), zap.Int("admitted", r.Admitted), zap.Int("updated", r.Updated), zap.Int("lost", r.Lost),
+	s.log.Info("iteration record", zap.Uint64("iteration", r.Iteration), zap.String("result", rec.IterationResult), zap.Int("admitted", r.Admitted), zap.Int("updated", r.Updated), zap.Int("lost", r.Lost),
 		zap.Duration("execution", r.ExecutionTime), zap.Duration("switch", r.SwitchTime), zap.String("reason", r.Reason))
 }
 
@@ -365,4 +387,16 @@ func (s *Scheduler) clusterStateLocked() string {
 type lossReport struct {
 	sum float64
 	n   int
+}
+
+// faultExitLocked ends the process after the save of the iteration
+// faultExitAfterSave names (fault injection for recovery tests).
+func (s *Scheduler) faultExitLocked(actions []iteration.Action) {
+	for _, a := range actions {
+		if ni, ok := a.(iteration.NextIteration); ok && s.faultExitAfterSave != 0 && ni.Completed == s.faultExitAfterSave {
+			s.log.Warn("fault injection: exiting after saving the end of the iteration", zap.Uint64("iteration", ni.Completed))
+			logging.Sync(s.log)
+			os.Exit(3)
+		}
+	}
 }

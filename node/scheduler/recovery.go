@@ -9,6 +9,8 @@ import (
 
 	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/membership"
+	"github.com/fedcluster/fedcluster/node/record"
+	"github.com/fedcluster/fedcluster/wire/ctl"
 )
 
 // persisted is the scheduler's control state as saved for recovery: a
@@ -19,6 +21,12 @@ type persisted struct {
 	Iteration  iteration.Snapshot  `json:"iteration"`
 	Leaving    []string            `json:"leaving,omitempty"`
 	SavedAt    time.Time           `json:"saved_at"`
+	// LastNext and LastRecord are the end of the last iteration that
+	// ended, saved before the servers are told and the record is written:
+	// a scheduler that died in between tells the servers as they register
+	// and writes the record at restart.
+	LastNext   *ctl.NextIteration `json:"last_next_iteration,omitempty"`
+	LastRecord *record.Record     `json:"last_record,omitempty"`
 }
 
 // persistEvery bounds how often the state is written while it changes
@@ -61,6 +69,7 @@ func (s *Scheduler) restore() error {
 	for _, id := range p.Leaving {
 		s.leaving[id] = true
 	}
+	s.lastNext, s.lastRecord = p.LastNext, p.LastRecord
 	// The restored machine counts the saved members as joined. None is
 	// connected yet: each keeps its place, and the updates the state
 	// counts for it, until it registers again with its partial sum
@@ -85,7 +94,7 @@ func (s *Scheduler) saveLocked(force bool) {
 	if !force && now.Sub(s.savedAt) < persistEvery {
 		return
 	}
-	p := persisted{Membership: s.members.Snapshot(), Iteration: s.iter.Snapshot(), SavedAt: now}
+	p := persisted{Membership: s.members.Snapshot(), Iteration: s.iter.Snapshot(), SavedAt: now, LastNext: s.lastNext, LastRecord: s.lastRecord}
 	for id := range s.leaving {
 		p.Leaving = append(p.Leaving, id)
 	}
@@ -99,4 +108,27 @@ func (s *Scheduler) saveLocked(force bool) {
 		return
 	}
 	s.dirty, s.savedAt = false, now
+}
+
+// writeMissedRecord appends the saved record of the last iteration that
+// ended unless metrics.json has it: the scheduler died after saving that
+// iteration's end and before writing its record.
+func (s *Scheduler) writeMissedRecord() {
+	rec := s.lastRecord
+	if rec == nil {
+		return
+	}
+	last, ok, err := s.records.LastWritten()
+	if err != nil {
+		s.log.Warn("cannot tell whether the last iteration's record was written; not writing it again", zap.Uint64("iteration", rec.CurrentIteration), zap.Error(err))
+		return
+	}
+	if ok && last >= rec.CurrentIteration {
+		return
+	}
+	if err := s.records.Append(rec); err != nil {
+		s.log.Error("cannot write metrics record", zap.Error(err))
+		return
+	}
+	s.log.Info("wrote the record of an iteration that ended before the restart", zap.Uint64("iteration", rec.CurrentIteration))
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -78,6 +79,16 @@ type Scheduler struct {
 	// admitting devices and leave at the iteration's end, so the updates
 	// they folded still reach the aggregate.
 	leaving map[string]bool
+	// lastNext and lastRecord are the end of the last iteration that
+	// ended, as the servers are told and as metrics.json records it; both
+	// are saved with the state.
+	lastNext   *ctl.NextIteration
+	lastRecord *record.Record
+	// faultExitAfterSave (env FEDCLUSTER_FAULT_EXIT_AFTER_SAVE, an
+	// iteration) makes the process exit right after it saved the end of
+	// that iteration, before telling anyone, as a crash there would. Unset
+	// in production.
+	faultExitAfterSave uint64
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -102,9 +113,10 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	}
 	s.iterationsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "fedcluster_iterations_total", Help: "Ended iterations by result.",
 		ConstLabels: prometheus.Labels{"node_id": nodeID}}, []string{"result"})
-	s.updatesLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_updates_lost_total", Help: "Acknowledged updates missing from their aggregate (their server died, or the scheduler restarted before counting them).",
+	s.updatesLost = prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_updates_lost_total", Help: "Acknowledged updates missing from their aggregate (their server died, or a restarted scheduler could not take them back).",
 		ConstLabels: prometheus.Labels{"node_id": nodeID}})
 	s.metrics = s.newMetricsHandler()
+	s.faultExitAfterSave, _ = strconv.ParseUint(os.Getenv("FEDCLUSTER_FAULT_EXIT_AFTER_SAVE"), 10, 64)
 	it, err := iteration.NewMachine(iterationConfig(cfg), s.now())
 	if err != nil {
 		return nil, fmt.Errorf("invalid iteration parameters: %w", err)
@@ -121,6 +133,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	if s.records, err = record.Open(ropts); err != nil {
 		return nil, fmt.Errorf("cannot open metrics file: %w", err)
 	}
+	s.writeMissedRecord()
 	return s, nil
 }
 
@@ -378,7 +391,7 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
-	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked(), KeepPartial: keep}
+	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked(), KeepPartial: keep, LastIteration: s.lastNext}
 	s.broadcastLocked()
 	return ctl.Encode(reply), nil
 }

@@ -360,6 +360,25 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 	p.dropPartials(ni.Completed)
 }
 
+// missedNextIteration applies the end of an iteration this server has not
+// stored (the scheduler died before telling it, or the link broke) when it
+// can do so alone: it holds the iteration's aggregate, or the iteration
+// failed and the previous model is stored again. A server that took no
+// part fetches the model from a peer when it catches up.
+func (p *plane) missedNextIteration(ni ctl.NextIteration) {
+	if latest, _ := p.store.Latest(); latest >= ni.Completed {
+		return
+	}
+	p.mu.Lock()
+	pa := p.partials[ni.Completed]
+	p.mu.Unlock()
+	if ni.Valid && pa == nil {
+		return
+	}
+	p.s.Logger().Info("storing the model of an iteration whose end was not received", zap.Uint64("iteration", ni.Completed), zap.Bool("valid", ni.Valid))
+	p.nextIteration(ni)
+}
+
 // resetPartials drops every partial sum not yet aggregated but keep's (0:
 // none): after a new registration the scheduler counts this server's
 // earlier updates as lost, so they must not reach an aggregate, unless it

@@ -316,6 +316,9 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	if err := ctl.Decode(body, &r); err != nil {
 		return err
 	}
+	if ni := r.LastIteration; ni != nil {
+		s.plane.missedNextIteration(*ni)
+	}
 	// Updates folded before this registration were written off by the
 	// scheduler when the old link went, and must not reach an aggregate,
 	// unless it counts exactly those of the partial sum it says to keep.

@@ -97,6 +97,10 @@ type RegisterReply struct {
 	// server keeps: the scheduler counts exactly the updates folded in it
 	// (Register.Updates). Every other partial sum is dropped.
 	KeepPartial uint64 `json:"keep_partial,omitempty"`
+	// LastIteration is the end of the last iteration that ended, as
+	// NextIteration told it: a server that missed it (the scheduler died
+	// before sending it, or the link broke) stores that iteration's model.
+	LastIteration *NextIteration `json:"last_iteration,omitempty"`
 }
 
 // Heartbeat tells the scheduler a server is alive.

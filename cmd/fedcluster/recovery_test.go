@@ -125,7 +125,7 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 		{name: "counted while aggregating", threshold: 2, before: 2, env: []string{"FEDCLUSTER_FAULT_ALLREDUCE_DELAY=2s"}, saved: `"phase":"aggregating"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, recovery, metrics := startRecoveryCluster(t, tc.threshold, tc.env)
+			c, recovery, metrics := startRecoveryCluster(t, 2, tc.threshold, tc.env)
 			// The ready cluster's state is saved (membership changes are
 			// saved at once).
 			ready := map[string][]byte{}
@@ -203,10 +203,10 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 	}
 }
 
-// startRecoveryCluster starts two servers and a scheduler that saves its
-// state in recovery and its records in metrics, with round windows longer
-// than any test and a 2 s heartbeat timeout.
-func startRecoveryCluster(t *testing.T, threshold int, env []string) (c *local.Cluster, recovery, metrics string) {
+// startRecoveryCluster starts servers and a scheduler that saves its state
+// in recovery and its records in metrics, with round windows longer than
+// any test and a 2 s heartbeat timeout.
+func startRecoveryCluster(t *testing.T, servers, threshold int, env []string) (c *local.Cluster, recovery, metrics string) {
 	t.Helper()
 	dir := t.TempDir()
 	recovery = filepath.Join(dir, "recovery.json")
@@ -216,7 +216,7 @@ func startRecoveryCluster(t *testing.T, threshold int, env []string) (c *local.C
 		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c = startClusterEnv(t, 2, env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(threshold), "--fl_iteration_num=3",
+	c = startClusterEnv(t, servers, env, "--config_file_path="+cfg, "--start_fl_job_threshold="+strconv.Itoa(threshold), "--fl_iteration_num=3",
 		"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
 		"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
 	return c, recovery, metrics
@@ -243,7 +243,7 @@ func waitRegistrations(ctx context.Context, t *testing.T, c *local.Cluster, i, n
 // scheduler stays in the restored iteration only until the heartbeat
 // timeout declares it dead; the iteration then aggregates without it.
 func TestSchedulerRestartWithoutAServer(t *testing.T) {
-	c, _, metrics := startRecoveryCluster(t, 1, nil)
+	c, _, metrics := startRecoveryCluster(t, 2, 1, nil)
 	// The host of the scheduler and server 1 goes down.
 	if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -281,17 +281,8 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 	for _, servers := range []int{1, 2} {
 		t.Run(strconv.Itoa(servers)+" servers", func(t *testing.T) {
-			dir := t.TempDir()
-			recovery := filepath.Join(dir, "recovery.json")
-			metrics := filepath.Join(dir, "metrics.json")
-			cfg := filepath.Join(dir, "config.json")
-			if err := os.WriteFile(cfg, []byte(`{"recovery": {"storage_type": 1, "storage_file_path": "`+recovery+`"},
-		"metrics": {"storage_type": 1, "storage_file_path": "`+metrics+`"}}`), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			c := startClusterEnv(t, servers, []string{"FEDCLUSTER_FAULT_EXIT_AFTER_SAVE=2"}, "--config_file_path="+cfg, "--start_fl_job_threshold=1", "--fl_iteration_num=3",
-				"--start_fl_job_time_window=600000", "--update_model_time_window=600000", "--global_iteration_time_window=3600000",
-				"--heartbeat_interval=200ms", "--heartbeat_timeout=2s")
+			// The scheduler exits right after saving iteration 2's end.
+			c, _, metrics := startRecoveryCluster(t, servers, 1, []string{"FEDCLUSTER_FAULT_EXIT_AFTER_SAVE=2"})
 			d := lenetDevice(t, c, "dev-0")
 			d.pinned = true
 			var uploads [][]float32

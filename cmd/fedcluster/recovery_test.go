@@ -276,8 +276,8 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 // TestSchedulerRestartAfterSavingAnIterationsEnd: a scheduler that dies
 // after saving an iteration's end but before telling the servers (or
 // writing its record) restarts in the next iteration. The servers, which
-// hold that iteration's aggregate unstored, store it and serve it, and
-// metrics.json has one record per iteration.
+// hold that iteration's aggregate unstored, store it and serve it;
+// metrics.json has one record per iteration, and /records all of them.
 func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 	for _, servers := range []int{1, 2} {
 		t.Run(strconv.Itoa(servers)+" servers", func(t *testing.T) {
@@ -328,6 +328,19 @@ func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 			}
 			if !slices.Equal(its, []uint64{1, 2, 3}) {
 				t.Fatalf("metrics.json records iterations %v, want [1 2 3]", its)
+			}
+			// The restarted scheduler's /records (the dashboard's source)
+			// goes on with the job's history.
+			var recs []record.Record
+			if err := local.GetJSON(ctx, c.ManageURL()+"/records", &recs); err != nil {
+				t.Fatal(err)
+			}
+			its = its[:0]
+			for _, r := range recs {
+				its = append(its, r.CurrentIteration)
+			}
+			if !slices.Equal(its, []uint64{1, 2, 3}) {
+				t.Fatalf("/records after the restart: iterations %v, want [1 2 3]", its)
 			}
 		})
 	}

@@ -193,6 +193,63 @@ func (w *Writer) Append(r *Record) error {
 	return nil
 }
 
+// Reload puts the file's last records in memory, as Append had kept
+// them: a scheduler restarted with its job's state goes on with the job's
+// history. Lines that are not records are skipped.
+func (w *Writer) Reload() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.opts.Path == "" {
+		return nil
+	}
+	b, whole, err := readTail(w.opts.Path, int64(len(w.ring))*recordBytes)
+	if err != nil {
+		return err
+	}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if !whole {
+		lines = lines[1:] // the first may be cut
+	}
+	if len(lines) > len(w.ring) {
+		lines = lines[len(lines)-len(w.ring):]
+	}
+	w.next, w.n = 0, 0
+	for _, line := range lines {
+		var r Record
+		if len(bytes.TrimSpace(line)) == 0 || json.Unmarshal(line, &r) != nil {
+			continue
+		}
+		w.ring[w.next] = r
+		w.next = (w.next + 1) % len(w.ring)
+		w.n = min(w.n+1, len(w.ring))
+	}
+	return nil
+}
+
+// recordBytes is more than a record's line takes, its rejection reasons
+// included.
+const recordBytes = 2 << 10
+
+// readTail reads at most n bytes from the end of the file at path; whole
+// says whether that is the whole file.
+func readTail(path string, n int64) (b []byte, whole bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	off := max(st.Size()-n, 0)
+	b = make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return nil, false, fmt.Errorf("cannot read metrics file: %w", err)
+	}
+	return b, off == 0, nil
+}
+
 // LastWritten is the iteration of the last record in the file (ok false
 // when it holds none, or there is no file). Records are appended as the
 // iterations end, so it is also the newest.
@@ -200,21 +257,9 @@ func (w *Writer) LastWritten() (iteration uint64, ok bool, err error) {
 	if w.opts.Path == "" {
 		return 0, false, nil
 	}
-	f, err := os.Open(w.opts.Path)
+	b, _, err := readTail(w.opts.Path, 64<<10)
 	if err != nil {
-		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
-	}
-	// A record is well under a kilobyte; its rejection reasons are few.
-	const tail = 64 << 10
-	off := max(st.Size()-tail, 0)
-	b := make([]byte, st.Size()-off)
-	if _, err := f.ReadAt(b, off); err != nil {
-		return 0, false, fmt.Errorf("cannot read metrics file: %w", err)
+		return 0, false, err
 	}
 	b = bytes.TrimRight(b, "\n")
 	if len(b) == 0 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -192,5 +193,83 @@ func TestLastWritten(t *testing.T) {
 	mem.Append(&Record{CurrentIteration: 7})
 	if _, ok, err := mem.LastWritten(); ok || err != nil {
 		t.Fatalf("records kept in memory only: ok %v, err %v; want nothing written", ok, err)
+	}
+}
+
+func TestReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.json")
+	w, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for it := uint64(1); it <= 5; it++ {
+		w.Append(&Record{CurrentIteration: it, IterationResult: ResultSuccess, RejectedByReason: map[string]uint64{"start_threshold": it}})
+		if it == 3 {
+			f, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+			f.WriteString("not a record\n")
+			f.Close()
+		}
+	}
+	w.Close()
+	written, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		ring int
+		want []uint64
+	}{{3, []uint64{4, 5}}, {10, []uint64{1, 2, 3, 4, 5}}} {
+		// Ring 3 reads the last 3 lines: the bad one among them is skipped.
+		if err := os.WriteFile(path, written, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := Open(Options{Path: path, Ring: tc.ring})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		var got []uint64
+		for _, rec := range r.Last(0) {
+			got = append(got, rec.CurrentIteration)
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("ring %d: reloaded iterations %v, want %v", tc.ring, got, tc.want)
+		}
+		r.Append(&Record{CurrentIteration: 6})
+		if last := r.Last(1); len(last) != 1 || last[0].CurrentIteration != 6 {
+			t.Errorf("ring %d: after a reload, Append then Last(1) gave %+v", tc.ring, last)
+		}
+		r.Close()
+	}
+}
+
+// A long file is read from its tail, whose first line may be cut.
+func TestReloadTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.json")
+	w, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for it := uint64(1); it <= 100; it++ {
+		w.Append(&Record{CurrentIteration: it, FailReason: strings.Repeat("x", 100)})
+	}
+	w.Close()
+	r, err := Open(Options{Path: path, Ring: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, rec := range r.Last(0) {
+		got = append(got, rec.CurrentIteration)
+	}
+	if !slices.Equal(got, []uint64{99, 100}) {
+		t.Fatalf("reloaded iterations %v, want [99 100]", got)
 	}
 }

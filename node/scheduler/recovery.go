@@ -110,13 +110,19 @@ func (s *Scheduler) saveLocked(force bool) {
 	s.dirty, s.savedAt = false, now
 }
 
-// writeMissedRecord appends the saved record of the last iteration that
-// ended unless metrics.json has it: the scheduler died after saving that
-// iteration's end and before writing its record.
-func (s *Scheduler) writeMissedRecord() {
+// resumeRecords goes on with the records of the job whose state was
+// restored: /records and the dashboard get metrics.json's last ones back,
+// and the saved record of the last iteration that ended is appended unless
+// metrics.json ends with it (the scheduler died after saving that
+// iteration's end, before writing its record). A state saved before any
+// iteration ended has none: metrics.json may hold another job's.
+func (s *Scheduler) resumeRecords() {
 	rec := s.lastRecord
 	if rec == nil {
 		return
+	}
+	if err := s.records.Reload(); err != nil {
+		s.log.Warn("cannot read back the job's records", zap.Error(err))
 	}
 	last, ok, err := s.records.LastWritten()
 	if err != nil {

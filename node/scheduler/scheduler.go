@@ -133,7 +133,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	if s.records, err = record.Open(ropts); err != nil {
 		return nil, fmt.Errorf("cannot open metrics file: %w", err)
 	}
-	s.writeMissedRecord()
+	s.resumeRecords()
 	return s, nil
 }
 

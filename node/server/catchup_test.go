@@ -133,3 +133,46 @@ func TestCatchUpRetriesAPeerStoringLate(t *testing.T) {
 		t.Fatalf("latest stored iteration %d with no live peer, want 0", latest)
 	}
 }
+
+// A NextIteration a server missed is applied on registration only when the
+// server can do it alone; a server that cannot (a new one, one that took
+// no part) must fetch the model, not store its own under that number.
+func TestMissedNextIteration(t *testing.T) {
+	newTestPlane := func(t *testing.T, stored uint64) *plane {
+		t.Helper()
+		cfg := config.Default()
+		cfg.Model.CheckpointDir = t.TempDir()
+		s := New(&cfg, "1", zap.NewNop())
+		var err error
+		if s.plane, err = newPlane(s); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.plane.close)
+		_, m := s.plane.store.Latest()
+		for it := uint64(1); it <= stored; it++ {
+			if err := s.plane.store.Put(it, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return s.plane
+	}
+	for _, tc := range []struct {
+		name   string
+		stored uint64
+		ni     ctl.NextIteration
+		want   uint64
+	}{
+		{"failed, the model before it held", 4, ctl.NextIteration{Iteration: 6, Completed: 5}, 5},
+		{"failed, a new server", 0, ctl.NextIteration{Iteration: 6, Completed: 5}, 0},
+		{"valid, no aggregate held", 4, ctl.NextIteration{Iteration: 6, Completed: 5, Valid: true, SHA256: "ab"}, 4},
+		{"already stored", 5, ctl.NextIteration{Iteration: 6, Completed: 5}, 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPlane(t, tc.stored)
+			p.missedNextIteration(tc.ni)
+			if latest, _ := p.store.Latest(); latest != tc.want {
+				t.Fatalf("latest stored iteration %d, want %d", latest, tc.want)
+			}
+		})
+	}
+}

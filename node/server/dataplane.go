@@ -363,16 +363,18 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 // missedNextIteration applies the end of an iteration this server has not
 // stored (the scheduler died before telling it, or the link broke) when it
 // can do so alone: it holds the iteration's aggregate, or the iteration
-// failed and the previous model is stored again. A server that took no
-// part fetches the model from a peer when it catches up.
+// failed and it holds the model before it, which is stored again. Any
+// other server (one that took no part, a new one) fetches the model from
+// a peer when it catches up.
 func (p *plane) missedNextIteration(ni ctl.NextIteration) {
-	if latest, _ := p.store.Latest(); latest >= ni.Completed {
+	latest, _ := p.store.Latest()
+	if latest >= ni.Completed {
 		return
 	}
 	p.mu.Lock()
 	pa := p.partials[ni.Completed]
 	p.mu.Unlock()
-	if ni.Valid && pa == nil {
+	if ni.Valid && pa == nil || !ni.Valid && latest+1 != ni.Completed {
 		return
 	}
 	p.s.Logger().Info("storing the model of an iteration whose end was not received", zap.Uint64("iteration", ni.Completed), zap.Bool("valid", ni.Valid))

@@ -125,6 +125,18 @@ func (t *roundTable) drop(upTo uint64) {
 	}
 }
 
+// dropIteration closes and forgets the inboxes of iteration it.
+func (t *roundTable) dropIteration(it uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, ib := range t.rounds {
+		if k.iteration == it {
+			ib.close()
+			delete(t.rounds, k)
+		}
+	}
+}
+
 // latest is the latest attempt of iteration it seen here (0: none).
 func (t *roundTable) latest(it uint64) uint32 {
 	t.mu.Lock()

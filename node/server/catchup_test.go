@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 
@@ -174,5 +175,58 @@ func TestMissedNextIteration(t *testing.T) {
 				t.Fatalf("latest stored iteration %d, want %d", latest, tc.want)
 			}
 		})
+	}
+}
+
+// A registration drops the partial sums held before it, but the one kept,
+// and not one an aggregation on the new link began meanwhile.
+func TestResetPartials(t *testing.T) {
+	cfg := config.Default()
+	cfg.Model.CheckpointDir = t.TempDir()
+	s := New(&cfg, "1", zap.NewNop())
+	var err error
+	if s.plane, err = newPlane(s); err != nil {
+		t.Fatal(err)
+	}
+	defer s.plane.close()
+	p := s.plane
+	for _, it := range []uint64{3, 4} {
+		if _, err := p.partialFor(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stale := p.partialIterations()
+	later, err := p.partialFor(5) // an Aggregate read before the reply
+	if err != nil {
+		t.Fatal(err)
+	}
+	ib := p.rounds.get(roundKey{5, 1})
+	p.resetPartials(4, stale)
+	got := p.partialIterations()
+	slices.Sort(got)
+	if !slices.Equal(got, []uint64{4, 5}) {
+		t.Fatalf("partial sums left: %v, want [4 5]", got)
+	}
+	if pa, _ := p.partialFor(5); pa != later {
+		t.Fatal("the partial sum begun after the registration was replaced")
+	}
+	ib.mu.Lock()
+	closed := ib.closed
+	ib.mu.Unlock()
+	if closed {
+		t.Fatal("the all-reduce begun after the registration was stopped")
+	}
+
+	// Nothing kept (a server that restarted, or whose sums the scheduler
+	// wrote off): only the sums from before the registration go.
+	p.resetPartials(0, []uint64{4})
+	if got := p.partialIterations(); !slices.Equal(got, []uint64{5}) {
+		t.Fatalf("partial sums left: %v, want [5]", got)
+	}
+	ib.mu.Lock()
+	closed = ib.closed
+	ib.mu.Unlock()
+	if closed {
+		t.Fatal("the all-reduce begun after the registration was stopped")
 	}
 }

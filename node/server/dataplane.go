@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"sync"
 	"time"
 
@@ -381,17 +380,36 @@ func (p *plane) missedNextIteration(ni ctl.NextIteration) {
 	p.nextIteration(ni)
 }
 
-// resetPartials drops every partial sum not yet aggregated but keep's (0:
-// none): after a new registration the scheduler counts this server's
-// earlier updates as lost, so they must not reach an aggregate, unless it
-// counts them all. keep is the iteration the server registered in, and no
-// partial sum is ahead of the server's iteration.
-func (p *plane) resetPartials(keep uint64) {
-	if keep == 0 {
-		p.dropPartials(math.MaxUint64)
-		return
+// partialIterations lists the iterations that have a partial sum.
+func (p *plane) partialIterations() []uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	its := make([]uint64, 0, len(p.partials))
+	for it := range p.partials {
+		its = append(its, it)
 	}
-	p.dropPartials(keep - 1)
+	return its
+}
+
+// resetPartials drops the partial sums of iterations stale, those a
+// server held when it registered again, but keep's (0: none): the
+// scheduler counts the updates in them as lost, unless it took keep's
+// back. A partial sum begun since, by an aggregation the scheduler ordered
+// on the new link before its reply was read, stays with its all-reduce.
+func (p *plane) resetPartials(keep uint64, stale []uint64) {
+	var gone []*partial
+	p.mu.Lock()
+	for _, it := range stale {
+		if pa := p.partials[it]; pa != nil && it != keep {
+			delete(p.partials, it)
+			gone = append(gone, pa)
+		}
+	}
+	p.mu.Unlock()
+	for _, pa := range gone {
+		p.rounds.dropIteration(pa.iteration)
+		pa.drop(p.recycle)
+	}
 }
 
 // fetchAggregate gets iteration it's agreed model from a peer, retrying

@@ -298,6 +298,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	defer cancel()
 	it := s.plane.state().iteration
 	folded := s.plane.folded(it)
+	stale := s.plane.partialIterations()
 	body, err := c.Call(ctx, ctl.KindRegister, ctl.Encode(ctl.Register{
 		NodeID:    s.nodeID,
 		PeerAddr:  s.PeerAddr(),
@@ -322,7 +323,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	// Updates folded before this registration were written off by the
 	// scheduler when the old link went, and must not reach an aggregate,
 	// unless it counts exactly those of the partial sum it says to keep.
-	s.plane.resetPartials(r.KeepPartial)
+	s.plane.resetPartials(r.KeepPartial, stale)
 	// Model and iteration first, then the link and the membership: once the
 	// membership says the cluster is ready (and "Server started
 	// successfully." is logged), the server can answer devices.

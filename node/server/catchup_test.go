@@ -88,17 +88,7 @@ func TestCatchUpRetriesAPeerStoringLate(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			cfg := config.Default()
-			cfg.Model.CheckpointDir = t.TempDir()
-			s := New(&cfg, "1", zap.NewNop())
-			if s.tr, err = transport.New(transport.Options{Handler: s}); err != nil {
-				t.Fatal(err)
-			}
-			defer s.tr.Close()
-			if s.plane, err = newPlane(s); err != nil {
-				t.Fatal(err)
-			}
-			defer s.plane.close()
+			s := newTestServer(t, true)
 
 			members := []ctl.Member{
 				{NodeID: "1", PeerAddr: "127.0.0.1:1", Alive: true}, // itself: never asked
@@ -122,13 +112,7 @@ func TestCatchUpRetriesAPeerStoringLate(t *testing.T) {
 	}
 
 	// No live peer: nothing to wait for.
-	cfg := config.Default()
-	cfg.Model.CheckpointDir = t.TempDir()
-	s := New(&cfg, "1", zap.NewNop())
-	if s.plane, err = newPlane(s); err != nil {
-		t.Fatal(err)
-	}
-	defer s.plane.close()
+	s := newTestServer(t, false)
 	s.plane.catchUp(3, []ctl.Member{{NodeID: "0", PeerAddr: "127.0.0.1:1", Alive: false}})
 	if latest, _ := s.plane.store.Latest(); latest != 0 {
 		t.Fatalf("latest stored iteration %d with no live peer, want 0", latest)
@@ -141,14 +125,7 @@ func TestCatchUpRetriesAPeerStoringLate(t *testing.T) {
 func TestMissedNextIteration(t *testing.T) {
 	newTestPlane := func(t *testing.T, stored uint64) *plane {
 		t.Helper()
-		cfg := config.Default()
-		cfg.Model.CheckpointDir = t.TempDir()
-		s := New(&cfg, "1", zap.NewNop())
-		var err error
-		if s.plane, err = newPlane(s); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(s.plane.close)
+		s := newTestServer(t, false)
 		_, m := s.plane.store.Latest()
 		for it := uint64(1); it <= stored; it++ {
 			if err := s.plane.store.Put(it, m); err != nil {
@@ -181,15 +158,7 @@ func TestMissedNextIteration(t *testing.T) {
 // A registration drops the partial sums held before it, but the one kept,
 // and not one an aggregation on the new link began meanwhile.
 func TestResetPartials(t *testing.T) {
-	cfg := config.Default()
-	cfg.Model.CheckpointDir = t.TempDir()
-	s := New(&cfg, "1", zap.NewNop())
-	var err error
-	if s.plane, err = newPlane(s); err != nil {
-		t.Fatal(err)
-	}
-	defer s.plane.close()
-	p := s.plane
+	p := newTestServer(t, false).plane
 	for _, it := range []uint64{3, 4} {
 		if _, err := p.partialFor(it); err != nil {
 			t.Fatal(err)
@@ -229,4 +198,25 @@ func TestResetPartials(t *testing.T) {
 	if closed {
 		t.Fatal("the all-reduce begun after the registration was stopped")
 	}
+}
+
+// newTestServer is a server with node id 1, its plane on a fresh
+// checkpoint folder and, with link, a cluster transport; none is started.
+func newTestServer(t *testing.T, link bool) *Server {
+	t.Helper()
+	cfg := config.Default()
+	cfg.Model.CheckpointDir = t.TempDir()
+	s := New(&cfg, "1", zap.NewNop())
+	var err error
+	if link {
+		if s.tr, err = transport.New(transport.Options{Handler: s}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.tr.Close() })
+	}
+	if s.plane, err = newPlane(s); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.plane.close)
+	return s
 }

@@ -26,11 +26,10 @@ type partial struct {
 	locks     []sync.Mutex // one per stripe
 
 	mu       sync.Mutex
-	idle     *sync.Cond // signalled when inflight drops to 0
-	inflight int        // updates between count request and fold
-	n        float64    // Σ data_size of folded updates
-	folded   int
-	updates  []ctl.FoldedUpdate // the folded updates, for a registration
+	idle     *sync.Cond         // signalled when inflight drops to 0
+	inflight int                // updates between count request and fold
+	n        float64            // Σ data_size of folded updates
+	updates  []ctl.FoldedUpdate // the folded updates (their count is the fold count)
 	bytes    int64
 	// lossSum and losses: the training loss devices reported with their
 	// updates (≈r1.7 upload_loss), for the iteration's record.
@@ -191,7 +190,6 @@ func (p *partial) end(folded bool, u foldedUpdate) {
 	p.mu.Lock()
 	if folded {
 		p.n += float64(u.dataSize)
-		p.folded++
 		p.updates = append(p.updates, ctl.FoldedUpdate{FLID: u.flID, DataSize: u.dataSize})
 		p.bytes += u.bytes
 		p.foldTime += u.took
@@ -221,7 +219,7 @@ func (p *partial) waitIdle() (n float64, folded int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.waitIdleLocked()
-	return p.n, p.folded
+	return p.n, len(p.updates)
 }
 
 func (p *partial) waitIdleLocked() {

@@ -231,10 +231,7 @@ func TestReload(t *testing.T) {
 		if err := r.Reload(); err != nil {
 			t.Fatal(err)
 		}
-		var got []uint64
-		for _, rec := range r.Last(0) {
-			got = append(got, rec.CurrentIteration)
-		}
+		got := iterationsOf(r.Last(0))
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("ring %d: reloaded iterations %v, want %v", tc.ring, got, tc.want)
 		}
@@ -265,11 +262,17 @@ func TestReloadTail(t *testing.T) {
 	if err := r.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	var got []uint64
-	for _, rec := range r.Last(0) {
-		got = append(got, rec.CurrentIteration)
-	}
+	got := iterationsOf(r.Last(0))
 	if !slices.Equal(got, []uint64{99, 100}) {
 		t.Fatalf("reloaded iterations %v, want [99 100]", got)
 	}
+}
+
+// iterationsOf lists the records' iterations in order.
+func iterationsOf(recs []Record) []uint64 {
+	its := make([]uint64, 0, len(recs))
+	for _, r := range recs {
+		its = append(its, r.CurrentIteration)
+	}
+	return its
 }

@@ -95,9 +95,10 @@ func (d *testDevice) round(it int32) (got, upload []float32) {
 	return got, m.Data
 }
 
-// getModel polls until the model of iteration it is served.
+// getModel polls until the model of iteration it is served, for at most
+// 30 s (a server holds each poll up to get_model_wait).
 func (d *testDevice) getModel(it int32) []float32 {
-	for tries := 0; tries < 500; tries++ {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		body := d.post("/getModel", flmsg.BuildRequestGetModel(d.b, &flmsg.GetModelArgs{FLName: "LeNet", Iteration: it, Timestamp: now()}))
 		r, err := flmsg.DecodeResponseGetModel(body)
 		if err != nil {

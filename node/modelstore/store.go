@@ -19,7 +19,8 @@
 // nothing and returns the error: the caller fails the iteration. Stage does
 // the slow half (write and fsync under the temporary name) ahead of time, so
 // that Commit at the iteration switch is only the rename and the directory
-// fsync; a crash between them leaves a temporary file that recovery removes.
+// fsync; a crash between them leaves a temporary file that recovery removes
+// (or, complete, keeps for CommitLeftover).
 // The file's fsync runs in the background from Stage on, and Commit renames
 // without waiting for it: the two syncs overlap, and Commit publishes only
 // once both are done. A crash before that may leave the new name on weights
@@ -34,9 +35,12 @@
 //
 // # Recovery
 //
-// Open lists Dir, removes leftover temporary files of this FLName, loads the
-// newest Keep valid checkpoints, and renames corrupt or partial ones to
-// <name>.corrupt (logged) so that they never count as "newest". When no
+// Open lists Dir, loads the newest Keep valid checkpoints, and renames
+// corrupt or partial ones to <name>.corrupt (logged) so that they never
+// count as "newest". It removes leftover temporary files of this FLName,
+// but one holding a complete checkpoint of the next iteration, which
+// CommitLeftover can publish (a server that died with the cluster between
+// writing an iteration's aggregate and storing it). When no
 // checkpoint loads, the initial model becomes iteration 0 and is written.
 // A checkpoint directory belongs to one server process: give each server its
 // own (as MindSpore's example scripts do with server_<rank>/).
@@ -142,6 +146,10 @@ type Store struct {
 
 	spareMu sync.Mutex
 	spare   string // an evicted checkpoint's file under a temporary name, for the next writeTemp; "" if none
+
+	// leftover is a checkpoint Open found complete under a temporary name
+	// (CommitLeftover); nil if none.
+	leftover atomic.Pointer[leftover]
 
 	mu           sync.RWMutex
 	models       map[uint64]*model.Model
@@ -258,16 +266,12 @@ func (s *Store) recover() (int, error) {
 		return 0, fmt.Errorf("cannot list checkpoint dir %s: %w", s.opts.Dir, err)
 	}
 	var iters []uint64
+	var temps []string
 	for _, name := range names {
 		it, ckpt, tmp := s.parseName(name)
 		switch {
 		case tmp:
-			p := filepath.Join(s.opts.Dir, name)
-			if err := s.fs.Remove(p); err != nil {
-				s.log.Warn("cannot remove leftover temporary checkpoint", zap.String("path", p), zap.Error(err))
-			} else {
-				s.log.Info("removed leftover temporary checkpoint", zap.String("path", p))
-			}
+			temps = append(temps, filepath.Join(s.opts.Dir, name))
 		case ckpt:
 			iters = append(iters, it)
 		}
@@ -277,6 +281,7 @@ func (s *Store) recover() (int, error) {
 	defer func() {
 		slices.Reverse(iters)
 		s.ckpts = slices.DeleteFunc(iters, func(it uint64) bool { return setAside[it] })
+		s.keepLeftover(temps)
 	}()
 	loaded := 0
 	for _, it := range iters { // newest first
@@ -305,6 +310,72 @@ func (s *Store) recover() (int, error) {
 		s.log.Info("recovered checkpoint", zap.String("path", p), zap.Uint64("iteration", it), zap.String("sha256", meta.SHA256))
 	}
 	return loaded, nil
+}
+
+// leftover is a checkpoint found complete under a temporary name at Open.
+type leftover struct {
+	path string
+	iter uint64
+	sum  string
+	m    *model.Model
+}
+
+// keepLeftover keeps, of the temporary files recovery found, the one
+// holding a complete checkpoint of the iteration after the newest
+// recovered (its weights match the checksum in its header), and removes
+// the others. A server writes the aggregate there before it reports its
+// checksum, and renames it when the scheduler says the iteration ended: a
+// server that died in between (with the whole cluster: the scheduler
+// saved the iteration's end and no server lived to store it) still has
+// the model on disk, and CommitLeftover publishes it once the scheduler
+// confirms its checksum.
+func (s *Store) keepLeftover(temps []string) {
+	for _, p := range temps {
+		if s.leftover.Load() == nil {
+			m, meta, err := read(s.fs, p, s.layout)
+			if err == nil && meta.FLName == s.opts.FLName && meta.Iteration == s.latest+1 && meta.SHA256 != "" {
+				s.leftover.Store(&leftover{path: p, iter: meta.Iteration, sum: meta.SHA256, m: m})
+				s.log.Info("kept a complete checkpoint left under a temporary name, until the scheduler confirms it",
+					zap.String("path", p), zap.Uint64("iteration", meta.Iteration), zap.String("sha256", meta.SHA256))
+				continue
+			}
+		}
+		if err := s.fs.Remove(p); err != nil {
+			s.log.Warn("cannot remove leftover temporary checkpoint", zap.String("path", p), zap.Error(err))
+		} else {
+			s.log.Info("removed leftover temporary checkpoint", zap.String("path", p))
+		}
+	}
+}
+
+// CommitLeftover publishes the checkpoint Open found complete under a
+// temporary name if it is iteration iter's with checksum sum, as Commit
+// does a staged one. It reports whether it did. iter must follow the
+// latest stored iteration.
+func (s *Store) CommitLeftover(iter uint64, sum string) (bool, error) {
+	lo := s.leftover.Load()
+	if lo == nil || lo.iter != iter || lo.sum != sum || !s.leftover.CompareAndSwap(lo, nil) {
+		return false, nil
+	}
+	// Its bytes may not be on disk yet: the process that wrote them died.
+	f, err := s.fs.OpenWrite(lo.path)
+	if err != nil {
+		s.removeTemp(lo.path)
+		return false, fmt.Errorf("cannot put iteration %d: cannot reopen %s: %w", iter, lo.path, err)
+	}
+	st := &Staged{s: s, iter: iter, m: lo.m, sum: sum, tmp: lo.path, synced: syncInBackground(f, lo.path)}
+	if err := st.Commit(); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// DropLeftover removes the checkpoint Open found under a temporary name,
+// once nothing can claim it.
+func (s *Store) DropLeftover() {
+	if lo := s.leftover.Swap(nil); lo != nil {
+		s.removeTemp(lo.path)
+	}
 }
 
 // quarantine renames a corrupt checkpoint to <name>.corrupt and says

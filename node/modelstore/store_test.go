@@ -555,7 +555,7 @@ func TestStage(t *testing.T) {
 	if got := names(t, fsys); !strings.Contains(got, "lenet_iteration_1.safetensors.tmp") {
 		t.Fatalf("files %q: no temporary checkpoint", got)
 	}
-	// A crash now: recovery ignores (and removes) the temporary file.
+	// A crash now: recovery does not publish the temporary file.
 	r := open(t, fsys.CrashClone(), nil)
 	if it, _ := r.Latest(); it != 0 {
 		t.Fatalf("recovered iteration %d from a staged checkpoint", it)
@@ -602,6 +602,82 @@ func TestStage(t *testing.T) {
 	}
 	if it, _ := s.Latest(); it != 2 {
 		t.Fatalf("latest %d after refused commits", it)
+	}
+}
+
+// TestCommitLeftover: a server that staged an iteration's checkpoint and
+// was killed before committing it leaves the file under its temporary
+// name (a killed process loses none of what it wrote). The next store
+// keeps it, unpublished, and publishes it when asked for that iteration
+// with its checksum, as a commit would; asked for anything else, it does
+// not. DropLeftover removes it; a partial one is removed at Open.
+func TestCommitLeftover(t *testing.T) {
+	fsys := NewMemFS()
+	s := open(t, fsys, nil)
+	_, m0 := s.Latest()
+	m1 := next(m0, 1)
+	if err := s.Put(1, m1); err != nil {
+		t.Fatal(err)
+	}
+	m2 := next(m1, 1)
+	st := s.Stage(2, m2, "")
+	if err := <-st.synced; err != nil {
+		t.Fatal(err)
+	}
+	tmp := st.tmp // s dies here
+
+	r := open(t, fsys, nil)
+	if it, _ := r.Latest(); it != 1 {
+		t.Fatalf("latest %d after a restart with iteration 2 staged", it)
+	}
+	for _, c := range []struct {
+		iter uint64
+		sum  string
+	}{{2, m1.SHA256()}, {3, m2.SHA256()}, {1, m2.SHA256()}} {
+		if ok, err := r.CommitLeftover(c.iter, c.sum); ok || err != nil {
+			t.Fatalf("CommitLeftover(%d, %.8s) of iteration 2's checkpoint: %t, %v", c.iter, c.sum, ok, err)
+		}
+	}
+	if ok, err := r.CommitLeftover(2, m2.SHA256()); !ok || err != nil {
+		t.Fatalf("CommitLeftover(2) of iteration 2's checkpoint: %t, %v", ok, err)
+	}
+	if g, ok := r.Get(2); !ok || g.SHA256() != m2.SHA256() {
+		t.Fatal("the leftover iteration 2 is not served")
+	}
+	if got := names(t, fsys); got != "lenet_iteration_0.safetensors lenet_iteration_1.safetensors lenet_iteration_2.safetensors" {
+		t.Fatalf("files %q", got)
+	}
+	if ok, _ := r.CommitLeftover(2, m2.SHA256()); ok {
+		t.Fatal("a leftover was published twice")
+	}
+	if it, _ := open(t, fsys.CrashClone(), nil).Latest(); it != 2 {
+		t.Fatalf("iteration %d recovered after the leftover's commit, want 2 (not durable?)", it)
+	}
+
+	// Not claimed: dropped.
+	m3 := next(m2, 1)
+	st = r.Stage(3, m3, "")
+	if err := <-st.synced; err != nil {
+		t.Fatal(err)
+	}
+	r = open(t, fsys, nil)
+	r.DropLeftover()
+	if got := names(t, fsys); strings.Contains(got, ".tmp") {
+		t.Fatalf("files after DropLeftover: %q", got)
+	}
+
+	// Partial: removed at Open.
+	b, err := Encode(m3, Meta{FLName: "lenet", Iteration: 3, SHA256: m3.SHA256()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsys.WriteFile(tmp, b[:len(b)-4])
+	r = open(t, fsys, nil)
+	if ok, _ := r.CommitLeftover(3, m3.SHA256()); ok {
+		t.Fatal("a partial leftover was published")
+	}
+	if got := names(t, fsys); strings.Contains(got, ".tmp") {
+		t.Fatalf("files after opening with a partial leftover: %q", got)
 	}
 }
 
@@ -743,7 +819,7 @@ func TestRecycledFileIsCutToItsContent(t *testing.T) {
 // a spare (the retirement of the oldest included) in turn, then recovers
 // from what a crash would leave: the store holds the new or the previous
 // model, never one under another's number, and recovery leaves no
-// temporary file.
+// temporary file but a complete one of the next iteration, until dropped.
 func TestRecycleFaults(t *testing.T) {
 	for n := int64(0); ; n++ {
 		mem := NewMemFS()
@@ -790,6 +866,12 @@ func TestRecycleFaults(t *testing.T) {
 			if it, got := r.Latest(); it != wantIter || got.SHA256() != want.SHA256() {
 				t.Fatalf("fault %d (err %v): recovered iteration %d, want %d", n, err, it, wantIter)
 			}
+			// A complete checkpoint of iteration 3 under a temporary name is
+			// kept for CommitLeftover until dropped.
+			if lo := r.leftover.Load(); lo != nil && (lo.iter != 3 || lo.sum != m3.SHA256()) {
+				t.Fatalf("fault %d: leftover of iteration %d (%.8s) kept", n, lo.iter, lo.sum)
+			}
+			r.DropLeftover()
 			if ns := names(t, c); strings.Contains(ns, "tmp") || strings.Contains(ns, corruptSuffix) {
 				t.Fatalf("fault %d: temporary or corrupt file after recovery: %s", n, ns)
 			}

@@ -278,11 +278,23 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 // writing its record) restarts in the next iteration. The servers, which
 // hold that iteration's aggregate unstored, store it and serve it;
 // metrics.json has one record per iteration, and /records all of them.
+// If the servers died too (the whole cluster went down in that window),
+// their new processes find the aggregate in the checkpoint they had
+// written, unpublished, and store it when the scheduler confirms its
+// checksum; the restored iteration fails, as any does that a server
+// comes back to without its partial sum.
 func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
-	for _, servers := range []int{1, 2} {
-		t.Run(strconv.Itoa(servers)+" servers", func(t *testing.T) {
+	for _, tc := range []struct {
+		servers     int
+		withServers bool
+	}{{1, false}, {2, false}, {1, true}, {2, true}} {
+		name := strconv.Itoa(tc.servers) + " servers"
+		if tc.withServers {
+			name += ", killed too"
+		}
+		t.Run(name, func(t *testing.T) {
 			// The scheduler exits right after saving iteration 2's end.
-			c, _, metrics := startRecoveryCluster(t, servers, 1, []string{"FEDCLUSTER_FAULT_EXIT_AFTER_SAVE=2"})
+			c, _, metrics := startRecoveryCluster(t, tc.servers, 1, []string{"FEDCLUSTER_FAULT_EXIT_AFTER_SAVE=2"})
 			d := lenetDevice(t, c, "dev-0")
 			d.pinned = true
 			var uploads [][]float32
@@ -301,19 +313,47 @@ func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 			if err := local.Poll(ctx, func() (bool, error) { return c.Exited("scheduler"), nil }); err != nil {
 				t.Fatalf("the scheduler did not exit after saving iteration 2's end: %v", err)
 			}
+			if tc.withServers {
+				for i := range c.ServerPorts {
+					if err := c.Kill(strconv.Itoa(i), syscall.SIGKILL); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
 			if err := c.StartScheduler(); err != nil {
 				t.Fatal(err)
+			}
+			if tc.withServers {
+				for i, port := range c.ServerPorts {
+					if err := c.StartServer(strconv.Itoa(i), port); err != nil {
+						t.Fatal(err)
+					}
+					if err := c.WaitServerReady(ctx, i); err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			got := d.getModel(2)
 			if rel := fedAvgError(got, uploads[1:], []*testDevice{d}); rel > 1e-6 || math.IsNaN(rel) {
 				t.Fatalf("iteration 2's model is %g (relative) from the device's update", rel)
 			}
-			if _, up := d.round(3); up == nil {
-				t.FailNow()
+			if tc.withServers {
+				// Iteration 3, the job's last, failed: its model is 2's.
+				if !slices.Equal(d.getModel(3), got) {
+					t.Fatal("the failed iteration 3's model is not iteration 2's")
+				}
+				if r := readRecords(t, metrics)[3]; r.IterationResult == record.ResultSuccess || !strings.Contains(r.FailReason, "did not come back") {
+					t.Fatalf("iteration 3's record: %+v", r)
+				}
+			} else {
+				if _, up := d.round(3); up == nil {
+					t.FailNow()
+				}
+				if d.getModel(3) == nil {
+					t.FailNow()
+				}
 			}
-			if d.getModel(3) == nil {
-				t.FailNow()
-			}
+			want := []uint64{1, 2, 3}
 			b, err := os.ReadFile(metrics)
 			if err != nil {
 				t.Fatal(err)
@@ -326,22 +366,156 @@ func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 				}
 				its = append(its, r.CurrentIteration)
 			}
-			if !slices.Equal(its, []uint64{1, 2, 3}) {
-				t.Fatalf("metrics.json records iterations %v, want [1 2 3]", its)
+			if !slices.Equal(its, want) {
+				t.Fatalf("metrics.json records iterations %v, want %v", its, want)
 			}
 			// The restarted scheduler's /records (the dashboard's source)
 			// goes on with the job's history.
-			var recs []record.Record
-			if err := local.GetJSON(ctx, c.ManageURL()+"/records", &recs); err != nil {
+			var rs []record.Record
+			if err := local.GetJSON(ctx, c.ManageURL()+"/records", &rs); err != nil {
 				t.Fatal(err)
 			}
 			its = its[:0]
-			for _, r := range recs {
+			for _, r := range rs {
 				its = append(its, r.CurrentIteration)
 			}
-			if !slices.Equal(its, []uint64{1, 2, 3}) {
-				t.Fatalf("/records after the restart: iterations %v, want [1 2 3]", its)
+			if !slices.Equal(its, want) {
+				t.Fatalf("/records after the restart: iterations %v, want %v", its, want)
 			}
 		})
+	}
+}
+
+// TestWholeClusterRestart: the scheduler and both servers go down
+// together in the middle of a round, as when a host reboots, and start
+// again. Two devices were told SUCCEED for updates that, at the moment
+// the processes died, the saved state counted (a clean stop's save) or
+// did not (the last periodic save came before them).
+//   - Uncounted, nobody can count them again, and their devices wait for
+//     the round's model without sending again: the restarted cluster fails
+//     the round at once, and they get its model, the previous one, as for
+//     any failed iteration.
+//   - Counted, they are known lost with the servers' partial sums: they
+//     stay counted, the third device fills the round, and the model is its
+//     update alone.
+//
+// Either way, the next round runs with every device.
+func TestWholeClusterRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		clean bool // the scheduler stops cleanly (SIGTERM) and saves as it goes
+	}{
+		{name: "after the last periodic save"},
+		{name: "after a clean stop", clean: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, recovery, metrics := startRecoveryCluster(t, 2, 3, nil)
+			restoreReady := keepSavedState(t, recovery)
+			devs := make([]*testDevice, 3)
+			for i := range devs {
+				devs[i] = lenetDevice(t, c, "dev-"+strconv.Itoa(i))
+				devs[i].size = int32(10 + 7*i)
+				devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
+				devs[i].pinned, devs[i].server = true, i%2
+			}
+			served := make([][]float32, 2)
+			uploads := make([][]float32, 3)
+			for i := range 2 {
+				if served[i], uploads[i] = devs[i].round(1); served[i] == nil {
+					t.FailNow()
+				}
+			}
+			for _, id := range []string{"0", "1"} {
+				if err := c.Kill(id, syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.clean {
+				if err := c.Kill("scheduler", syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				if err := c.Kill("scheduler", syscall.SIGKILL); err != nil {
+					t.Fatal(err)
+				}
+				restoreReady()
+			}
+			if err := c.StartScheduler(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			for i, port := range c.ServerPorts {
+				if err := c.StartServer(strconv.Itoa(i), port); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.WaitServerReady(ctx, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.clean {
+				if _, uploads[2] = devs[2].round(1); uploads[2] == nil {
+					t.FailNow()
+				}
+				for _, d := range devs {
+					got := d.getModel(1)
+					if rel := fedAvgError(got, uploads[2:], devs[2:]); rel > 1e-6 || math.IsNaN(rel) {
+						t.Fatalf("device %s got an iteration-1 model %g (relative) from the surviving update", d.id, rel)
+					}
+				}
+				if rec := readRecords(t, metrics)[1]; rec.IterationResult != record.ResultSuccess || rec.Lost != 2 || rec.Updated != 1 {
+					t.Fatalf("iteration 1's record: %+v", rec)
+				}
+			} else {
+				for i, d := range devs[:2] {
+					if got := d.getModel(1); !slices.Equal(got, served[i]) {
+						t.Fatalf("device %s: the failed iteration 1's model is not the one it trained on", d.id)
+					}
+				}
+				if rec := readRecords(t, metrics)[1]; rec.IterationResult == record.ResultSuccess || !strings.Contains(rec.FailReason, "did not come back") {
+					t.Fatalf("iteration 1's record: %+v", rec)
+				}
+			}
+			for i, d := range devs {
+				if _, uploads[i] = d.round(2); uploads[i] == nil {
+					t.FailNow()
+				}
+			}
+			for _, d := range devs {
+				if rel := fedAvgError(d.getModel(2), uploads, devs); rel > 1e-6 || math.IsNaN(rel) {
+					t.Fatalf("device %s got an iteration-2 model %g (relative) from the FedAvg of all 3 updates", d.id, rel)
+				}
+			}
+			if rec := readRecords(t, metrics)[2]; rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 3 {
+				t.Fatalf("iteration 2's record: %+v", rec)
+			}
+		})
+	}
+}
+
+// keepSavedState copies the scheduler's saved state (both generations)
+// and returns a function that puts the copy back, as if the scheduler had
+// died before saving anything since.
+func keepSavedState(t *testing.T, recovery string) (restore func()) {
+	t.Helper()
+	saved := map[string][]byte{}
+	for _, p := range []string{recovery, recovery + ".1"} {
+		if b, err := os.ReadFile(p); err == nil {
+			saved[p] = b
+		}
+	}
+	if len(saved) == 0 {
+		t.Fatal("no recovery file written")
+	}
+	return func() {
+		t.Helper()
+		for _, p := range []string{recovery, recovery + ".1"} {
+			os.Remove(p)
+			if b, ok := saved[p]; ok {
+				if err := os.WriteFile(p, b, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 	}
 }

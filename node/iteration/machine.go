@@ -614,6 +614,28 @@ func (m *Machine) UncountedLost(now time.Time, serverID string, iteration uint64
 	return 0
 }
 
+// PartialGone is called when a member of the restored iteration will not
+// register again with its partial sum: it restarted too (a host went down
+// with the scheduler) or the heartbeat timeout declared it dead first.
+// The state was saved up to a moment before the previous scheduler went,
+// and updates the server acknowledged after that are gone with the sum:
+// neither the server nor the state can count them, and their devices,
+// told SUCCEED, wait for the iteration's model without sending again, so
+// the round may never fill. Unless the round was already full when the
+// state was saved (aggregating: every count is in it), the restored
+// iteration fails at once and the devices move on to the next one. It
+// reports whether the iteration failed.
+func (m *Machine) PartialGone(now time.Time, serverID string) bool {
+	m.advance(now)
+	if m.iter != m.restored || m.instance != InstanceRunning || m.phase == PhaseAggregating {
+		return false
+	}
+	m.endIteration(now, false, fmt.Sprintf(
+		"Server %s did not come back with the updates it acknowledged in iteration %d before the scheduler's restart; they may be lost. This iteration is invalid. Proceed to next iteration.",
+		serverID, m.iter), "")
+	return true
+}
+
 // AttemptSeen makes the next aggregation attempt of iteration number more
 // than attempt: a server registering after a scheduler restart may have
 // seen attempts the restored state does not know, and an attempt under

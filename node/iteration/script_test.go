@@ -250,6 +250,8 @@ func (e *env) exec(cmd string) string {
 			}
 		}
 		out = fmt.Sprintf("rejoined=%t", e.m.Rejoined(e.now, f[1], uint64(e.atoi(f[2])), ups))
+	case "partialgone":
+		out = fmt.Sprintf("failed=%t", e.m.PartialGone(e.now, f[1]))
 	case "uncounted":
 		out = fmt.Sprintf("lost=%d", e.m.UncountedLost(e.now, f[1], uint64(e.atoi(f[2])), e.atoi(f[3])))
 	case "clock":

@@ -67,6 +67,11 @@ func (s *Scheduler) syncMembersLocked() {
 			delete(s.joined, id)
 			s.iter.ServerLost(now, id)
 			s.log.Info("server left the iteration", zap.String("node", id))
+			if s.awaited[id] {
+				// Declared dead before it registered again.
+				delete(s.awaited, id)
+				s.partialGoneLocked(id)
+			}
 		}
 	}
 	var ids []string
@@ -99,7 +104,7 @@ func (s *Scheduler) runActionsLocked() {
 		switch a := a.(type) {
 		case iteration.NextIteration:
 			st := s.iter.Status()
-			s.lastNext = &ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime}
+			s.prevNext, s.lastNext = s.lastNext, &ctl.NextIteration{Iteration: a.Iteration, Completed: a.Completed, Valid: a.Valid, Reason: a.Reason, SHA256: a.Sha256, Instance: a.Instance.String(), NextReqTime: st.NextReqTime}
 		case iteration.Record:
 			records = append(records, s.recordOf(a))
 			s.lastRecord = &records[len(records)-1]

@@ -24,9 +24,13 @@ type persisted struct {
 	// LastNext and LastRecord are the end of the last iteration that
 	// ended, saved before the servers are told and the record is written:
 	// a scheduler that died in between tells the servers as they register
-	// and writes the record at restart.
+	// and writes the record at restart. PrevNext is the end before it.
 	LastNext   *ctl.NextIteration `json:"last_next_iteration,omitempty"`
+	PrevNext   *ctl.NextIteration `json:"prev_next_iteration,omitempty"`
 	LastRecord *record.Record     `json:"last_record,omitempty"`
+	// Closed marks the state a scheduler saved as it stopped: nothing was
+	// counted after it.
+	Closed bool `json:"closed,omitempty"`
 }
 
 // persistEvery bounds how often the state is written while it changes
@@ -69,7 +73,7 @@ func (s *Scheduler) restore() error {
 	for _, id := range p.Leaving {
 		s.leaving[id] = true
 	}
-	s.lastNext, s.lastRecord = p.LastNext, p.LastRecord
+	s.lastNext, s.prevNext, s.lastRecord = p.LastNext, p.PrevNext, p.LastRecord
 	// The restored machine counts the saved members as joined. None is
 	// connected yet: each keeps its place, and the updates the state
 	// counts for it, until it registers again with its partial sum
@@ -78,9 +82,31 @@ func (s *Scheduler) restore() error {
 		s.joined[id] = true
 		s.awaited[id] = true
 	}
+	s.uncertainRestore = !p.Closed
+	if p.Closed {
+		// Saved again at once without the mark: if this scheduler dies,
+		// its restart must not take the state for a clean stop's.
+		s.dirty = true
+		s.saveLocked(true)
+	}
 	s.log.Info("[Scheduler start]: recovered control state", zap.String("from", from), zap.Uint64("iteration", it.Iteration()),
-		zap.Int("servers", len(p.Membership.Nodes)), zap.Time("saved_at", p.SavedAt))
+		zap.Int("servers", len(p.Membership.Nodes)), zap.Time("saved_at", p.SavedAt), zap.Bool("clean_stop", p.Closed))
 	return nil
+}
+
+// partialGoneLocked is called when a restored member will not register
+// again with its partial sum: it restarted, or it was declared dead first.
+// Unless the state was saved by a clean stop, updates the server
+// acknowledged after the last save may be lost with the sum, and the
+// restored iteration fails if their devices could be left waiting. It
+// reports whether it did; the caller runs the actions.
+func (s *Scheduler) partialGoneLocked(id string) bool {
+	if !s.uncertainRestore || !s.iter.PartialGone(s.now(), id) {
+		return false
+	}
+	s.log.Warn("a server of the restored iteration lost its partial sum: the iteration fails, since updates acknowledged after the last save may be lost",
+		zap.String("node", id))
+	return true
 }
 
 // saveLocked writes the control state when it changed: at once when
@@ -94,7 +120,8 @@ func (s *Scheduler) saveLocked(force bool) {
 	if !force && now.Sub(s.savedAt) < persistEvery {
 		return
 	}
-	p := persisted{Membership: s.members.Snapshot(), Iteration: s.iter.Snapshot(), SavedAt: now, LastNext: s.lastNext, LastRecord: s.lastRecord}
+	p := persisted{Membership: s.members.Snapshot(), Iteration: s.iter.Snapshot(), SavedAt: now, LastNext: s.lastNext, PrevNext: s.prevNext,
+		LastRecord: s.lastRecord, Closed: s.closing}
 	for id := range s.leaving {
 		p.Leaving = append(p.Leaving, id)
 	}

@@ -53,6 +53,13 @@ type Scheduler struct {
 	// the restart: they stay in the iteration, with what they counted,
 	// until they register or the membership declares them dead.
 	awaited map[string]bool
+	// uncertainRestore is set when the restored state may lack the last
+	// counts of the scheduler that saved it (it did not stop cleanly): a
+	// restored member that does not come back with its partial sum then
+	// fails the restored iteration (Machine.PartialGone).
+	uncertainRestore bool
+	// closing marks Close's final save: nothing is counted after it.
+	closing bool
 	// pushedState is the IterationState body last pushed to every server.
 	pushedState []byte
 	records     *record.Writer
@@ -80,10 +87,10 @@ type Scheduler struct {
 	// they folded still reach the aggregate.
 	leaving map[string]bool
 	// lastNext and lastRecord are the end of the last iteration that
-	// ended, as the servers are told and as metrics.json records it; both
-	// are saved with the state.
-	lastNext   *ctl.NextIteration
-	lastRecord *record.Record
+	// ended, as the servers are told and as metrics.json records it, and
+	// prevNext the end of the one before; all are saved with the state.
+	lastNext, prevNext *ctl.NextIteration
+	lastRecord         *record.Record
 	// faultExitAfterSave (env FEDCLUSTER_FAULT_EXIT_AFTER_SAVE, an
 	// iteration) makes the process exit right after it saved the end of
 	// that iteration, before telling anyone, as a crash there would. Unset
@@ -209,6 +216,7 @@ func (s *Scheduler) Close() error {
 	}
 	s.wg.Wait()
 	s.mu.Lock()
+	s.dirty, s.closing = true, true
 	s.saveLocked(true)
 	if s.stateFile != nil {
 		errs = append(errs, s.stateFile.close())
@@ -338,6 +346,7 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 		}
 		s.members.Disconnected(r.NodeID)
 	}
+	restored := s.awaited[r.NodeID]
 	delete(s.awaited, r.NodeID)
 	s.iter.AttemptSeen(r.Iteration, r.Attempt)
 	var keep uint64
@@ -358,6 +367,11 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 			delete(s.joined, r.NodeID)
 			s.iter.ServerLost(s.now(), r.NodeID)
 		}
+	}
+	// A new process: what it acknowledged before the restart is gone. The
+	// iteration's end must be known before the reply (LastIterations).
+	if restored && !r.Rejoin && s.partialGoneLocked(r.NodeID) {
+		s.runActionsLocked()
 	}
 	rank, err := s.members.Register(s.now(), membership.Registration{ID: r.NodeID, PeerAddr: r.PeerAddr, HTTPAddr: r.HTTPAddr, PID: r.PID})
 	if err != nil {
@@ -391,7 +405,12 @@ func (s *Scheduler) register(c *transport.Conn, r ctl.Register) ([]byte, error) 
 	}
 	s.adoptRoundsLocked(r)
 	s.log.Info("server registered", zap.String("node", r.NodeID), zap.Int("rank", rank), zap.String("peer_addr", r.PeerAddr), zap.String("http_addr", r.HTTPAddr))
-	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked(), KeepPartial: keep, LastIteration: s.lastNext}
+	reply := ctl.RegisterReply{Rank: rank, Membership: s.members.View(), Iteration: s.iterStateLocked(), KeepPartial: keep}
+	for _, ni := range []*ctl.NextIteration{s.prevNext, s.lastNext} {
+		if ni != nil {
+			reply.LastIterations = append(reply.LastIterations, *ni)
+		}
+	}
 	s.broadcastLocked()
 	return ctl.Encode(reply), nil
 }

@@ -361,10 +361,11 @@ func (p *plane) nextIteration(ni ctl.NextIteration) {
 
 // missedNextIteration applies the end of an iteration this server has not
 // stored (the scheduler died before telling it, or the link broke) when it
-// can do so alone: it holds the iteration's aggregate, or the iteration
-// failed and it holds the model before it, which is stored again. Any
-// other server (one that took no part, a new one) fetches the model from
-// a peer when it catches up.
+// can do so alone: it holds the iteration's aggregate (or its process
+// before a restart wrote it to disk), or the iteration failed and it holds
+// the model before it, which is stored again. Any other server (one that
+// took no part, a new one) fetches the model from a peer when it catches
+// up.
 func (p *plane) missedNextIteration(ni ctl.NextIteration) {
 	latest, _ := p.store.Latest()
 	if latest >= ni.Completed {
@@ -373,6 +374,19 @@ func (p *plane) missedNextIteration(ni ctl.NextIteration) {
 	p.mu.Lock()
 	pa := p.partials[ni.Completed]
 	p.mu.Unlock()
+	if ni.Valid && pa == nil && latest+1 == ni.Completed {
+		// This process has no aggregate, but the one before it may have
+		// written it to disk before it died with the cluster.
+		switch ok, err := p.store.CommitLeftover(ni.Completed, ni.SHA256); {
+		case err != nil:
+			p.s.Logger().Error("cannot store the model of an iteration whose end was not received", zap.Uint64("iteration", ni.Completed), zap.Error(err))
+			return
+		case ok:
+			p.s.Logger().Info("stored the model of an iteration whose end was not received, from the checkpoint written before the restart",
+				zap.Uint64("iteration", ni.Completed), zap.String("model_sha256", ni.SHA256))
+			return
+		}
+	}
 	if ni.Valid && pa == nil || !ni.Valid && latest+1 != ni.Completed {
 		return
 	}

@@ -60,6 +60,9 @@ type Server struct {
 	sched          *transport.Conn
 	started        bool
 	scaledIn       bool
+	// registered is set once a registration succeeded: later ones are
+	// rejoins (ctl.Register.Rejoin).
+	registered atomic.Bool
 
 	// ScaledIn is closed when the scheduler scales this server in.
 	scaledInCh chan struct{}
@@ -308,6 +311,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 		Folded:    len(folded),
 		Updates:   folded,
 		Attempt:   int(s.plane.rounds.latest(it)),
+		Rejoin:    s.registered.Load(),
 		Rounds:    roundParams(s.cfg.FL.Params()),
 	}))
 	if err != nil {
@@ -317,9 +321,12 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	if err := ctl.Decode(body, &r); err != nil {
 		return err
 	}
-	if ni := r.LastIteration; ni != nil {
-		s.plane.missedNextIteration(*ni)
+	for _, ni := range r.LastIterations {
+		s.plane.missedNextIteration(ni)
 	}
+	// A checkpoint left by this server's previous process that the
+	// scheduler did not confirm is of no use any more.
+	s.plane.store.DropLeftover()
 	// Updates folded before this registration were written off by the
 	// scheduler when the old link went, and must not reach an aggregate,
 	// unless it counts exactly those of the partial sum it says to keep.
@@ -339,6 +346,7 @@ func (s *Server) registerOn(c *transport.Conn) error {
 	s.mu.Unlock()
 	s.Logger().Info("[Server start]: 2. Registered with the scheduler.", zap.String("scheduler", c.Remote()), zap.Uint64("iteration", r.Iteration.Iteration))
 	s.applyMembership(r.Membership, c)
+	s.registered.Store(true)
 	s.metrics.registrations.Inc()
 	return nil
 }

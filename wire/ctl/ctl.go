@@ -62,6 +62,11 @@ type Register struct {
 	// Attempt is the latest aggregation attempt of Iteration the server
 	// has seen: a restored scheduler numbers its attempts past it.
 	Attempt int `json:"attempt,omitempty"`
+	// Rejoin is set by a process that registered before (its link broke,
+	// or the scheduler restarted). A new process has nothing it
+	// acknowledged before it started: a restarted scheduler cannot learn
+	// what that was.
+	Rejoin bool `json:"rejoin,omitempty"`
 	// Rounds are the round parameters the server was started with: the
 	// seed gives start_fl_job_threshold and friends to the servers only, so
 	// a scheduler started without them adopts the servers'.
@@ -97,10 +102,12 @@ type RegisterReply struct {
 	// server keeps: the scheduler counts exactly the updates folded in it
 	// (Register.Updates). Every other partial sum is dropped.
 	KeepPartial uint64 `json:"keep_partial,omitempty"`
-	// LastIteration is the end of the last iteration that ended, as
-	// NextIteration told it: a server that missed it (the scheduler died
-	// before sending it, or the link broke) stores that iteration's model.
-	LastIteration *NextIteration `json:"last_iteration,omitempty"`
+	// LastIterations are the ends of the last two iterations that ended,
+	// oldest first, as NextIteration told them: a server that missed them
+	// (the scheduler died before sending them, or the link broke) stores
+	// their models. Two: a restarted scheduler may fail the iteration it
+	// restored before any server stored the one before it.
+	LastIterations []NextIteration `json:"last_iterations,omitempty"`
 }
 
 // Heartbeat tells the scheduler a server is alive.

@@ -373,6 +373,38 @@ func TestKillScheduler(t *testing.T) {
 	}
 }
 
+// TestKillWholeCluster: the scheduler and every server are killed
+// together while devices train, as a host reboot would, and started
+// again. The devices finish the job. The interrupted iteration may fail
+// (updates acknowledged after the scheduler's last save are gone with the
+// servers' partial sums, and their devices wait for its model), no other.
+func TestKillWholeCluster(t *testing.T) {
+	r := startFaultRun(t, 2, 0)
+	r.waitFor("iteration 5", func(s rest.State) bool { return s.Iteration >= 5 })
+	for _, p := range []string{"scheduler", "0", "1"} {
+		if err := r.c.Kill(p, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.c.StartScheduler(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i, port := range r.c.ServerPorts {
+		if err := r.c.StartServer(strconv.Itoa(i), port); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.c.WaitServerReady(ctx, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.waitFor("the cluster back", func(s rest.State) bool { return s.ClusterState == "CLUSTER_READY" && s.Iteration >= 5 })
+	if failed := r.finish(ids(2)); failed > 1 {
+		t.Fatalf("%d iterations failed; a whole-cluster restart should cost one at most", failed)
+	}
+}
+
 func TestPartitionedServer(t *testing.T) {
 	var px *cutProxy
 	r := startFaultRun(t, 4, 0, func(o *local.Options) {

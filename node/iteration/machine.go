@@ -336,6 +336,9 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 	if m.instance != InstanceRunning {
 		return m.refuse(CodeDisabled, RejectDisabled, TextDisabledOrFinished)
 	}
+	if i, ok := m.devIndex[flID]; ok && m.phase != PhaseAggregating && m.readmit(i, serverID, dataSize) {
+		return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+	}
 	if len(m.devs) >= m.cfg.StartFLJobThreshold {
 		return m.refuse(CodeOutOfTime, RejectStartThreshold,
 			"Current amount for startFLJob has reached the threshold. Please startFLJob later.")
@@ -352,6 +355,20 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 	}
 	m.admit(now, serverID, flID, dataSize)
 	return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+}
+
+// readmit takes device i's startFLJob again, through serverID, if the
+// server that admitted it died, maybe before its answer reached the
+// device, which asks again elsewhere: refused, it would sit the iteration
+// out while the round waits for its update. Not once its update is
+// counted, nor with another data size.
+func (m *Machine) readmit(i int, serverID string, dataSize int) bool {
+	d := &m.devs[i]
+	if _, alive := m.members[d.admittedBy]; alive || d.updatedBy != "" || d.dataSize != dataSize {
+		return false
+	}
+	d.admittedBy = serverID
+	return true
 }
 
 // admit adds a device to the iteration, with the startFLJob round's
@@ -392,15 +409,16 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		return m.refuseUpdate(CodeOutOfTime, RejectUpdateThreshold,
 			"Current amount for updateModel is enough. Please retry later.")
 	}
-	// Devices the previous scheduler admitted to the restored iteration
-	// (admissions reach the saved state in batches, and the iteration
-	// fails when a server reports updates it never counted) are sent back
-	// to startFLJob at once, not at the iteration's end, so that they can
-	// take part in the iteration running.
+	// An update for an iteration that has ended comes from a device that
+	// was held up (its server was cut off or died mid-request, or the
+	// iteration failed under it at a scheduler's restart): it is sent back
+	// to startFLJob at once, not at the running iteration's end, so that
+	// it can take part in it; a round short of one device would otherwise
+	// wait for its window.
 	if iteration != m.iter {
 		r := m.refuseUpdate(CodeOutOfTime, RejectWrongIteration,
 			fmt.Sprintf("UpdateModel iteration number is invalid:%d, current iteration:%d. Retry later.", iteration, m.iter))
-		if m.restored != 0 && iteration == m.restored && m.iter == m.restored+1 {
+		if iteration < m.iter {
 			r.NextReqTime = now.UnixMilli()
 		}
 		return r

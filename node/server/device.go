@@ -414,9 +414,15 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 	// The current iteration's model (or a later one's, asked of a server
 	// still switching), or one newer than any this server holds (it is
 	// catching up after a restart or a partition), is awaited for a
-	// while, then SucNotReady: never an older model in its place.
+	// while, then SucNotReady: never an older model in its place. A server
+	// cut off from the scheduler does not wait: nothing would tell it that
+	// the iteration ended, and the device had better poll another.
 	latest, _ := s.plane.store.Latest()
-	if req.Iteration >= 0 && (want >= st.iteration || want > latest) && !s.plane.waitStored(want, time.Duration(s.cfg.Server.GetModelWait)) {
+	wait := time.Duration(s.cfg.Server.GetModelWait)
+	if want > latest && !s.linked() {
+		wait = 0
+	}
+	if req.Iteration >= 0 && (want >= st.iteration || want > latest) && !s.plane.waitStored(want, wait) {
 		st = s.plane.state()
 		s.count("getModel", "not_ready")
 		ctx.SetBody(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.SucNotReady,

@@ -79,6 +79,19 @@ func TestBadInputIsHarmless(t *testing.T) {
 			expect(ep.path+" garbage", flmsg.RequestError, "The schema of "+ep.table+" is invalid.", code, reason)
 		}
 	}
+	// Another method than POST on the device routes: 405, with Allow.
+	for _, path := range []string{"/startFLJob", "/updateModel", "/getModel"} {
+		resp, err := http.Get(c.ServerURL(0) + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "POST" || !strings.Contains(string(body), "use POST") {
+			t.Fatalf("GET %s: %d Allow %q %s, want 405 with Allow POST", path, resp.StatusCode, resp.Header.Get("Allow"), body)
+		}
+	}
+
 	// Admission refusals.
 	r := startJob("skewed", 1, "1000")
 	expect("skewed timestamp", flmsg.RequestError, "replay_attack_time_diff", r.Retcode, r.Reason)

@@ -54,6 +54,18 @@ func (s *Server) route(ctx *fasthttp.RequestCtx) {
 		path = "" // device routes live under the prefix only
 	}
 	switch path {
+	case "/startFLJob", "/updateModel", "/getModel":
+		if !ctx.IsPost() {
+			// Only a POST carries a request table; anything else is a
+			// client or a probe at the wrong method, told so, not fed to
+			// the decoder as an empty request.
+			ctx.Response.Header.Set("Allow", fasthttp.MethodPost)
+			writeJSON(ctx, fasthttp.StatusMethodNotAllowed, map[string]any{"code": 1,
+				"error_message": "method " + string(ctx.Method()) + " not allowed on " + string(ctx.Path()) + "; use POST"})
+			return
+		}
+	}
+	switch path {
 	case "/startFLJob":
 		s.timed("startFLJob", ctx, s.startFLJob)
 	case "/updateModel":

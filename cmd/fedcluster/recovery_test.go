@@ -128,23 +128,9 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 			c, recovery, metrics := startRecoveryCluster(t, 2, tc.threshold, tc.env)
 			// The ready cluster's state is saved (membership changes are
 			// saved at once).
-			ready := map[string][]byte{}
-			for _, p := range []string{recovery, recovery + ".1"} {
-				if b, err := os.ReadFile(p); err == nil {
-					ready[p] = b
-				}
-			}
-			if len(ready) == 0 {
-				t.Fatal("no recovery file written")
-			}
-			devs := make([]*testDevice, tc.threshold)
+			restoreReady := keepSavedState(t, recovery)
+			devs := pinnedDevices(t, c, tc.threshold)
 			uploads := make([][]float32, tc.threshold)
-			for i := range devs {
-				devs[i] = lenetDevice(t, c, "dev-"+strconv.Itoa(i))
-				devs[i].size = int32(10 + 7*i)
-				devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
-				devs[i].pinned, devs[i].server = true, i%2
-			}
 			for i := range tc.before {
 				if _, uploads[i] = devs[i].round(1); uploads[i] == nil {
 					t.FailNow()
@@ -169,14 +155,7 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.saved == "" {
-				for _, p := range []string{recovery, recovery + ".1"} {
-					os.Remove(p)
-					if b, ok := ready[p]; ok {
-						if err := os.WriteFile(p, b, 0o644); err != nil {
-							t.Fatal(err)
-						}
-					}
-				}
+				restoreReady()
 			}
 			if err := c.StartScheduler(); err != nil {
 				t.Fatal(err)
@@ -411,13 +390,7 @@ func TestWholeClusterRestart(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, recovery, metrics := startRecoveryCluster(t, 2, 3, nil)
 			restoreReady := keepSavedState(t, recovery)
-			devs := make([]*testDevice, 3)
-			for i := range devs {
-				devs[i] = lenetDevice(t, c, "dev-"+strconv.Itoa(i))
-				devs[i].size = int32(10 + 7*i)
-				devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
-				devs[i].pinned, devs[i].server = true, i%2
-			}
+			devs := pinnedDevices(t, c, 3)
 			served := make([][]float32, 2)
 			uploads := make([][]float32, 3)
 			for i := range 2 {
@@ -491,6 +464,19 @@ func TestWholeClusterRestart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pinnedDevices returns n LeNet devices of different data sizes and
+// seeds, device i pinned to server i mod the cluster's servers.
+func pinnedDevices(t *testing.T, c *local.Cluster, n int) []*testDevice {
+	devs := make([]*testDevice, n)
+	for i := range devs {
+		devs[i] = lenetDevice(t, c, "dev-"+strconv.Itoa(i))
+		devs[i].size = int32(10 + 7*i)
+		devs[i].rng = rand.New(rand.NewPCG(uint64(i), 7))
+		devs[i].pinned, devs[i].server = true, i%len(c.ServerPorts)
+	}
+	return devs
 }
 
 // keepSavedState copies the scheduler's saved state (both generations)

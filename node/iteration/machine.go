@@ -190,7 +190,8 @@ type Machine struct {
 	countedBy map[string]int // live server → counted, not lost, updates
 	lost      int
 	lostBy    map[string]int
-	uncounted int // of lost: acknowledged updates the machine never counted
+	moved     map[string]int // server → its lost updates counted again elsewhere (recount)
+	uncounted int            // of lost: acknowledged updates the machine never counted
 	rejects   [numRejects]int
 	attempts  int
 	// rejectedUpdates is the part of rejects refusing updateModel.
@@ -231,6 +232,7 @@ func newMachine(cfg Config) *Machine {
 		devIndex:     map[string]int{},
 		countedBy:    map[string]int{},
 		lostBy:       map[string]int{},
+		moved:        map[string]int{},
 		updThreshold: cfg.UpdateModelThreshold(),
 	}
 }
@@ -312,6 +314,24 @@ func (m *Machine) nextReqTime() int64 {
 	return base.Add(ms(m.cfg.StartFLJobTimeWindow + m.cfg.UpdateModelTimeWindow)).UnixMilli()
 }
 
+// aggregatingRetry is the least a device refused while the round is
+// aggregated waits before it asks again.
+const aggregatingRetry = 100 * time.Millisecond
+
+// soonIfAggregating brings r's next request time forward while the round
+// is aggregated: the iteration ends as soon as the servers agree, not at
+// its windows' end, and a device sent to wait that long (an update
+// refused because the round filled, with one of the counts lost, say)
+// would sit the next round's start out. It comes back after as long as
+// the aggregation has run so far (at least aggregatingRetry).
+func (m *Machine) soonIfAggregating(now time.Time, r Reply) Reply {
+	if m.phase == PhaseAggregating {
+		wait := max(aggregatingRetry, now.Sub(m.updFullAt))
+		r.NextReqTime = min(r.NextReqTime, now.Add(wait).UnixMilli())
+	}
+	return r
+}
+
 func (m *Machine) refuse(code Code, kind Reject, reason string) Reply {
 	m.rejects[kind]++
 	return Reply{Code: code, Reject: kind, Reason: reason, Iteration: m.iter, NextReqTime: m.nextReqTime()}
@@ -340,12 +360,12 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 		return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
 	}
 	if len(m.devs) >= m.cfg.StartFLJobThreshold {
-		return m.refuse(CodeOutOfTime, RejectStartThreshold,
-			"Current amount for startFLJob has reached the threshold. Please startFLJob later.")
+		return m.soonIfAggregating(now, m.refuse(CodeOutOfTime, RejectStartThreshold,
+			"Current amount for startFLJob has reached the threshold. Please startFLJob later."))
 	}
 	if m.phase == PhaseAggregating {
-		return m.refuse(CodeOutOfTime, RejectAggregating,
-			fmt.Sprintf("Iteration %d is being aggregated. Please startFLJob later.", m.iter))
+		return m.soonIfAggregating(now, m.refuse(CodeOutOfTime, RejectAggregating,
+			fmt.Sprintf("Iteration %d is being aggregated. Please startFLJob later.", m.iter)))
 	}
 	if dataSize < 1 {
 		return m.refuse(CodeOutOfTime, RejectDataSize, "FL job data size is not enough.")
@@ -406,8 +426,8 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		return m.refuseUpdate(CodeDisabled, RejectDisabled, TextDisabledOrFinished)
 	}
 	if m.updated >= m.updThreshold || m.phase == PhaseAggregating {
-		return m.refuseUpdate(CodeOutOfTime, RejectUpdateThreshold,
-			"Current amount for updateModel is enough. Please retry later.")
+		return m.soonIfAggregating(now, m.refuseUpdate(CodeOutOfTime, RejectUpdateThreshold,
+			"Current amount for updateModel is enough. Please retry later."))
 	}
 	// An update for an iteration that has ended comes from a device that
 	// was held up (its server was cut off or died mid-request, or the
@@ -433,9 +453,17 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		return r
 	}
 	d := &m.devs[i]
-	if d.updatedBy != "" {
+	if d.updatedBy != "" && !d.lost {
 		return m.refuseUpdate(CodeOutOfTime, RejectDuplicateUpdate,
 			fmt.Sprintf("UpdateModel for fl_id %s was already counted in iteration %d. Please retry later.", flID, m.iter))
+	}
+	if d.lost {
+		// Counted through a server that died with it, maybe before its
+		// answer reached the device, which sent it again elsewhere: refused,
+		// it would sit the next round's start out. Counted for this server
+		// instead; the round's count stays.
+		m.recount(serverID, d)
+		return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
 	}
 	full := m.count(now, serverID, i)
 	r := Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
@@ -443,6 +471,17 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		m.startAggregation(now)
 	}
 	return r
+}
+
+// recount moves a lost update's count to serverID, which has it again.
+func (m *Machine) recount(serverID string, d *device) {
+	if m.lostBy[d.updatedBy]--; m.lostBy[d.updatedBy] <= 0 {
+		delete(m.lostBy, d.updatedBy)
+	}
+	m.lost--
+	m.moved[d.updatedBy]++
+	d.updatedBy, d.lost = serverID, false
+	m.countedBy[serverID]++
 }
 
 // count marks device i's update counted for serverID, with the updateModel
@@ -581,9 +620,9 @@ func (m *Machine) maybeComplete(now time.Time) {
 }
 
 // UpdatesBy is how many updates of the current iteration serverID counted
-// (lost ones included).
+// (lost ones included, and those counted again elsewhere since).
 func (m *Machine) UpdatesBy(serverID string) int {
-	n := 0
+	n := m.moved[serverID]
 	for i := range m.devs {
 		if m.devs[i].updatedBy == serverID {
 			n++
@@ -735,7 +774,7 @@ func (m *Machine) Rejoined(now time.Time, serverID string, iteration uint64, upd
 
 // updatesByServer is UpdatesBy of every server that counted an update.
 func (m *Machine) updatesByServer() map[string]int {
-	by := map[string]int{}
+	by := maps.Clone(m.moved)
 	for i := range m.devs {
 		if s := m.devs[i].updatedBy; s != "" {
 			by[s]++
@@ -1087,6 +1126,7 @@ func (m *Machine) resetIteration(now time.Time) {
 	m.lost = 0
 	m.uncounted = 0
 	clear(m.lostBy)
+	clear(m.moved)
 	m.rejects = [numRejects]int{}
 	m.rejectedUpdates = 0
 	m.attempts = 0

@@ -41,6 +41,7 @@ type Snapshot struct {
 	Lost          int            `json:"lost"`
 	Uncounted     int            `json:"uncounted,omitempty"`
 	LostByServer  map[string]int `json:"lost_by_server,omitempty"`
+	Moved         map[string]int `json:"moved,omitempty"` // per server, its lost updates counted again elsewhere
 	Rejected      map[string]int `json:"rejected,omitempty"`
 	// RejectedUpdates is the part of Rejected refusing updateModel.
 	RejectedUpdates int `json:"rejected_updates,omitempty"`
@@ -108,6 +109,7 @@ func (m *Machine) Snapshot() Snapshot {
 		Lost:         m.lost,
 		Uncounted:    m.uncounted,
 		LostByServer: maps.Clone(m.lostBy),
+		Moved:        maps.Clone(m.moved),
 		Rejected:     map[string]int{},
 		Attempts:     m.attempts,
 
@@ -242,6 +244,7 @@ func Restore(s Snapshot, cfg Config, now time.Time) (*Machine, error) {
 	}
 	m.lost, m.uncounted = s.Lost, s.Uncounted
 	maps.Copy(m.lostBy, s.LostByServer)
+	maps.Copy(m.moved, s.Moved)
 	for k, n := range s.Rejected {
 		if r, ok := parseReject(k); ok {
 			m.rejects[r] = n

@@ -479,7 +479,9 @@ func (m *Machine) recount(serverID string, d *device) {
 		delete(m.lostBy, d.updatedBy)
 	}
 	m.lost--
-	m.moved[d.updatedBy]++
+	if d.updatedBy != serverID { // not the same server, restarted
+		m.moved[d.updatedBy]++
+	}
 	d.updatedBy, d.lost = serverID, false
 	m.countedBy[serverID]++
 }

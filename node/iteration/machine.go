@@ -332,6 +332,12 @@ func (m *Machine) soonIfAggregating(now time.Time, r Reply) Reply {
 	return r
 }
 
+// succeed is the answer to an admission or count taken in the current
+// iteration, for a device of dataSize.
+func (m *Machine) succeed(dataSize int) Reply {
+	return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+}
+
 func (m *Machine) refuse(code Code, kind Reject, reason string) Reply {
 	m.rejects[kind]++
 	return Reply{Code: code, Reject: kind, Reason: reason, Iteration: m.iter, NextReqTime: m.nextReqTime()}
@@ -357,7 +363,7 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 		return m.refuse(CodeDisabled, RejectDisabled, TextDisabledOrFinished)
 	}
 	if i, ok := m.devIndex[flID]; ok && m.phase != PhaseAggregating && m.readmit(i, serverID, dataSize) {
-		return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+		return m.succeed(dataSize)
 	}
 	if len(m.devs) >= m.cfg.StartFLJobThreshold {
 		return m.soonIfAggregating(now, m.refuse(CodeOutOfTime, RejectStartThreshold,
@@ -374,7 +380,7 @@ func (m *Machine) Admit(now time.Time, serverID, flID string, dataSize int) Repl
 		return m.refuse(CodeOutOfTime, RejectDuplicateAdmit, "Updating device metadata failed for fl id "+flID)
 	}
 	m.admit(now, serverID, flID, dataSize)
-	return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: dataSize}
+	return m.succeed(dataSize)
 }
 
 // readmit takes device i's startFLJob again, through serverID, if the
@@ -463,10 +469,10 @@ func (m *Machine) CountUpdate(now time.Time, serverID, flID string, iteration ui
 		// it would sit the next round's start out. Counted for this server
 		// instead; the round's count stays.
 		m.recount(serverID, d)
-		return Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
+		return m.succeed(d.dataSize)
 	}
 	full := m.count(now, serverID, i)
-	r := Reply{Code: CodeSucceed, Iteration: m.iter, NextReqTime: m.nextReqTime(), DataSize: d.dataSize}
+	r := m.succeed(d.dataSize)
 	if full {
 		m.startAggregation(now)
 	}

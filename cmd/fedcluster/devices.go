@@ -30,6 +30,7 @@ func runDevices(name string, args []string) int {
 	dataSize := fs.Int("data_size", 32, "data_size each device reports in --load mode")
 	prefix := fs.String("http_url_prefix", "", "the servers' http_url_prefix")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
+	tracePath := fs.String("trace", "", "write one JSON line per HTTP exchange of every device to this file")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -50,6 +51,14 @@ func runDevices(name string, args []string) int {
 		cfg.Mode = sim.ModeLoad
 	}
 	cfg.IID, cfg.Seed, cfg.ShardSize, cfg.EvalSize, cfg.DataSize, cfg.URLPrefix = !*nonIID, *seed, *shard, *evalSize, int32(*dataSize), *prefix
+	var trace *os.File
+	if *tracePath != "" {
+		if trace, err = os.Create(*tracePath); err != nil {
+			fmt.Fprintln(os.Stderr, "fedcluster devices: --trace:", err)
+			return 2
+		}
+		cfg.Trace = trace
+	}
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
 	if *timeout > 0 {
@@ -58,6 +67,11 @@ func runDevices(name string, args []string) int {
 		defer c()
 	}
 	summary, err := runSim(ctx, cfg, os.Stdout)
+	if trace != nil {
+		if cerr := trace.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("cannot write the trace: %w", cerr)
+		}
+	}
 	if summary != nil {
 		fmt.Println()
 		summary.WriteText(os.Stdout)

@@ -138,8 +138,7 @@ func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
 			return StartResult{}, c.badAnswer(err)
 		}
 	}
-	c.emit(r.Retcode)
-	return StartResult{
+	res := StartResult{
 		Retcode:     r.Retcode,
 		Reason:      r.Reason,
 		Iteration:   r.Iteration,
@@ -147,7 +146,10 @@ func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
 		NextReqTime: parseMillis(r.NextReqTime),
 		HasPlan:     r.HasPlan,
 		Plan:        r.Plan,
-	}, nil
+	}
+	c.obs.Iteration = r.Iteration
+	c.emit(r.Retcode, r.Reason, res.NextReqTime)
+	return res, nil
 }
 
 // UpdateResult is a decoded updateModel answer.
@@ -184,8 +186,9 @@ func (c *Client) sendUpdate(ctx context.Context, iteration int32, m *model.Model
 	if err != nil {
 		return UpdateResult{}, c.badAnswer(err)
 	}
-	c.emit(r.Retcode)
-	return UpdateResult{Retcode: r.Retcode, Reason: r.Reason, NextReqTime: parseMillis(r.NextReqTime)}, nil
+	res := UpdateResult{Retcode: r.Retcode, Reason: r.Reason, NextReqTime: parseMillis(r.NextReqTime)}
+	c.emit(r.Retcode, r.Reason, res.NextReqTime)
+	return res, nil
 }
 
 // GetResult is a decoded getModel answer.
@@ -221,8 +224,9 @@ func (c *Client) GetModel(ctx context.Context, iteration int32) (GetResult, erro
 			return GetResult{}, c.badAnswer(err)
 		}
 	}
-	c.emit(r.Retcode)
-	return GetResult{Retcode: r.Retcode, Reason: r.Reason, Iteration: r.Iteration, NextReqTime: parseMillis(r.Timestamp)}, nil
+	res := GetResult{Retcode: r.Retcode, Reason: r.Reason, Iteration: r.Iteration, NextReqTime: parseMillis(r.Timestamp)}
+	c.emit(r.Retcode, r.Reason, res.NextReqTime)
+	return res, nil
 }
 
 // PollModel calls GetModel until it answers something else than
@@ -271,6 +275,9 @@ func (c *Client) exchange(ctx context.Context, ep Endpoint) ([]byte, int, error)
 		body, tail := c.build(ep)
 		status, err := c.do(ctx, server, ep, body, tail)
 		c.obs = Observation{Endpoint: ep, Server: server, Latency: c.obs.Latency, Status: status, Sent: len(body) + tail.Size()}
+		if ep != EndpointStartFLJob {
+			c.obs.Iteration = c.iteration
+		}
 		var answer []byte
 		var size int
 		if err == nil {
@@ -477,8 +484,8 @@ func sameLayout(l *model.Layout, fms flmsg.FeatureMaps) bool {
 }
 
 // emit reports the pending observation of a verified answer.
-func (c *Client) emit(retcode int32) {
-	c.obs.Outcome, c.obs.Retcode = OutcomeRetcode, retcode
+func (c *Client) emit(retcode int32, reason string, next time.Time) {
+	c.obs.Outcome, c.obs.Retcode, c.obs.Reason, c.obs.NextReqTime = OutcomeRetcode, retcode, reason, next
 	c.observe()
 }
 

@@ -62,8 +62,16 @@ type Observation struct {
 	Outcome Outcome
 	// Status is the HTTP status (0 without an answer).
 	Status int
-	// Retcode is the answer's retcode when Outcome is OutcomeRetcode.
-	Retcode int32
+	// Retcode is the answer's retcode when Outcome is OutcomeRetcode;
+	// Reason and NextReqTime are that answer's (empty and zero when it
+	// has none).
+	Retcode     int32
+	Reason      string
+	NextReqTime time.Time
+	// Iteration is the iteration the request named (updateModel,
+	// getModel) or, for startFLJob, the one its answer named; 0 when
+	// unknown.
+	Iteration int32
 	// Refusal is the plain-text body when Outcome is OutcomeRefusal.
 	Refusal string
 	// Err is the error when Outcome is OutcomeTransport, OutcomeHTTP or

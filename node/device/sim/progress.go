@@ -23,9 +23,12 @@ func (r *run) stat(it int32) *iterStat {
 	return st
 }
 
-// observe counts one exchange and notices accepted updates.
+// observe counts (and traces) one exchange and notices accepted updates.
 func (r *run) observe(d *simDevice, ob device.Observation) {
 	r.cnt.observe(ob)
+	if r.trace != nil {
+		r.trace.record(d, &ob)
+	}
 	if ob.Endpoint == device.EndpointUpdateModel && ob.Outcome == device.OutcomeRetcode && ob.Retcode == flmsg.Succeed {
 		r.mu.Lock()
 		r.stat(d.iter).uploaded++

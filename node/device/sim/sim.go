@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -105,6 +106,10 @@ type Config struct {
 	// Logger gets a line per iteration and per stopped device; nil logs
 	// nothing.
 	Logger *zap.Logger
+	// Trace, when set, gets one JSON line (TraceLine) per HTTP exchange
+	// of every device: what each device asked, where, and what it was
+	// answered, for finding out why a device or a round was held up.
+	Trace io.Writer
 }
 
 // DefaultConfig returns a config for n training devices on servers.
@@ -211,6 +216,7 @@ type run struct {
 	cfg   Config
 	start time.Time
 	cnt   counters
+	trace *tracer // nil without Config.Trace
 
 	trainSem chan struct{}
 
@@ -240,7 +246,8 @@ type evalJob struct {
 // and returns the summary. The error is nil when the job finished (at
 // least one device was told so), ctx's error when it ended first, and an
 // error naming the first device error when every device stopped on
-// errors. The summary is returned in every case.
+// errors, or the trace's write error (Config.Trace) when there was no
+// other. The summary is returned in every case.
 func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -253,6 +260,9 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		active:   cfg.Devices,
 		evalWake: make(chan struct{}, 1),
 		evalNext: -1 << 31,
+	}
+	if cfg.Trace != nil {
+		r.trace = newTracer(cfg.Trace, cfg.Servers)
 	}
 
 	// Build the devices before starting any goroutine, so a bad option
@@ -305,21 +315,29 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 	evalWG.Wait()
 
 	s := r.summary()
+	var err error
 	switch {
 	case ctx.Err() != nil:
-		return s, ctx.Err()
+		err = ctx.Err()
 	case r.finished > 0:
-		return s, nil
 	case len(r.devErrs) > 0:
-		return s, fmt.Errorf("all %d devices stopped on errors, the first: %w", cfg.Devices, r.devErrs[0])
+		err = fmt.Errorf("all %d devices stopped on errors, the first: %w", cfg.Devices, r.devErrs[0])
+	default:
+		err = errors.New("BUG: devices stopped without a reason")
 	}
-	return s, errors.New("BUG: devices stopped without a reason")
+	if r.trace != nil {
+		if terr := r.trace.close(); err == nil {
+			err = terr
+		}
+	}
+	return s, err
 }
 
 // simDevice is one device of a run.
 type simDevice struct {
 	r     *run
 	i     int
+	flid  string
 	c     *device.Client
 	iter  int32 // the iteration it was last admitted to
 	rng   *rand.Rand
@@ -362,6 +380,7 @@ func (r *run) newDevice(i int, httpc *fasthttp.Client, block *flmsg.ModelBlock) 
 	d := &simDevice{r: r, i: i, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))}
 	o := cfg.Device
 	o.FLID = fmt.Sprintf("%s%d", cfg.FLIDPrefix, i)
+	d.flid = o.FLID
 	o.Servers = cfg.Servers
 	o.URLPrefix = cfg.URLPrefix
 	o.Seed = cfg.Seed*1_000_003 + uint64(i) + 1

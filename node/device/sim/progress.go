@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,6 +29,13 @@ func (r *run) observe(d *simDevice, ob device.Observation) {
 	r.cnt.observe(ob)
 	if r.trace != nil {
 		r.trace.record(d, &ob)
+	}
+	// Sequentially consistent with deviceStopped's Swap and Load: one of
+	// the two sees the other's store.
+	away := ob.Outcome == device.OutcomeRetcode && ob.Retcode == flmsg.OutOfTime
+	d.turnedAway.Store(away)
+	if away && r.jobDone.Load() {
+		d.stop(errJobFinishedElsewhere)
 	}
 	if ob.Endpoint == device.EndpointUpdateModel && ob.Outcome == device.OutcomeRetcode && ob.Retcode == flmsg.Succeed {
 		r.mu.Lock()
@@ -73,6 +81,10 @@ func (r *run) deviceDone(d *simDevice, res device.IterationResult) {
 	r.wakeEvaluator()
 }
 
+// errJobFinishedElsewhere stops a device turned away with OutOfTime once
+// another one was told the job finished.
+var errJobFinishedElsewhere = fmt.Errorf("stopped: another device was told that %w", device.ErrJobFinished)
+
 func (r *run) deviceStopped(d *simDevice, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -80,6 +92,13 @@ func (r *run) deviceStopped(d *simDevice, err error) {
 	switch {
 	case errors.Is(err, device.ErrJobFinished):
 		r.finished++
+		if !r.jobDone.Swap(true) {
+			for _, o := range r.devs {
+				if o.turnedAway.Load() {
+					o.stop(errJobFinishedElsewhere)
+				}
+			}
+		}
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
 	default:
 		r.devErrs = append(r.devErrs, err)

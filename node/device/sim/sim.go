@@ -217,6 +217,12 @@ type run struct {
 	start time.Time
 	cnt   counters
 	trace *tracer // nil without Config.Trace
+	devs  []*simDevice
+
+	// jobDone is set once a device was told the job finished: the devices
+	// turned away with OutOfTime then stop instead of sleeping up to
+	// OutOfTimeMaxWait to be told the same.
+	jobDone atomic.Bool
 
 	trainSem chan struct{}
 
@@ -299,11 +305,15 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 			r.evaluator(evalCtx, test)
 		}()
 	}
+	r.devs = devs
 	devWG.Add(len(devs))
 	for _, d := range devs {
+		dctx, stop := context.WithCancelCause(ctx)
+		d.stop = stop
 		go func() {
 			defer devWG.Done()
-			d.loop(ctx)
+			defer stop(nil)
+			d.loop(dctx)
 		}()
 	}
 	devWG.Wait()
@@ -338,6 +348,10 @@ type simDevice struct {
 	r     *run
 	i     int
 	flid  string
+	stop  context.CancelCauseFunc // ends the device's context
+	// turnedAway is set while the device's last answer was OutOfTime: it
+	// waits to start again at startFLJob.
+	turnedAway atomic.Bool
 	c     *device.Client
 	iter  int32 // the iteration it was last admitted to
 	rng   *rand.Rand
@@ -459,12 +473,15 @@ func (d *simDevice) loop(ctx context.Context) {
 			// "disabled or finished" while iterations remain: the job is
 			// disabled (/disableFLS); wait for it to be enabled again.
 			if sleep(ctx, disabledWait) != nil {
-				r.deviceStopped(d, ctx.Err())
+				r.deviceStopped(d, context.Cause(ctx))
 				return
 			}
 			continue
 		}
 		if errors.Is(err, device.ErrJobFinished) || ctx.Err() != nil {
+			if !errors.Is(err, device.ErrJobFinished) {
+				err = context.Cause(ctx) // errJobFinishedElsewhere when so
+			}
 			r.deviceStopped(d, err)
 			return
 		}
@@ -481,7 +498,7 @@ func (d *simDevice) loop(ctx context.Context) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			r.deviceStopped(d, ctx.Err())
+			r.deviceStopped(d, context.Cause(ctx))
 			return
 		}
 	}

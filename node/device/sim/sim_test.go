@@ -31,6 +31,9 @@ type flServer struct {
 	threshold     int
 	iterations    int32
 	safemodeEvery int
+	// turnAwayFor is the next_req_time of a startFLJob refused because
+	// the iteration is full.
+	turnAwayFor time.Duration
 
 	// After iteration disableAt (0: never) startFLJob answers "disabled or
 	// finished" until it has done so enableAfter times; afterEnable then
@@ -64,7 +67,7 @@ func newFLServer(t *testing.T, servers, threshold int, iterations int32, initial
 	fs := &flServer{
 		t: t, threshold: threshold, iterations: iterations, iter: 1,
 		admitted: map[string]int32{}, updated: map[string]bool{}, models: map[int32]*model.Model{},
-		cur: initial, sum: make([]float64, len(initial.Data)), hitServer: make([]int, servers),
+		cur: initial, sum: make([]float64, len(initial.Data)), hitServer: make([]int, servers), turnAwayFor: 5 * time.Millisecond,
 		afterEnable: map[string]bool{},
 	}
 	for i := range servers {
@@ -136,7 +139,7 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if _, dup := fs.admitted[id]; dup || len(fs.admitted) >= fs.threshold {
-			w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: flmsg.OutOfTime, Reason: "threshold", NextReqTime: fs.next(5 * time.Millisecond)}))
+			w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: flmsg.OutOfTime, Reason: "threshold", NextReqTime: fs.next(fs.turnAwayFor)}))
 			return
 		}
 		fs.admitted[id] = q.DataSize
@@ -284,6 +287,35 @@ func TestRunLoad(t *testing.T) {
 		t.Errorf("WriteText: %v\n%s", err, out.String())
 	}
 	t.Log("\n" + out.String())
+}
+
+// TestRunStopsTurnedAwayDevicesAtTheEnd: a device turned away with an
+// OutOfTime whose next_req_time lies an hour ahead does not keep the run
+// going once the job finished; it counts as finished.
+func TestRunStopsTurnedAwayDevicesAtTheEnd(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices, iterations = 4, 3
+	fs := newFLServer(t, 1, devices-1, iterations, model.New(l))
+	fs.turnAwayFor = time.Hour
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	cfg.Device.OutOfTimeMaxWait = 2 * time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := s.Endpoints[device.EndpointStartFLJob].Classes[ClassOutOfTime]; n == 0 {
+		t.Fatalf("no device was turned away: %+v", s.Endpoints[device.EndpointStartFLJob])
+	}
+	if s.Finished != devices || len(s.DeviceErrors) != 0 || s.DeviceIterations != (devices-1)*iterations {
+		t.Errorf("summary %+v", s)
+	}
 }
 
 // TestRunWaitsOutADisabledJob: a job disabled after its first iteration

@@ -50,7 +50,8 @@ type Summary struct {
 	DeviceIterations int64
 	Updates          int64
 	UploadBytes      int64
-	// Finished counts the devices told that the job finished; DeviceErrors
+	// Finished counts the devices that stopped because the job finished:
+	// told so, or stopped by the run once another one was. DeviceErrors
 	// lists why the others stopped (context ends excluded).
 	Finished     int
 	DeviceErrors []error

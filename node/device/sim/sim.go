@@ -349,14 +349,15 @@ type simDevice struct {
 	i     int
 	flid  string
 	stop  context.CancelCauseFunc // ends the device's context
-	// turnedAway is set while the device's last answer was OutOfTime: it
-	// waits to start again at startFLJob.
-	turnedAway atomic.Bool
 	c     *device.Client
 	iter  int32 // the iteration it was last admitted to
 	rng   *rand.Rand
 	shard *mnist.Subset
 	tr    *lenet.Trainer
+
+	// turnedAway is set while the device's last answer was OutOfTime: it
+	// waits to start again at startFLJob.
+	turnedAway atomic.Bool
 }
 
 // loadBlock builds the update every load device sends: random weights in

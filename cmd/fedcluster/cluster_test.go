@@ -467,3 +467,20 @@ func TestServerJoiningDuringAnAggregationReports(t *testing.T) {
 		t.Fatal("iteration 1 stored the model it started from: it failed")
 	}
 }
+
+// TestStartReportsAnExitedProcess: a cluster whose processes refuse their
+// configuration fails local.Start with the reason they printed, not with a
+// timeout.
+func TestStartReportsAnExitedProcess(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: t.TempDir(), Servers: 1, Args: []string{"--start_fl_job_threshold=0"}})
+	if err == nil {
+		c.Stop()
+		t.Fatal("a cluster with start_fl_job_threshold = 0 started")
+	}
+	if !strings.Contains(err.Error(), "exited during start") || !strings.Contains(err.Error(), "start_fl_job_threshold = 0") {
+		t.Fatalf("Start: %v, want the process's exit and its reason", err)
+	}
+	t.Log(err)
+}

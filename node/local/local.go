@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -108,7 +109,8 @@ func belowEphemeral() (lo, hi int) {
 }
 
 // Start starts the scheduler and the servers and waits until the cluster
-// is CLUSTER_READY.
+// is CLUSTER_READY. A process that exits meanwhile (a configuration error,
+// a port taken) fails Start at once with what it printed last.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	ports, err := FreePorts(2 + opts.Servers)
 	if err != nil {
@@ -131,14 +133,20 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	if err := c.WaitState(ctx, "CLUSTER_READY"); err != nil {
-		c.Stop()
-		return nil, err
-	}
 	// The scheduler is ready once all have registered; each server is once
 	// it has its iteration and membership.
+	urls := []string{c.ManageURL() + "/state"}
 	for i := range c.ServerPorts {
-		if err := c.WaitServerReady(ctx, i); err != nil {
+		urls = append(urls, c.ServerURL(i)+"/status")
+	}
+	for _, url := range urls {
+		err := Poll(ctx, func() (bool, error) {
+			if err := c.startFailure(); err != nil {
+				return false, err
+			}
+			return stateIs(ctx, url, "CLUSTER_READY"), nil
+		})
+		if err != nil {
 			c.Stop()
 			return nil, err
 		}
@@ -146,17 +154,50 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// startFailure returns an error for a process that has exited, with the
+// last lines it printed.
+func (c *Cluster) startFailure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, p := range c.procs {
+		select {
+		case <-p.exited:
+		default:
+			continue
+		}
+		name := key
+		if key != "scheduler" {
+			name = "server " + key
+		}
+		err := fmt.Errorf("the %s exited during start: %v", name, p.err)
+		if c.opts.Stdout == nil {
+			if b, rerr := os.ReadFile(filepath.Join(c.opts.Dir, key+".out")); rerr == nil && len(bytes.TrimSpace(b)) > 0 {
+				err = fmt.Errorf("%w:\n%s", err, lastLines(b, 5))
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// lastLines returns the last n lines of b.
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
 // WaitServerReady polls server i's /status until it reports a ready cluster.
 func (c *Cluster) WaitServerReady(ctx context.Context, i int) error {
-	return Poll(ctx, func() (bool, error) {
-		var st struct {
-			ClusterState string `json:"cluster_state"`
-		}
-		if err := GetJSON(ctx, c.ServerURL(i)+"/status", &st); err != nil {
-			return false, nil
-		}
-		return st.ClusterState == "CLUSTER_READY", nil
-	})
+	return Poll(ctx, func() (bool, error) { return stateIs(ctx, c.ServerURL(i)+"/status", "CLUSTER_READY"), nil })
+}
+
+// stateIs reports whether the JSON object at url has cluster_state want;
+// no answer (a process not up yet) is false.
+func stateIs(ctx context.Context, url, want string) bool {
+	var st struct {
+		ClusterState string `json:"cluster_state"`
+	}
+	return GetJSON(ctx, url, &st) == nil && st.ClusterState == want
 }
 
 func (c *Cluster) common() []string {
@@ -308,15 +349,7 @@ func GetJSON(ctx context.Context, url string, v any) error {
 // WaitState polls /state until the cluster reaches want or ctx ends; an
 // HTTP API offers no way to be told.
 func (c *Cluster) WaitState(ctx context.Context, want string) error {
-	return Poll(ctx, func() (bool, error) {
-		var st struct {
-			ClusterState string `json:"cluster_state"`
-		}
-		if err := GetJSON(ctx, c.ManageURL()+"/state", &st); err != nil {
-			return false, nil // not up yet
-		}
-		return st.ClusterState == want, nil
-	})
+	return Poll(ctx, func() (bool, error) { return stateIs(ctx, c.ManageURL()+"/state", want), nil })
 }
 
 // Poll calls cond every 20 ms until it reports true, fails, or ctx ends.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"strconv"
@@ -34,6 +35,10 @@ func runDemo(name string, args []string) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if msg := checkDemoFlags(*servers, *devices, *iterations, *shard, *epochs, *batch, *lr); msg != "" {
+		fmt.Fprintln(os.Stderr, "fedcluster demo:", msg)
 		return 2
 	}
 	self, err := os.Executable()
@@ -109,4 +114,22 @@ func runDemo(name string, args []string) int {
 	stop()
 	fmt.Printf("final test accuracy: %.4f\n", f.Accuracy)
 	return 0
+}
+
+// checkDemoFlags returns what is wrong with the demo's flags, naming the
+// flag, or "": before any process starts, not as a server's complaint
+// about the parameter a flag became.
+func checkDemoFlags(servers, devices, iterations, shard, epochs, batch int, lr float64) string {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"servers", servers}, {"devices", devices}, {"fl_iteration_num", iterations}, {"shard_size", shard}, {"client_epoch_num", epochs}, {"client_batch_size", batch}} {
+		if f.v < 1 || f.v > math.MaxInt32 {
+			return fmt.Sprintf("--%s must be from 1 to %d, got %d", f.name, math.MaxInt32, f.v)
+		}
+	}
+	if !(lr > 0) || math.IsInf(lr, 0) {
+		return fmt.Sprintf("--client_learning_rate must be a positive number, got %g", lr)
+	}
+	return ""
 }

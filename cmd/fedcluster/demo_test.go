@@ -87,3 +87,24 @@ func running(path string) []int {
 	}
 	return pids
 }
+
+// TestDemoBadFlags: an unusable flag is a usage error naming it, before
+// any process starts.
+func TestDemoBadFlags(t *testing.T) {
+	for _, bad := range []struct{ flag, want string }{
+		{"--devices=0", "--devices must be from 1"},
+		{"--servers=-1", "--servers must be from 1"},
+		{"--fl_iteration_num=0", "--fl_iteration_num must be from 1"},
+		{"--shard_size=-1", "--shard_size must be from 1"},
+		{"--client_batch_size=0", "--client_batch_size must be from 1"},
+		{"--client_learning_rate=0", "--client_learning_rate must be a positive number"},
+		{"--client_learning_rate=NaN", "--client_learning_rate must be a positive number"},
+	} {
+		cmd := exec.Command(binary, "demo", bad.flag)
+		cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), bad.want) || strings.Contains(string(out), "starting") {
+			t.Errorf("demo %s: %v, want exit 2 and %q before anything starts\n%s", bad.flag, err, bad.want, out)
+		}
+	}
+}

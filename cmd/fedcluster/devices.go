@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"sync"
@@ -37,8 +38,8 @@ func runDevices(name string, args []string) int {
 		}
 		return 2
 	}
-	if *train && *load {
-		fmt.Fprintln(os.Stderr, "fedcluster devices: --train and --load exclude each other")
+	if msg := checkDeviceFlags(*train, *load, *n, *dataSize, *shard, *evalSize); msg != "" {
+		fmt.Fprintln(os.Stderr, "fedcluster devices:", msg)
 		return 2
 	}
 	urls, err := device.ParseServers(*servers)
@@ -84,6 +85,24 @@ func runDevices(name string, args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// checkDeviceFlags returns what is wrong with the flags, naming the flag,
+// or "".
+func checkDeviceFlags(train, load bool, devices, dataSize, shard, evalSize int) string {
+	switch {
+	case train && load:
+		return "--train and --load exclude each other"
+	case devices < 1:
+		return fmt.Sprintf("--devices must be at least 1, got %d", devices)
+	case dataSize < 1 || dataSize > math.MaxInt32:
+		return fmt.Sprintf("--data_size must be from 1 to %d, got %d", math.MaxInt32, dataSize)
+	case shard < 0:
+		return fmt.Sprintf("--shard_size must not be negative, got %d", shard)
+	case evalSize < 0:
+		return fmt.Sprintf("--eval_size must not be negative, got %d", evalSize)
+	}
+	return ""
 }
 
 // runSim runs the devices with a progress display: a line redrawn in place

@@ -68,11 +68,21 @@ func TestDevicesCommand(t *testing.T) {
 		t.Fatalf("%d lines, %d accepted updates in %d iterations traced, want %d in %d", lines, len(accepted), len(iters), devices*iterations, iterations)
 	}
 
-	// A trace that cannot be created is a usage error, before any device
-	// starts.
-	out, err = exec.CommandContext(ctx, binary, "devices", "--load", "--servers="+servers,
-		"--trace="+filepath.Join(t.TempDir(), "missing", "trace.jsonl")).CombinedOutput()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "--trace") {
-		t.Fatalf("devices with an unusable --trace: %v\n%s", err, out)
+	// Unusable flags are usage errors (exit 2) naming the flag, before any
+	// device starts.
+	for _, bad := range []struct{ flag, want string }{
+		{"--trace=" + filepath.Join(t.TempDir(), "missing", "trace.jsonl"), "--trace"},
+		{"--devices=0", "--devices must be at least 1"},
+		{"--data_size=0", "--data_size must be from 1"},
+		{"--data_size=4294967296", "--data_size must be from 1"},
+		{"--shard_size=-1", "--shard_size must not be negative"},
+		{"--eval_size=-5", "--eval_size must not be negative"},
+		{"--train --load", "exclude each other"},
+	} {
+		args := append([]string{"devices", "--load", "--servers=" + servers}, strings.Fields(bad.flag)...)
+		out, err = exec.CommandContext(ctx, binary, args...).CombinedOutput()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), bad.want) {
+			t.Errorf("devices %s: %v, want exit 2 and %q\n%s", bad.flag, err, bad.want, out)
+		}
 	}
 }

@@ -423,28 +423,42 @@ func (r *run) newDevice(i int, httpc *fasthttp.Client, block *flmsg.ModelBlock) 
 }
 
 // disabledWait is how long a device waits before asking again whether a
-// disabled job was enabled.
-const disabledWait = time.Second
+// disabled job was enabled; staleWait is the first wait after a refusal
+// that a server's status contradicts, doubled each time in a row.
+const (
+	disabledWait = time.Second
+	staleWait    = 20 * time.Millisecond
+)
 
-// unfinished tells a disabled (or since re-enabled) job from a finished
-// one after the plain-text "disabled or finished". A fedcluster server
-// says which in its GET /status. Others (MindSpore's) are judged by their
-// current iteration (from getModel, served in both cases) against the
-// plan's last one, which holds only while iterations number from 1: after
-// a MindSpore newInstance they restart at 1, while fedcluster's keep
+// afterJobRefusal tells a disabled (or since re-enabled) job from a
+// finished one after the plain-text "disabled or finished", and returns
+// how long to wait before asking again, or finished. A fedcluster server
+// says which in its GET /status; one that says "running" answered after
+// the refusal (the job was enabled, or the scheduler's decision that the
+// job finished has not reached that server yet), so the device asks again
+// soon, stale times in a row. Other servers (MindSpore's) are judged by
+// their current iteration (from getModel, served in both cases) against
+// the plan's last one, which holds only while iterations number from 1:
+// after a MindSpore newInstance they restart at 1, while fedcluster's keep
 // growing.
-func (d *simDevice) unfinished(ctx context.Context) bool {
+func (d *simDevice) afterJobRefusal(ctx context.Context, stale int) (wait time.Duration, finished bool) {
 	for range min(len(d.r.cfg.Servers), 3) { // a dead server is passed over next time
 		if st, err := d.c.Status(ctx); err == nil {
-			return st.Instance != device.InstanceFinished
+			switch st.Instance {
+			case device.InstanceFinished:
+				return 0, true
+			case device.InstanceRunning:
+				return min(staleWait<<min(stale, 10), disabledWait), false
+			}
+			return disabledWait, false
 		}
 	}
 	plan := d.r.planIters.Load()
 	if plan == 0 {
-		return false
+		return 0, true
 	}
 	r, err := d.c.GetModel(ctx, d.iter)
-	return err == nil && r.Iteration <= plan
+	return disabledWait, !(err == nil && r.Iteration <= plan)
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -462,22 +476,25 @@ func sleep(ctx context.Context, d time.Duration) error {
 // errors in a row.
 func (d *simDevice) loop(ctx context.Context) {
 	r := d.r
-	errs := 0
+	errs, stale := 0, 0
 	for {
 		res, err := d.c.RunIteration(ctx, d)
 		if err == nil {
-			errs = 0
+			errs, stale = 0, 0
 			r.deviceDone(d, res)
 			continue
 		}
-		if errors.Is(err, device.ErrJobFinished) && d.unfinished(ctx) {
-			// "disabled or finished" while iterations remain: the job is
-			// disabled (/disableFLS); wait for it to be enabled again.
-			if sleep(ctx, disabledWait) != nil {
-				r.deviceStopped(d, context.Cause(ctx))
-				return
+		if errors.Is(err, device.ErrJobFinished) {
+			// "disabled or finished" while the job is not finished: it is
+			// disabled (/disableFLS), or a server's state lags; ask again.
+			if wait, finished := d.afterJobRefusal(ctx, stale); !finished {
+				stale++
+				if sleep(ctx, wait) != nil {
+					r.deviceStopped(d, context.Cause(ctx))
+					return
+				}
+				continue
 			}
-			continue
 		}
 		if errors.Is(err, device.ErrJobFinished) || ctx.Err() != nil {
 			if !errors.Is(err, device.ErrJobFinished) {

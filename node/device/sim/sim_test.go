@@ -34,6 +34,9 @@ type flServer struct {
 	// turnAwayFor is the next_req_time of a startFLJob refused because
 	// the iteration is full.
 	turnAwayFor time.Duration
+	// statusLag is how many GET /status after the job finished still say
+	// "running", as a server the scheduler's decision has not reached.
+	statusLag int
 
 	// After iteration disableAt (0: never) startFLJob answers "disabled or
 	// finished" until it has done so enableAfter times; afterEnable then
@@ -115,6 +118,8 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 		instance := device.InstanceRunning
 		if fs.disabledLocked() {
 			instance = device.InstanceDisabled
+		} else if fs.finished && fs.statusLag > 0 {
+			fs.statusLag--
 		} else if fs.finished {
 			instance = device.InstanceFinished
 		}
@@ -315,6 +320,72 @@ func TestRunStopsTurnedAwayDevicesAtTheEnd(t *testing.T) {
 	}
 	if s.Finished != devices || len(s.DeviceErrors) != 0 || s.DeviceIterations != (devices-1)*iterations {
 		t.Errorf("summary %+v", s)
+	}
+}
+
+// TestRunStatusLagsTheRefusal: devices refused with "disabled or
+// finished" by a server whose /status still says running ask again, and
+// stop once it says finished.
+func TestRunStatusLagsTheRefusal(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const devices, iterations, lag = 3, 2, 4
+	fs := newFLServer(t, 1, devices, iterations, model.New(l))
+	fs.statusLag = lag
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Mode = ModeLoad
+	cfg.Device = fastDevice()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	fs.mu.Lock()
+	left := fs.statusLag
+	fs.mu.Unlock()
+	refused := s.Endpoints[device.EndpointStartFLJob].Classes[ClassJobFinished]
+	if left != 0 || refused != devices+lag || s.Finished != devices || s.DeviceIterations != devices*iterations {
+		t.Errorf("%d lagging statuses left, %d refusals (want %d), summary %+v", left, refused, devices+lag, s)
+	}
+}
+
+// TestAfterJobRefusal: the wait after a "disabled or finished" refusal
+// follows the server's /status: none when finished, disabledWait when
+// disabled, and from staleWait doubling up to disabledWait while it says
+// running.
+func TestAfterJobRefusal(t *testing.T) {
+	l, err := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{10}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := newFLServer(t, 1, 1, 3, model.New(l))
+	r := &run{cfg: DefaultConfig(1, fs.urls)}
+	r.cfg.Mode, r.cfg.Device = ModeLoad, fastDevice()
+	d, err := r.newDevice(0, device.NewHTTPClient(1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	want := []time.Duration{20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000, 1000, 1000}
+	for stale, w := range want {
+		if wait, finished := d.afterJobRefusal(ctx, stale); finished || wait != w*time.Millisecond {
+			t.Errorf("running, %d stale: wait %s, finished %v; want %s", stale, wait, finished, w*time.Millisecond)
+		}
+	}
+	fs.mu.Lock()
+	fs.disableAt, fs.iter, fs.enableAfter = 1, 2, 1
+	fs.mu.Unlock()
+	if wait, finished := d.afterJobRefusal(ctx, 3); finished || wait != disabledWait {
+		t.Errorf("disabled: wait %s, finished %v", wait, finished)
+	}
+	fs.mu.Lock()
+	fs.disableAt, fs.finished = 0, true
+	fs.mu.Unlock()
+	if _, finished := d.afterJobRefusal(ctx, 0); !finished {
+		t.Errorf("finished: not finished")
 	}
 }
 

@@ -85,10 +85,20 @@ func startFaultRun(t *testing.T, servers, spare int, opts ...func(*local.Options
 	scfg := sim.DefaultConfig(faultDevices, urls)
 	scfg.Mode = sim.ModeLoad
 	scfg.Evaluate = false
+	// Every exchange of every device, kept with the logs
+	// (FEDCLUSTER_KEEP_LOGS): why a round waited is in there.
+	trace, err := os.Create(filepath.Join(dir, "devices.trace.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg.Trace = trace
 	runCtx, stopSim := context.WithTimeout(context.Background(), 3*time.Minute+time.Duration(faultIterations)*time.Second)
 	go func() {
 		defer close(r.done)
 		r.summary, r.simErr = sim.Run(runCtx, scfg)
+		if err := trace.Close(); err != nil && r.simErr == nil {
+			r.simErr = err
+		}
 	}()
 	t.Cleanup(func() {
 		stopSim()

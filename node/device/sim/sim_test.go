@@ -209,6 +209,21 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// loadConfig is a run of devices in load mode against urls, with
+// fastDevice's retries.
+func loadConfig(devices int, urls []string) Config {
+	cfg := DefaultConfig(devices, urls)
+	cfg.Mode, cfg.Device = ModeLoad, fastDevice()
+	return cfg
+}
+
+// runBounded runs cfg for at most 20 s.
+func runBounded(cfg Config) (*Summary, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	return Run(ctx, cfg)
+}
+
 func fastDevice() device.Options {
 	o := device.DefaultOptions()
 	o.RequestTimeout = 5 * time.Second
@@ -227,9 +242,7 @@ func TestRunLoad(t *testing.T) {
 	const devices, iterations = 6, 4
 	fs := newFLServer(t, 2, devices, iterations, model.New(l))
 	fs.safemodeEvery = 7
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(devices, fs.urls)
 	var evMu sync.Mutex
 	kinds := map[EventKind]int{}
 	cfg.OnEvent = func(ev Event) {
@@ -240,9 +253,7 @@ func TestRunLoad(t *testing.T) {
 			t.Errorf("event %+v", ev)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
+	s, err := runBounded(cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -305,9 +316,7 @@ func TestRunStopsTurnedAwayDevicesAtTheEnd(t *testing.T) {
 	const devices, iterations = 4, 3
 	fs := newFLServer(t, 1, devices-1, iterations, model.New(l))
 	fs.turnAwayFor = time.Hour
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(devices, fs.urls)
 	cfg.Device.OutOfTimeMaxWait = 2 * time.Hour
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -334,12 +343,8 @@ func TestRunStatusLagsTheRefusal(t *testing.T) {
 	const devices, iterations, lag = 3, 2, 4
 	fs := newFLServer(t, 1, devices, iterations, model.New(l))
 	fs.statusLag = lag
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
+	cfg := loadConfig(devices, fs.urls)
+	s, err := runBounded(cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -414,12 +419,8 @@ func TestRunWaitsOutADisabledJob(t *testing.T) {
 			fs := newFLServer(t, 1, 1, 3, model.New(l)) // one device per iteration
 			fs.base, fs.iter, fs.noStatus = tc.base, tc.base+1, tc.noStatus
 			fs.disableAt, fs.enableAfter = tc.base+1, devices // each device refused once (or one twice)
-			cfg := DefaultConfig(devices, fs.urls)
-			cfg.Mode = ModeLoad
-			cfg.Device = fastDevice()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			defer cancel()
-			s, err := Run(ctx, cfg)
+			cfg := loadConfig(devices, fs.urls)
+			s, err := runBounded(cfg)
 			if err != nil {
 				t.Fatalf("Run: %v", err)
 			}
@@ -466,9 +467,7 @@ func TestRunContextEnds(t *testing.T) {
 	l, _ := model.NewLayout([]model.Spec{{Name: "w", Shape: []int{4}}})
 	// A threshold no run reaches: devices wait in getModel.
 	fs := newFLServer(t, 1, 100, 3, model.New(l))
-	cfg := DefaultConfig(4, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(4, fs.urls)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -494,9 +493,7 @@ func TestRunDeviceErrors(t *testing.T) {
 		w.Write(flmsg.BuildResponseFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobReply{Retcode: flmsg.RequestError, Reason: "no"}))
 	}))
 	defer srv.Close()
-	cfg := DefaultConfig(3, []string{srv.URL})
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(3, []string{srv.URL})
 	cfg.MaxDeviceErrors = 2
 	cfg.ErrorBackoff = time.Millisecond
 	s, err := Run(context.Background(), cfg)
@@ -547,9 +544,7 @@ func TestRunLoadNeedsTheModelsShapes(t *testing.T) {
 		w.Write(flmsg.BuildResponseGetModel(flatbuffers.NewBuilder(0), &flmsg.GetModelReply{Retcode: flmsg.RequestError, Reason: "no model"}))
 	}))
 	defer srv.Close()
-	cfg := DefaultConfig(3, []string{srv.URL})
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(3, []string{srv.URL})
 	s, err := Run(context.Background(), cfg)
 	var rerr *device.RetcodeError
 	if s != nil || !errors.As(err, &rerr) || rerr.Retcode != flmsg.RequestError || !strings.Contains(err.Error(), "shapes") {

@@ -3,7 +3,6 @@ package sim
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,15 +27,11 @@ func TestRunTrace(t *testing.T) {
 	const devices, iterations = 4, 3
 	fs := newFLServer(t, 2, devices-1, iterations, model.New(l)) // one device is turned away each iteration
 	fs.safemodeEvery = 5
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(devices, fs.urls)
 	var trace bytes.Buffer
 	cfg.Trace = &trace
 	began := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
+	s, err := runBounded(cfg)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
@@ -136,13 +131,9 @@ func TestRunTraceWriteError(t *testing.T) {
 	}
 	const devices, iterations = 3, 3
 	fs := newFLServer(t, 1, devices, iterations, model.New(l))
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Mode = ModeLoad
-	cfg.Device = fastDevice()
+	cfg := loadConfig(devices, fs.urls)
 	cfg.Trace = &failingWriter{n: 100}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
+	s, err := runBounded(cfg)
 	if err == nil || !strings.Contains(err.Error(), "cannot write the trace: disk full") {
 		t.Fatalf("Run: %v, want the trace's write error", err)
 	}

@@ -268,7 +268,7 @@ func Run(ctx context.Context, cfg Config) (*Summary, error) {
 		evalNext: -1 << 31,
 	}
 	if cfg.Trace != nil {
-		r.trace = newTracer(cfg.Trace, cfg.Servers)
+		r.trace = newTracer(cfg.Trace)
 	}
 
 	// Build the devices before starting any goroutine, so a bad option

@@ -40,17 +40,15 @@ type TraceLine struct {
 // tracer writes the trace lines of a run's devices, one at a time. After a
 // write error it writes nothing more and keeps the error for Run.
 type tracer struct {
-	servers []string
-
 	mu  sync.Mutex
 	w   *bufio.Writer
 	enc *json.Encoder
 	err error
 }
 
-func newTracer(w io.Writer, servers []string) *tracer {
+func newTracer(w io.Writer) *tracer {
 	bw := bufio.NewWriterSize(w, 64<<10)
-	return &tracer{servers: servers, w: bw, enc: json.NewEncoder(bw)}
+	return &tracer{w: bw, enc: json.NewEncoder(bw)}
 }
 
 func (t *tracer) record(d *simDevice, ob *device.Observation) {
@@ -66,8 +64,8 @@ func (t *tracer) record(d *simDevice, ob *device.Observation) {
 		Sent:      ob.Sent,
 		Received:  ob.Received,
 	}
-	if ob.Server >= 0 && ob.Server < len(t.servers) {
-		l.Server = t.servers[ob.Server]
+	if servers := d.r.cfg.Servers; ob.Server >= 0 && ob.Server < len(servers) {
+		l.Server = servers[ob.Server]
 	}
 	switch ob.Outcome {
 	case device.OutcomeRetcode:

@@ -24,6 +24,9 @@ import (
 // for: the 10M-parameter model and 1,024 devices.
 const heavyEnv = "FEDCLUSTER_BENCH_HEAVY"
 
+// fullModelsEnv set to 1 turns the devices' ReuseModel off.
+const fullModelsEnv = "FEDCLUSTER_BENCH_FULL_MODELS"
+
 type cycleModel struct {
 	name   string
 	floats int // 0: the servers' built-in LeNet-5
@@ -192,6 +195,10 @@ func runDeviceCycle(b *testing.B, m cycleModel, servers, devices int) {
 	// Hundreds of 40 MB uploads at once take minutes to read on 2 cores:
 	// let a device be turned away many times before it gives up.
 	cfg.Device.MaxAttempts = 100
+	// The SDK's devices name the model their getModel brought, and the
+	// servers leave it out of startFLJob; FEDCLUSTER_BENCH_FULL_MODELS=1
+	// measures MindSpore's clients' cycle, which downloads it twice.
+	cfg.Device.ReuseModel = os.Getenv(fullModelsEnv) != "1"
 	var ru0 syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	devCPU0 := time.Duration(ru0.Utime.Nano() + ru0.Stime.Nano())

@@ -32,6 +32,7 @@ func runDevices(name string, args []string) int {
 	prefix := fs.String("http_url_prefix", "", "the servers' http_url_prefix")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
 	tracePath := fs.String("trace", "", "write one JSON line per HTTP exchange of every device to this file")
+	fullModels := fs.Bool("full_models", false, "download the model in every startFLJob answer, as MindSpore's clients do, instead of reusing the one getModel brought")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -52,6 +53,7 @@ func runDevices(name string, args []string) int {
 		cfg.Mode = sim.ModeLoad
 	}
 	cfg.IID, cfg.Seed, cfg.ShardSize, cfg.EvalSize, cfg.DataSize, cfg.URLPrefix = !*nonIID, *seed, *shard, *evalSize, int32(*dataSize), *prefix
+	cfg.Device.ReuseModel = !*fullModels
 	var trace *os.File
 	if *tracePath != "" {
 		if trace, err = os.Create(*tracePath); err != nil {

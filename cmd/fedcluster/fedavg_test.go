@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -38,6 +39,10 @@ type testDevice struct {
 	// pinned sends every request to server; else each goes to a random one.
 	pinned bool
 	server int
+	// held, when set, is sent with startFLJob as the checksum of the
+	// model the device holds (flmsg.HeaderHeldModel), heldModel's.
+	held      string
+	heldModel []float32
 }
 
 // lenetDevice is one LeNet device with 10 samples.
@@ -46,23 +51,37 @@ func lenetDevice(t *testing.T, c *local.Cluster, id string) *testDevice {
 }
 
 func (d *testDevice) post(path string, body []byte) []byte {
+	out, _ := d.postHeld(path, body, "")
+	return out
+}
+
+// postHeld posts body with held as flmsg.HeaderHeldModel (when set) and
+// returns the answer and its flmsg.HeaderModelSHA256.
+func (d *testDevice) postHeld(path string, body []byte, held string) ([]byte, string) {
 	server := d.server
 	if !d.pinned {
 		server = d.rng.IntN(len(d.c.ServerPorts))
 	}
-	url := d.c.ServerURL(server) + path
-	resp, err := http.Post(url, "application/octet-stream", bytes.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, d.c.ServerURL(server)+path, bytes.NewReader(body))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if held != "" {
+		req.Header.Set(flmsg.HeaderHeldModel, held)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		d.t.Errorf("device %s: POST %s: %v", d.id, path, err)
-		return nil
+		return nil, ""
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
 		d.t.Errorf("device %s: POST %s: HTTP %d %s", d.id, path, resp.StatusCode, out)
-		return nil
+		return nil, ""
 	}
-	return out
+	return out, resp.Header.Get(flmsg.HeaderModelSHA256)
 }
 
 func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
@@ -70,16 +89,27 @@ func now() string { return strconv.FormatInt(time.Now().UnixMilli(), 10) }
 // round runs startFLJob and updateModel for iteration it and returns the
 // model it received and the values it uploaded.
 func (d *testDevice) round(it int32) (got, upload []float32) {
-	body := d.post("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: d.id, DataSize: d.size, Timestamp: now()}))
+	body, sum := d.postHeld("/startFLJob", flmsg.BuildRequestFLJob(d.b, &flmsg.FLJobArgs{FLName: "LeNet", FLID: d.id, DataSize: d.size, Timestamp: now()}), d.held)
 	r, err := flmsg.DecodeResponseFLJob(body)
 	if err != nil || r.Retcode != flmsg.Succeed || r.Iteration != it || !r.IsSelected {
 		d.t.Errorf("device %s: startFLJob in iteration %d: %+v %v", d.id, it, r, err)
 		return nil, nil
 	}
 	m := model.New(d.layout)
-	if n, err := r.FeatureMaps.CopyTo(m); err != nil || n != len(m.Layout.Params) {
-		d.t.Errorf("device %s: served model has %d params: %v", d.id, n, err)
+	switch {
+	case r.FeatureMaps.Len() == 0 && d.heldModel != nil && sum == d.held:
+		copy(m.Data, d.heldModel)
+	case d.heldModel != nil:
+		d.t.Errorf("device %s: startFLJob in iteration %d sent the model (%d tensors, checksum %q) the device holds (%q)", d.id, it, r.FeatureMaps.Len(), sum, d.held)
 		return nil, nil
+	default:
+		if n, err := r.FeatureMaps.CopyTo(m); err != nil || n != len(m.Layout.Params) {
+			d.t.Errorf("device %s: served model has %d params: %v", d.id, n, err)
+			return nil, nil
+		}
+		if sum != m.SHA256() {
+			d.t.Errorf("device %s: startFLJob's model checksum %q, want %q", d.id, sum, m.SHA256())
+		}
 	}
 	got = append([]float32(nil), m.Data...)
 	// "Train": move every weight a little, then upload weight × data_size.
@@ -99,7 +129,7 @@ func (d *testDevice) round(it int32) (got, upload []float32) {
 // 30 s (a server holds each poll up to get_model_wait).
 func (d *testDevice) getModel(it int32) []float32 {
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		body := d.post("/getModel", flmsg.BuildRequestGetModel(d.b, &flmsg.GetModelArgs{FLName: "LeNet", Iteration: it, Timestamp: now()}))
+		body, sum := d.postHeld("/getModel", flmsg.BuildRequestGetModel(d.b, &flmsg.GetModelArgs{FLName: "LeNet", Iteration: it, Timestamp: now()}), "")
 		r, err := flmsg.DecodeResponseGetModel(body)
 		if err != nil {
 			d.t.Errorf("getModel: %v", err)
@@ -115,6 +145,9 @@ func (d *testDevice) getModel(it int32) []float32 {
 		}
 		m := model.New(d.layout)
 		r.FeatureMaps.CopyTo(m)
+		if sum != m.SHA256() {
+			d.t.Errorf("getModel(%d): model checksum %q, want %q", it, sum, m.SHA256())
+		}
 		return m.Data
 	}
 	d.t.Errorf("getModel(%d) never ready", it)
@@ -124,7 +157,10 @@ func (d *testDevice) getModel(it int32) []float32 {
 // TestFedAvgAcrossServers: 16 devices that pick a random server for every
 // request train 5 iterations through 4 servers; each iteration's model is
 // the float64 FedAvg of what was uploaded, identical on every server, and
-// checkpointed.
+// checkpointed. Every answer carrying a model gives its checksum; half the
+// devices name the model their getModel brought, and whatever server they
+// ask leaves it out of startFLJob; one names a model no server has and
+// gets it.
 func TestFedAvgAcrossServers(t *testing.T) {
 	fedAvgRun(t, 4, 16, 5, model.LeNet5Layout(), "")
 }
@@ -166,6 +202,9 @@ func fedAvgRun(t *testing.T, servers, devices, iterations int, layout *model.Lay
 	for i := range devs {
 		devs[i] = &testDevice{t: t, c: c, layout: layout, id: fmt.Sprintf("dev-%d", i), size: int32(10 + 7*i), rng: rand.New(rand.NewPCG(uint64(i), 42)), b: flatbuffers.NewBuilder(0)}
 	}
+	// Odd devices hold the model their getModel brings; device 0 names a
+	// model no server has.
+	devs[0].held = strings.Repeat("0", 64)
 	var prev []float32
 	for it := int32(1); it <= int32(iterations); it++ {
 		uploads := make([][]float32, devices)
@@ -190,6 +229,12 @@ func fedAvgRun(t *testing.T, servers, devices, iterations int, layout *model.Lay
 		got := devs[0].getModel(it)
 		if rel := fedAvgError(got, uploads, devs); rel > 1e-6 || math.IsNaN(rel) {
 			t.Fatalf("iteration %d: model differs from the float64 FedAvg by %g (relative)", it, rel)
+		}
+		if it < int32(iterations) {
+			for i := 1; i < len(devs); i += 2 {
+				devs[i].heldModel = devs[i].getModel(it)
+				devs[i].held = (&model.Model{Layout: layout, Data: devs[i].heldModel}).SHA256()
+			}
 		}
 		prev = got
 	}

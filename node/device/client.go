@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"hash/maphash"
 	"io"
 	"math/rand/v2"
 	"strconv"
@@ -54,6 +55,14 @@ type Client struct {
 
 	// The last model a server served (startFLJob or getModel).
 	model *model.Model
+	// held is the checksum (flmsg.HeaderModelSHA256) of the last model a
+	// server served, heldHash the hash of model's bytes right after: a
+	// model changed since (trained, scaled) no longer matches it and is
+	// not named (Options.ReuseModel). named is what the startFLJob being
+	// sent names.
+	held     string
+	heldHash uint64
+	named    string
 
 	// avoidUntil[i] is when server i, which failed in transport or answered
 	// safemode, may be picked again while others are available: a load
@@ -133,10 +142,18 @@ func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
 	if err != nil {
 		return StartResult{}, c.badAnswer(err)
 	}
-	if r.Retcode == flmsg.Succeed && c.o.LoadBlock == nil {
-		if err := c.adopt(r.FeatureMaps); err != nil {
-			return StartResult{}, c.badAnswer(err)
+	if r.Retcode == flmsg.Succeed {
+		sum := c.resp.Header.Peek(flmsg.HeaderModelSHA256)
+		switch {
+		case c.o.LoadBlock != nil:
+		case r.FeatureMaps.Len() == 0 && c.named != "" && string(sum) == c.named:
+			// Left out: the device holds the model, unchanged.
+		default:
+			if err := c.adopt(r.FeatureMaps); err != nil {
+				return StartResult{}, c.badAnswer(err)
+			}
 		}
+		c.remember(sum)
 	}
 	res := StartResult{
 		Retcode:     r.Retcode,
@@ -219,10 +236,13 @@ func (c *Client) GetModel(ctx context.Context, iteration int32) (GetResult, erro
 	if err != nil {
 		return GetResult{}, c.badAnswer(err)
 	}
-	if r.Retcode == flmsg.Succeed && c.o.LoadBlock == nil {
-		if err := c.adopt(r.FeatureMaps); err != nil {
-			return GetResult{}, c.badAnswer(err)
+	if r.Retcode == flmsg.Succeed {
+		if c.o.LoadBlock == nil {
+			if err := c.adopt(r.FeatureMaps); err != nil {
+				return GetResult{}, c.badAnswer(err)
+			}
 		}
+		c.remember(c.resp.Header.Peek(flmsg.HeaderModelSHA256))
 	}
 	res := GetResult{Retcode: r.Retcode, Reason: r.Reason, Iteration: r.Iteration, NextReqTime: parseMillis(r.Timestamp)}
 	c.emit(r.Retcode, r.Reason, res.NextReqTime)
@@ -419,8 +439,13 @@ func (c *Client) build(ep Endpoint) (body []byte, tail *flmsg.ModelBlock) {
 	c.ts = strconv.AppendInt(c.ts[:0], time.Now().UnixMilli(), 10)
 	// The builders copy the string at once, so it may alias c.ts.
 	ts := unsafe.String(unsafe.SliceData(c.ts), len(c.ts))
+	c.named = ""
+	c.req.Header.Del(flmsg.HeaderHeldModel)
 	switch ep {
 	case EndpointStartFLJob:
+		if c.named = c.heldSum(); c.named != "" {
+			c.req.Header.Set(flmsg.HeaderHeldModel, c.named)
+		}
 		return flmsg.BuildRequestFLJob(c.b, &flmsg.FLJobArgs{
 			FLName: c.o.FLName, FLID: c.o.FLID, Iteration: c.iteration, DataSize: c.o.DataSize, Timestamp: ts,
 		}), nil
@@ -440,6 +465,46 @@ func (c *Client) build(ep Endpoint) (body []byte, tail *flmsg.ModelBlock) {
 		}), nil
 	}
 	panic("BUG: unknown endpoint " + ep.String())
+}
+
+// heldSeed seeds the hashes that tell a held model unchanged.
+var heldSeed = maphash.MakeSeed()
+
+// remember notes sum, the checksum a server gave for the model it has just
+// served (or left out as held), as held: an answer without a well-formed
+// one forgets the held model.
+func (c *Client) remember(sum []byte) {
+	c.held = ""
+	if !c.o.ReuseModel || !validSum(sum) {
+		return
+	}
+	c.held = string(sum)
+	if c.o.LoadBlock == nil {
+		c.heldHash = maphash.Bytes(heldSeed, model.FloatBytes(c.model.Data))
+	}
+}
+
+// heldSum is the checksum startFLJob names: held, while the model is what
+// the server served. A load generator holds no model: it names the last
+// one served.
+func (c *Client) heldSum() string {
+	if c.held == "" || c.o.LoadBlock == nil && maphash.Bytes(heldSeed, model.FloatBytes(c.model.Data)) != c.heldHash {
+		return ""
+	}
+	return c.held
+}
+
+// validSum reports whether s is a hex SHA-256 as servers write it.
+func validSum(s []byte) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, b := range s {
+		if (b < '0' || b > '9') && (b < 'a' || b > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // adopt copies a served model into c.model, taking its layout from it when

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -579,5 +580,88 @@ func TestLoadGenerator(t *testing.T) {
 	o.LoadBlock = new(flmsg.ModelBlock)
 	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "LoadBlock") {
 		t.Fatalf("an empty LoadBlock validated: %v", err)
+	}
+}
+
+// With ReuseModel, startFLJob names the model the last getModel served, a
+// server may leave it out, and the device trains the one it holds; a
+// model changed since is not named, and an answer without a model that
+// does not confirm the named one is not trusted.
+func TestReuseModel(t *testing.T) {
+	held2 := testModel(102).SHA256() // getOK(2)'s model
+	run := func(reuse bool, script ...step) (*fakeCluster, []float32, error) {
+		t.Helper()
+		fc := newFakeCluster(t, 1, script...)
+		o := fastOptions(fc.urls)
+		o.ReuseModel = reuse
+		c, err := New(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var trained []float32 // the first weight each iteration trained from
+		trainer := TrainerFunc(func(ctx context.Context, job *Job) (float32, error) {
+			trained = append(trained, job.Model.Data[0])
+			return addOne(ctx, job)
+		})
+		for range 3 {
+			if _, err := c.RunIteration(context.Background(), trainer); err != nil {
+				return fc, trained, err
+			}
+		}
+		return fc, trained, nil
+	}
+	helds := func(fc *fakeCluster) []string {
+		var out []string
+		for _, r := range fc.requests() {
+			if r.ep == "startFLJob" {
+				out = append(out, r.held)
+			}
+		}
+		return out
+	}
+
+	// Iteration 2 leaves the model out; iteration 3's server sends it
+	// anyway, as one ignoring the header would.
+	fc, trained, err := run(true,
+		summed(startOK(1), testModel(1)), updateOK(), summed(getOK(1), testModel(101)),
+		startHeld(2, testModel(101).SHA256()), updateOK(), summed(getOK(2), testModel(102)),
+		summed(startOK(3), testModel(3)), updateOK(), summed(getOK(3), testModel(103)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := helds(fc); !slices.Equal(got, []string{"", testModel(101).SHA256(), held2}) {
+		t.Fatalf("startFLJob named %q", got)
+	}
+	if !slices.Equal(trained, []float32{1, 101, 3}) {
+		t.Fatalf("trained from %v, want the served, the held, the served model", trained)
+	}
+	if r := fc.requests()[4]; r.ep != "updateModel" || r.first != (101+1)*4 {
+		t.Fatalf("update of iteration 2: %+v, want the held model trained and × data size", r)
+	}
+
+	// Off, nothing is named.
+	fc, _, err = run(false,
+		summed(startOK(1), testModel(1)), updateOK(), summed(getOK(1), testModel(101)),
+		summed(startOK(2), testModel(2)), updateOK(), summed(getOK(2), testModel(102)),
+		summed(startOK(3), testModel(3)), updateOK(), summed(getOK(3), testModel(103)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := helds(fc); !slices.Equal(got, []string{"", "", ""}) {
+		t.Fatalf("startFLJob named %q with ReuseModel off", got)
+	}
+
+	// Trained in place, then turned away: the changed model is not named.
+	fc, _, _ = run(true, summed(startOK(1), testModel(1)), updateCode(flmsg.OutOfTime, time.Millisecond), summed(startOK(1), testModel(1)))
+	if got := helds(fc); len(got) < 2 || got[1] != "" {
+		t.Fatalf("startFLJob after training named %q", got)
+	}
+
+	// No model and no confirmation, or another checksum: a bad answer.
+	for _, sum := range []string{"", held2} {
+		_, _, err = run(true, summed(startOK(1), testModel(1)), updateOK(), summed(getOK(1), testModel(101)), startHeld(2, sum))
+		if !errors.Is(err, ErrBadResponse) {
+			t.Fatalf("an answer without the model confirming %q: %v, want ErrBadResponse", sum, err)
+		}
 	}
 }

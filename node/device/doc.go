@@ -17,6 +17,18 @@
 // host:port list) at URL base + http_url_prefix + "/" + round. Each carries
 // a timestamp in epoch milliseconds as decimal text.
 //
+// # Downloading the model once per iteration
+//
+// With Options.ReuseModel (on in DefaultOptions), startFLJob names the
+// model the device holds in the header Fedcluster-Held-Model-Sha256: the
+// checksum a server gave with the last model it served this device
+// (Fedcluster-Model-Sha256), while the device's copy is unchanged. A
+// fedcluster server that would serve that very model leaves it out of its
+// answer, so a device in consecutive iterations trains the model its last
+// getModel brought instead of downloading it again. An answer without the
+// model that does not confirm the named checksum is a bad answer. Other
+// servers ignore the header and send the model.
+//
 // # Reactions and bounds
 //
 // The client never spins: every wait is a timer and every retry has a

@@ -24,6 +24,7 @@ type step struct {
 	status int           // HTTP status; 0 means 200
 	body   func() []byte // built when served
 	hangup bool          // close the connection without answering
+	header map[string]string
 }
 
 // request is what the fake server saw.
@@ -35,6 +36,7 @@ type request struct {
 	iter     int32
 	ts       string
 	first    float32 // first uploaded float (updateModel)
+	held     string  // flmsg.HeaderHeldModel
 }
 
 // fakeCluster is a set of HTTP servers sharing one script: each request,
@@ -75,7 +77,7 @@ func (fc *fakeCluster) serve(server int, w http.ResponseWriter, r *http.Request)
 		return
 	}
 	ep := r.URL.Path[strings.LastIndexByte(r.URL.Path, '/')+1:]
-	rq := request{server: server, ep: ep}
+	rq := request{server: server, ep: ep, held: r.Header.Get(flmsg.HeaderHeldModel)}
 	switch ep {
 	case "startFLJob":
 		q, err := flmsg.DecodeRequestFLJob(body)
@@ -126,6 +128,9 @@ func (fc *fakeCluster) serve(server int, w http.ResponseWriter, r *http.Request)
 	}
 	if st.ep != "" && st.ep != ep {
 		fc.t.Errorf("request %d: got %s, the script expects %s", len(fc.reqs), ep, st.ep)
+	}
+	for k, v := range st.header {
+		w.Header().Set(k, v)
 	}
 	if st.status != 0 {
 		w.WriteHeader(st.status)
@@ -225,6 +230,23 @@ func getCode(code int32, iter int32) step {
 
 func getOK(iter int32) step       { return getCode(flmsg.Succeed, iter) }
 func getNotReady(iter int32) step { return getCode(flmsg.SucNotReady, iter) }
+
+// summed sends st with m's checksum, as fedcluster servers do.
+func summed(st step, m *model.Model) step {
+	st.header = map[string]string{flmsg.HeaderModelSHA256: m.SHA256()}
+	return st
+}
+
+// startHeld answers startFLJob of iter without the model, confirming sum.
+func startHeld(iter int32, sum string) step {
+	return step{ep: "startFLJob", header: map[string]string{flmsg.HeaderModelSHA256: sum}, body: func() []byte {
+		plan := testPlan
+		return flmsg.BuildResponseFLJob(flatbuffers.NewBuilder(0), &flmsg.FLJobReply{
+			Retcode: flmsg.Succeed, Reason: flmsg.ReasonStartFLJobSuccess, Iteration: iter, IsSelected: true,
+			NextReqTime: millisFromNow(time.Second), Plan: &plan,
+		})
+	}}
+}
 
 func text(s string) func() []byte { return func() []byte { return []byte(s) } }
 

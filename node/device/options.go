@@ -88,6 +88,16 @@ type Options struct {
 	// Model() stays nil and a Trainer gets a nil Job.Model.
 	LoadBlock *flmsg.ModelBlock
 
+	// ReuseModel makes startFLJob name the model the device holds
+	// (flmsg.HeaderHeldModel), the one the last getModel or startFLJob
+	// served it, unchanged since: a server that would serve that very
+	// model leaves it out of its answer, and the device trains the one it
+	// holds. A device that takes part in consecutive iterations then
+	// downloads the model once per iteration instead of twice. A load
+	// generator names the last model served. Off, every startFLJob
+	// answer carries the model, as with MindSpore's clients.
+	ReuseModel bool
+
 	// Observe, when set, is called after every HTTP exchange (including
 	// failed attempts) from the goroutine that made it. It must be cheap
 	// and safe for concurrent use when devices share it.
@@ -99,9 +109,10 @@ type Options struct {
 }
 
 // DefaultOptions returns the options MindSpore's clients behave like, with
-// bounds on every retry.
+// bounds on every retry, and ReuseModel on.
 func DefaultOptions() Options {
 	return Options{
+		ReuseModel:       true,
 		FLName:           "fl_test_job",
 		DataSize:         32,
 		RequestTimeout:   30 * time.Second,

@@ -809,6 +809,22 @@ func (s *Store) Latest() (uint64, *model.Model) {
 	return s.latest, s.models[s.latest]
 }
 
+// LatestSum is Latest with the model's checksum (Sum), read together: the
+// checksum is the one of the model returned.
+func (s *Store) LatestSum() (uint64, *model.Model, string) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.latest, s.models[s.latest], s.sums[s.latest]
+}
+
+// GetSum is Get with the model's checksum (Sum), read together.
+func (s *Store) GetSum(iter uint64) (*model.Model, string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	m, ok := s.models[iter]
+	return m, s.sums[iter], ok
+}
+
 // Sum returns the hex SHA-256 (model.Model.SHA256) of iteration iter's
 // model, computed once by Put or verified at recovery: use it rather than
 // hashing the model again (about 50 ms for 10M floats).

@@ -100,6 +100,15 @@ func TestPutGetEvict(t *testing.T) {
 		if sum, ok := s.Sum(i); !ok || sum != m.SHA256() {
 			t.Fatalf("sum of %d", i)
 		}
+		if it, got, sum := s.LatestSum(); it != i || got != m || sum != m.SHA256() {
+			t.Fatalf("LatestSum: %d %q", it, sum)
+		}
+		if got, sum, ok := s.GetSum(i); !ok || got != m || sum != m.SHA256() {
+			t.Fatalf("GetSum(%d): %v %q", i, ok, sum)
+		}
+	}
+	if _, _, ok := s.GetSum(2); ok {
+		t.Fatal("GetSum of an evicted iteration")
 	}
 	if got := checkpoints(t, fsys); got != "lenet_iteration_3.safetensors lenet_iteration_4.safetensors lenet_iteration_5.safetensors" {
 		t.Fatalf("files %q", got)

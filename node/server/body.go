@@ -219,7 +219,7 @@ func readBody(ctx *fasthttp.RequestCtx, dst []byte, max int) ([]byte, error) {
 // respKey identifies a response that is the same for every device asking
 // while the key holds.
 type respKey struct {
-	kind        uint8 // 1 startFLJob, 2 getModel
+	kind        uint8 // 1 startFLJob, 2 getModel, 3 startFLJob without the model
 	iteration   uint64
 	modelIter   uint64
 	nextReqTime int64

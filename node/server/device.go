@@ -193,7 +193,7 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 		s.refuse(ctx, "startFLJob", "safemode", flmsg.BodySafemode)
 		return
 	}
-	it, m := s.plane.store.Latest()
+	it, m, sum := s.plane.store.LatestSum()
 	if it+1 < a.Iteration {
 		// This server lacks the model the iteration starts from (it could
 		// not fetch it): the device is better served elsewhere.
@@ -207,20 +207,34 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	pl := st.plan
 	key := respKey{kind: 1, iteration: a.Iteration, modelIter: it, nextReqTime: a.NextReqTime,
 		plan: [4]float64{float64(pl.FLIterationNum), float64(pl.ClientEpochNum), float64(pl.ClientBatchSize), pl.ClientLearningRate}}
+	build := func(block *flmsg.ModelBlock) func(b *flatbuffers.Builder) []byte {
+		return func(b *flatbuffers.Builder) []byte {
+			return flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
+				Retcode:     flmsg.Succeed,
+				Reason:      flmsg.ReasonStartFLJobSuccess,
+				Iteration:   int32(a.Iteration),
+				IsSelected:  true,
+				NextReqTime: s.nextReq(a.NextReqTime),
+				Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(pl.FLIterationNum),
+					Epochs: int32(pl.ClientEpochNum), MiniBatch: int32(pl.ClientBatchSize), LR: float32(pl.ClientLearningRate)},
+				Block: block,
+				Split: block != nil,
+			})
+		}
+	}
+	if sum != "" {
+		ctx.Response.Header.Set(flmsg.HeaderModelSHA256, sum)
+		if held := ctx.Request.Header.Peek(flmsg.HeaderHeldModel); string(held) == sum {
+			// The device holds this very model (it got it from getModel
+			// last iteration): the answer leaves it out.
+			s.metrics.modelsHeld.Inc()
+			key.kind = 3
+			ctx.Response.SetBodyRaw(s.heldCache.get(key, nil, build(nil)))
+			return
+		}
+	}
 	block := s.blocks.get(m)
-	serveSplit(ctx, s.startCache.get(key, block, func(b *flatbuffers.Builder) []byte {
-		return flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
-			Retcode:     flmsg.Succeed,
-			Reason:      flmsg.ReasonStartFLJobSuccess,
-			Iteration:   int32(a.Iteration),
-			IsSelected:  true,
-			NextReqTime: s.nextReq(a.NextReqTime),
-			Plan: &flmsg.Plan{ServerMode: s.cfg.FL.ServerMode, FLName: s.cfg.FL.FLName, Iterations: int32(pl.FLIterationNum),
-				Epochs: int32(pl.ClientEpochNum), MiniBatch: int32(pl.ClientBatchSize), LR: float32(pl.ClientLearningRate)},
-			Block: block,
-			Split: true,
-		})
-	}), block)
+	serveSplit(ctx, s.startCache.get(key, block, build(block)), block)
 }
 
 // bodyError answers a body that could not be read.
@@ -430,11 +444,14 @@ func (s *Server) getModel(ctx *fasthttp.RequestCtx) {
 			Iteration: int32(st.iteration), Timestamp: s.nextReq(st.nextReqTime)}))
 		return
 	}
-	it, m := s.plane.store.Latest()
-	if got, ok := s.plane.store.Get(want); ok && req.Iteration >= 0 {
-		it, m = want, got
+	it, m, sum := s.plane.store.LatestSum()
+	if got, gotSum, ok := s.plane.store.GetSum(want); ok && req.Iteration >= 0 {
+		it, m, sum = want, got, gotSum
 	}
 	s.count("getModel", "succeed")
+	if sum != "" {
+		ctx.Response.Header.Set(flmsg.HeaderModelSHA256, sum)
+	}
 	key := respKey{kind: 2, iteration: st.iteration, modelIter: it, nextReqTime: st.nextReqTime}
 	block := s.blocks.get(m)
 	serveSplit(ctx, s.getCache.get(key, block, func(b *flatbuffers.Builder) []byte {

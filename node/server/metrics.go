@@ -16,6 +16,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	registrations prometheus.Counter
+	modelsHeld    prometheus.Counter
 	handler       fasthttp.RequestHandler
 }
 
@@ -28,12 +29,14 @@ func newMetrics(s *Server) *metrics {
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}, []string{"endpoint"}),
 		registrations: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_registrations_total",
 			Help: "Registrations with the scheduler; each after the first follows a lost link (scheduler restart, partition).", ConstLabels: labels}),
+		modelsHeld: prometheus.NewCounter(prometheus.CounterOpts{Name: "fedcluster_start_model_held_total",
+			Help: "startFLJob answers sent without the model because the device holds it (Fedcluster-Held-Model-Sha256).", ConstLabels: labels}),
 	}
 	iteration := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedcluster_iteration", Help: "Iteration the server serves.", ConstLabels: labels},
 		func() float64 { return float64(s.plane.state().iteration) })
 	modelIter := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "fedcluster_model_iteration", Help: "Iteration of the latest stored model.", ConstLabels: labels},
 		func() float64 { it, _ := s.plane.store.Latest(); return float64(it) })
-	reg.MustRegister(m.requests, m.latency, m.registrations, iteration, modelIter, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(m.requests, m.latency, m.registrations, m.modelsHeld, iteration, modelIter, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return m
 }

@@ -45,9 +45,11 @@ type Server struct {
 	metrics *metrics
 	uploads *uploads
 	// startCache and getCache hold the heads of the answers every device
-	// gets, blocks the model they carry.
+	// gets, blocks the model they carry; heldCache the whole startFLJob
+	// answer to a device that holds the model (flmsg.HeaderHeldModel).
 	startCache respCache
 	getCache   respCache
+	heldCache  respCache
 	blocks     blockCache
 	// warned limits the warnings a device request may trigger.
 	warned requestWarnings

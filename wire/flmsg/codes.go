@@ -25,6 +25,21 @@ const (
 	BodyJobNotReady = "The server's training job is not ready." // ≈r1.7
 )
 
+// HTTP headers of fedcluster's one extension to the protocol, which spares
+// a device that took part in the previous iteration a second download of
+// the model it already holds. Every SUCCEED answer of startFLJob and
+// getModel carries HeaderModelSHA256: the hex SHA-256 of the model's
+// weights as little-endian float32s (the checksum /status and the
+// checkpoints show). A startFLJob request that carries HeaderHeldModel
+// with the checksum of the model the server would serve gets its answer
+// without feature_map, and that checksum in HeaderModelSHA256: the device
+// trains the model it holds, bit for bit the one it would have been sent.
+// Clients that send no such header (MindSpore's) always get the model.
+const (
+	HeaderModelSHA256 = "Fedcluster-Model-Sha256"
+	HeaderHeldModel   = "Fedcluster-Held-Model-Sha256"
+)
+
 // Literal success reasons of the rounds.
 const (
 	ReasonStartFLJobSuccess  = "success"

@@ -143,7 +143,7 @@ func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
 		return StartResult{}, c.badAnswer(err)
 	}
 	if r.Retcode == flmsg.Succeed {
-		sum := c.resp.Header.Peek(flmsg.HeaderModelSHA256)
+		sum := c.modelSum()
 		switch {
 		case c.o.LoadBlock != nil:
 		case r.FeatureMaps.Len() == 0 && c.named != "" && string(sum) == c.named:
@@ -242,7 +242,7 @@ func (c *Client) GetModel(ctx context.Context, iteration int32) (GetResult, erro
 				return GetResult{}, c.badAnswer(err)
 			}
 		}
-		c.remember(c.resp.Header.Peek(flmsg.HeaderModelSHA256))
+		c.remember(c.modelSum())
 	}
 	res := GetResult{Retcode: r.Retcode, Reason: r.Reason, Iteration: r.Iteration, NextReqTime: parseMillis(r.Timestamp)}
 	c.emit(r.Retcode, r.Reason, res.NextReqTime)
@@ -492,6 +492,20 @@ func (c *Client) heldSum() string {
 		return ""
 	}
 	return c.held
+}
+
+// headerModelSHA256Lower is flmsg.HeaderModelSHA256 as a proxy speaking
+// HTTP/2 to the server passes it on.
+const headerModelSHA256Lower = "fedcluster-model-sha256"
+
+// modelSum is the last answer's flmsg.HeaderModelSHA256: the client keeps
+// header names as they come (NewHTTPClient), so both spellings are looked
+// up.
+func (c *Client) modelSum() []byte {
+	if v := c.resp.Header.Peek(flmsg.HeaderModelSHA256); v != nil {
+		return v
+	}
+	return c.resp.Header.Peek(headerModelSHA256Lower)
 }
 
 // validSum reports whether s is a hex SHA-256 as servers write it.

@@ -639,6 +639,20 @@ func TestReuseModel(t *testing.T) {
 		t.Fatalf("update of iteration 2: %+v, want the held model trained and × data size", r)
 	}
 
+	// A proxy lowercased the header names.
+	lower := func(st step) step {
+		for k, v := range st.header {
+			st.header = map[string]string{strings.ToLower(k): v}
+		}
+		return st
+	}
+	fc, trained, err = run(true,
+		lower(summed(startOK(1), testModel(1))), updateOK(), lower(summed(getOK(1), testModel(101))),
+		lower(startHeld(2, testModel(101).SHA256())), updateOK(), lower(summed(getOK(2), testModel(102))))
+	if got := helds(fc); !errors.Is(err, ErrJobFinished) || len(got) < 2 || got[1] != testModel(101).SHA256() || !slices.Equal(trained, []float32{1, 101}) {
+		t.Fatalf("lowercased headers: named %q, trained from %v, %v", got, trained, err)
+	}
+
 	// Off, nothing is named.
 	fc, _, err = run(false,
 		summed(startOK(1), testModel(1)), updateOK(), summed(getOK(1), testModel(101)),

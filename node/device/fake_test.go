@@ -130,7 +130,7 @@ func (fc *fakeCluster) serve(server int, w http.ResponseWriter, r *http.Request)
 		fc.t.Errorf("request %d: got %s, the script expects %s", len(fc.reqs), ep, st.ep)
 	}
 	for k, v := range st.header {
-		w.Header().Set(k, v)
+		w.Header()[k] = []string{v} // as spelled
 	}
 	if st.status != 0 {
 		w.WriteHeader(st.status)

@@ -52,6 +52,12 @@ type flServer struct {
 	base     int32
 	noStatus bool
 
+	// reuse makes the server give the checksum of the models it serves
+	// and leave out of startFLJob the one a device names;
+	// leftOut counts those answers.
+	reuse   bool
+	leftOut int
+
 	requests  int
 	iter      int32
 	admitted  map[string]int32
@@ -148,9 +154,18 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fs.admitted[id] = q.DataSize
+		served := fs.cur
+		if fs.reuse {
+			sum := served.SHA256()
+			w.Header().Set(flmsg.HeaderModelSHA256, sum)
+			if r.Header.Get(flmsg.HeaderHeldModel) == sum {
+				fs.leftOut++
+				served = nil
+			}
+		}
 		w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{
 			Retcode: flmsg.Succeed, Reason: flmsg.ReasonStartFLJobSuccess, Iteration: fs.iter, IsSelected: true,
-			NextReqTime: fs.next(time.Second), Model: fs.cur,
+			NextReqTime: fs.next(time.Second), Model: served,
 			Plan: &flmsg.Plan{ServerMode: "FEDERATED_LEARNING", FLName: "lenet", Iterations: fs.iterations, Epochs: 1, MiniBatch: 16, LR: 0.05},
 		}))
 	case "/updateModel":
@@ -202,6 +217,9 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			m = fs.cur
+		}
+		if fs.reuse {
+			w.Header().Set(flmsg.HeaderModelSHA256, m.SHA256())
 		}
 		w.Write(flmsg.BuildResponseGetModel(b, &flmsg.GetModelReply{Retcode: flmsg.Succeed, Reason: "Get model", Iteration: fs.iter, Model: m, Timestamp: fs.next(time.Second)}))
 	default:
@@ -285,6 +303,10 @@ func TestRunLoad(t *testing.T) {
 	// 210 floats × 4 bytes × data size... at least the floats per update.
 	if s.UploadBytes < devices*iterations*210*4 || s.UpdatesPerSec() <= 0 || s.UploadMBPerSec() <= 0 {
 		t.Errorf("upload %d bytes, %.1f updates/s", s.UploadBytes, s.UpdatesPerSec())
+	}
+	// Two models per device-iteration (this server leaves none out).
+	if s.DownloadBytes < 2*devices*iterations*210*4 || s.DownloadMBPerSec() <= 0 {
+		t.Errorf("download %d bytes", s.DownloadBytes)
 	}
 	// The average of equal random weights is those weights (×32/32).
 	if fs.cur.Data[0] == 0 {
@@ -434,12 +456,16 @@ func TestRunWaitsOutADisabledJob(t *testing.T) {
 	}
 }
 
+// TestRunTrain trains 2 devices for 2 iterations against a server that
+// leaves out of startFLJob the model a device holds: each device
+// downloads 3 models, not 4.
 func TestRunTrain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("trains LeNet")
 	}
 	const devices, iterations = 2, 2
 	fs := newFLServer(t, 1, devices, iterations, model.InitLeNet5(1))
+	fs.reuse = true
 	cfg := DefaultConfig(devices, fs.urls)
 	cfg.Device = fastDevice()
 	cfg.ShardSize = 64
@@ -460,6 +486,11 @@ func TestRunTrain(t *testing.T) {
 	}
 	if f, ok := s.Final(); !ok || f.Iteration != iterations {
 		t.Errorf("final %+v", f)
+	}
+	modelBytes := int64(4 * model.LeNet5Layout().Size)
+	if fs.leftOut != devices*(iterations-1) || s.DownloadBytes < 3*devices*modelBytes || s.DownloadBytes > 3*devices*modelBytes+devices*modelBytes/2 {
+		t.Errorf("%d startFLJob answers left the model out, %d bytes downloaded: want %d and 3 models (%d bytes) per device",
+			fs.leftOut, s.DownloadBytes, devices*(iterations-1), modelBytes)
 	}
 }
 

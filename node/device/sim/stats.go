@@ -144,8 +144,10 @@ func (h *histogram) quantile(q float64) time.Duration {
 type counters struct {
 	classes [device.NumEndpoints][NumClasses]atomic.Int64
 	latency [device.NumEndpoints]histogram
-	// sent counts the request bytes of answered updateModel requests.
-	uploaded atomic.Int64
+	// uploaded counts the request bytes of answered updateModel
+	// requests, downloaded the bytes of every answer with a retcode.
+	uploaded   atomic.Int64
+	downloaded atomic.Int64
 	// firstErr is the first failed exchange's error per endpoint: what
 	// the failure classes counted looked like.
 	firstErr [device.NumEndpoints]atomic.Pointer[string]
@@ -162,7 +164,10 @@ func (c *counters) observe(o device.Observation) {
 		msg := o.Err.Error()
 		c.firstErr[o.Endpoint].CompareAndSwap(nil, &msg)
 	}
-	if o.Endpoint == device.EndpointUpdateModel && o.Outcome == device.OutcomeRetcode {
-		c.uploaded.Add(int64(o.Sent))
+	if o.Outcome == device.OutcomeRetcode {
+		c.downloaded.Add(int64(o.Received))
+		if o.Endpoint == device.EndpointUpdateModel {
+			c.uploaded.Add(int64(o.Sent))
+		}
 	}
 }

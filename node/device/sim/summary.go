@@ -46,10 +46,13 @@ type Summary struct {
 	Endpoints  [device.NumEndpoints]EndpointStats
 	// DeviceIterations counts completed RunIterations, Updates the
 	// updateModel answers SUCCEED, UploadBytes the bytes of answered
-	// updateModel requests.
+	// updateModel requests, DownloadBytes those of every answer with a
+	// retcode (the served models, once per iteration where startFLJob
+	// leaves out the model the device holds).
 	DeviceIterations int64
 	Updates          int64
 	UploadBytes      int64
+	DownloadBytes    int64
 	// Finished counts the devices that stopped because the job finished:
 	// told so, or stopped by the run once another one was. DeviceErrors
 	// lists why the others stopped (context ends excluded).
@@ -73,6 +76,10 @@ func (s *Summary) UpdatesPerSec() float64 { return perSec(s.Updates, s.Elapsed) 
 // UploadMBPerSec is UploadBytes (in 10^6 bytes) over the run's wall time.
 func (s *Summary) UploadMBPerSec() float64 { return perSec(s.UploadBytes, s.Elapsed) / 1e6 }
 
+// DownloadMBPerSec is DownloadBytes (in 10^6 bytes) over the run's wall
+// time.
+func (s *Summary) DownloadMBPerSec() float64 { return perSec(s.DownloadBytes, s.Elapsed) / 1e6 }
+
 // Final returns the last evaluated iteration's row.
 func (s *Summary) Final() (IterationRow, bool) {
 	for i := len(s.Iterations) - 1; i >= 0; i-- {
@@ -92,6 +99,7 @@ func (r *run) summary() *Summary {
 		Elapsed:          time.Since(r.start),
 		DeviceIterations: r.devIters,
 		UploadBytes:      r.cnt.uploaded.Load(),
+		DownloadBytes:    r.cnt.downloaded.Load(),
 		Finished:         r.finished,
 		DeviceErrors:     slices.Clone(r.devErrs),
 	}
@@ -150,8 +158,8 @@ func (s *Summary) WriteText(w io.Writer) error {
 			fmt.Fprintf(&b, "first %s failure: %s\n", e.Endpoint, e.FirstError)
 		}
 	}
-	fmt.Fprintf(&b, "\ndevice-iterations/s %.1f, updates/s %.1f, uploaded %.2f MB/s\n",
-		s.DeviceIterationsPerSec(), s.UpdatesPerSec(), s.UploadMBPerSec())
+	fmt.Fprintf(&b, "\ndevice-iterations/s %.1f, updates/s %.1f, uploaded %.2f MB/s, downloaded %.2f MB/s\n",
+		s.DeviceIterationsPerSec(), s.UpdatesPerSec(), s.UploadMBPerSec(), s.DownloadMBPerSec())
 	if len(s.DeviceErrors) > 0 {
 		fmt.Fprintf(&b, "%d devices stopped on errors, the first: %v\n", len(s.DeviceErrors), s.DeviceErrors[0])
 	}

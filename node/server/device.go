@@ -225,8 +225,8 @@ func (s *Server) startFLJob(ctx *fasthttp.RequestCtx) {
 	if sum != "" {
 		ctx.Response.Header.Set(flmsg.HeaderModelSHA256, sum)
 		if held := ctx.Request.Header.Peek(flmsg.HeaderHeldModel); string(held) == sum {
-			// The device holds this very model (it got it from getModel
-			// last iteration): the answer leaves it out.
+			// The device holds this very model (most often from its
+			// getModel of the last iteration): the answer leaves it out.
 			s.metrics.modelsHeld.Inc()
 			key.kind = 3
 			ctx.Response.SetBodyRaw(s.heldCache.get(key, nil, build(nil)))

@@ -146,14 +146,16 @@ func (c *Client) StartFLJob(ctx context.Context) (StartResult, error) {
 		sum := c.modelSum()
 		switch {
 		case c.o.LoadBlock != nil:
+			c.remember(sum)
 		case r.FeatureMaps.Len() == 0 && c.named != "" && string(sum) == c.named:
-			// Left out: the device holds the model, unchanged.
+			// Left out: the device holds the model, unchanged, and
+			// still names it.
 		default:
 			if err := c.adopt(r.FeatureMaps); err != nil {
 				return StartResult{}, c.badAnswer(err)
 			}
+			c.remember(sum)
 		}
-		c.remember(sum)
 	}
 	res := StartResult{
 		Retcode:     r.Retcode,

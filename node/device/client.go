@@ -476,21 +476,26 @@ var heldSeed = maphash.MakeSeed()
 // served (or left out as held), as held: an answer without a well-formed
 // one forgets the held model.
 func (c *Client) remember(sum []byte) {
-	c.held = ""
 	if !c.o.ReuseModel || !validSum(sum) {
+		c.held = ""
 		return
 	}
-	c.held = string(sum)
+	if string(sum) != c.held { // the same model again allocates nothing
+		c.held = string(sum)
+	}
 	if c.o.LoadBlock == nil {
-		c.heldHash = maphash.Bytes(heldSeed, model.FloatBytes(c.model.Data))
+		c.heldHash = c.modelHash()
 	}
 }
+
+// modelHash hashes the model's bytes, to tell it unchanged.
+func (c *Client) modelHash() uint64 { return maphash.Bytes(heldSeed, model.FloatBytes(c.model.Data)) }
 
 // heldSum is the checksum startFLJob names: held, while the model is what
 // the server served. A load generator holds no model: it names the last
 // one served.
 func (c *Client) heldSum() string {
-	if c.held == "" || c.o.LoadBlock == nil && maphash.Bytes(heldSeed, model.FloatBytes(c.model.Data)) != c.heldHash {
+	if c.held == "" || c.o.LoadBlock == nil && c.modelHash() != c.heldHash {
 		return ""
 	}
 	return c.held

@@ -291,6 +291,11 @@ func TestLaunchAndStop(t *testing.T) {
 			t.Fatalf("process %d still runs after stop", pid)
 		}
 	}
+	// Stopping again finds nothing and says where it looked.
+	out = run("stop", "--scheduler_port="+strconv.Itoa(ports[0]))
+	if strings.Contains(out, "killed ") || !strings.Contains(out, "no running process is registered for scheduler port "+strconv.Itoa(ports[0])) {
+		t.Fatalf("second stop's output:\n%s", out)
+	}
 }
 
 func consecutiveFree(base, n int) bool {

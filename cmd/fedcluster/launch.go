@@ -179,6 +179,12 @@ func runStop(name string, args []string) int {
 		fmt.Fprintf(os.Stderr, "fedcluster stop: %v\n", err)
 		return 1
 	}
+	if len(entries) == 0 {
+		// Nothing to stop here; a cluster launched with another
+		// FEDCLUSTER_RUN_DIR or TMPDIR registered elsewhere and still runs.
+		fmt.Fprintf(os.Stderr, "fedcluster stop: no running process is registered for scheduler port %d in %s (launched with another FEDCLUSTER_RUN_DIR or TMPDIR?)\n",
+			c.Cluster.SchedulerPort, procs.Dir(c.Cluster.SchedulerPort))
+	}
 	procs.Stop(entries, 10*time.Second, func(e procs.Entry) {
 		fmt.Printf("killed %d\n", e.PID)
 	})

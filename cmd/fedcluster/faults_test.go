@@ -294,6 +294,16 @@ func TestScaleOutAndIn(t *testing.T) {
 		if r.c.Exited(id) {
 			t.Fatalf("scaled-in server %s exited by itself; it must wait for SIGTERM", id)
 		}
+		// Its /status no longer claims the rank another server holds now.
+		var st struct {
+			Rank     int  `json:"rank"`
+			ScaledIn bool `json:"scaled_in"`
+		}
+		i, _ := strconv.Atoi(id)
+		port := append(append([]int(nil), r.c.ServerPorts...), r.spare...)[i]
+		if err := local.GetJSON(context.Background(), "http://127.0.0.1:"+strconv.Itoa(port)+"/status", &st); err != nil || st.Rank != -1 || !st.ScaledIn {
+			t.Fatalf("scaled-in server %s's /status: %+v %v", id, st, err)
+		}
 		if err := r.c.Kill(id, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}

@@ -455,6 +455,9 @@ func (s *Server) Serve(c *transport.Conn, f frame.Frame) ([]byte, error) {
 		s.mu.Unlock()
 		if first {
 			s.Logger().Info("This server the one to be scaled in. Server need to wait SIGTERM to exit.")
+			s.mu.Lock()
+			s.setRank(-1) // its lines stop claiming a rank another server holds now
+			s.mu.Unlock()
 			close(s.scaledInCh)
 		}
 		return nil, nil
@@ -477,6 +480,10 @@ type Status struct {
 	// latest stored (iteration − 1 while an iteration runs).
 	ModelIteration uint64 `json:"model_iteration"`
 	Instance       string `json:"instance"`
+	// ScaledIn: the scheduler scaled this server in; it serves no device
+	// and waits for SIGTERM. Its rank is then -1, as in /members: the
+	// rank it had belongs to another server.
+	ScaledIn bool `json:"scaled_in,omitempty"`
 }
 
 func (s *Server) status() Status {
@@ -489,7 +496,8 @@ func (s *Server) status() Status {
 	if !s.started {
 		state = membership.ClusterStarting // not serving devices yet
 	}
-	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: state, Iteration: st.iteration, ModelSHA256: sum, ModelIteration: it, Engine: s.plane.engine.Name(), Instance: st.instance}
+	return Status{NodeID: s.nodeID, Rank: s.rank, ClusterState: state, Iteration: st.iteration, ModelSHA256: sum, ModelIteration: it, Engine: s.plane.engine.Name(), Instance: st.instance,
+		ScaledIn: s.scaledIn}
 }
 
 // members returns the servers of the cluster as last pushed.

@@ -348,9 +348,11 @@ func TestKillRankZeroDuringUpdates(t *testing.T) {
 
 func TestKillServerDuringAllReduce(t *testing.T) {
 	r := startFaultRun(t, 4, 0, func(o *local.Options) {
-		o.Env = append(o.Env, "FEDCLUSTER_FAULT_ALLREDUCE_DELAY=300ms")
+		// Held long enough to be caught aggregating in iterations 3-6;
+		// the rest of the job runs at full speed.
+		o.Env = append(o.Env, "FEDCLUSTER_FAULT_ALLREDUCE_DELAY=300ms", "FEDCLUSTER_FAULT_ALLREDUCE_UNTIL=6")
 	})
-	r.waitFor("aggregating iteration 3", func(s rest.State) bool { return s.Iteration >= 3 && s.Phase == "aggregating" })
+	r.waitFor("aggregating iteration 3", func(s rest.State) bool { return s.Iteration >= 3 && s.Iteration <= 6 && s.Phase == "aggregating" })
 	victim := r.serverOfRank("1")
 	if err := r.c.Kill(victim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

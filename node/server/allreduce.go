@@ -268,7 +268,7 @@ func (p *plane) aggregate(from *transport.Conn, a ctl.Aggregate) {
 		// (1.6 s), the price of the memory bound.
 		debug.FreeOSMemory()
 	}
-	if d := p.s.faultAllReduceDelay; d > 0 {
+	if d, until := p.s.faultAllReduceDelay, p.s.faultAllReduceUntil; d > 0 && (until == 0 || a.Iteration <= until) {
 		time.Sleep(d) // fault injection for crash-during-all-reduce tests
 	}
 	deadline := time.UnixMilli(a.DeadlineMs)

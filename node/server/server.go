@@ -71,8 +71,11 @@ type Server struct {
 
 	// faultAllReduceDelay (env FEDCLUSTER_FAULT_ALLREDUCE_DELAY, a Go
 	// duration) holds every all-reduce before it starts, so that tests can
-	// crash a server in the middle of one. Unset in production.
+	// crash a server in the middle of one; with
+	// FEDCLUSTER_FAULT_ALLREDUCE_UNTIL=N only those of iterations up to N.
+	// Unset in production.
 	faultAllReduceDelay time.Duration
+	faultAllReduceUntil uint64
 	// faultRegisterDelay (env FEDCLUSTER_FAULT_REGISTER_DELAY) holds a
 	// registration after the scheduler's reply, as a slow catch-up from a
 	// peer does, so that tests can order an aggregation meanwhile.
@@ -89,6 +92,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) *Server {
 	s.rankID.Store(-1)
 	s.log = withIdentity(log.Named("server"), nodeID, &s.rankID)
 	s.faultAllReduceDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_DELAY"))
+	s.faultAllReduceUntil, _ = strconv.ParseUint(os.Getenv("FEDCLUSTER_FAULT_ALLREDUCE_UNTIL"), 10, 64)
 	s.faultRegisterDelay, _ = time.ParseDuration(os.Getenv("FEDCLUSTER_FAULT_REGISTER_DELAY"))
 	return s
 }

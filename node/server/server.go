@@ -484,9 +484,9 @@ type Status struct {
 	// latest stored (iteration − 1 while an iteration runs).
 	ModelIteration uint64 `json:"model_iteration"`
 	Instance       string `json:"instance"`
-	// ScaledIn: the scheduler scaled this server in; it serves no device
-	// and waits for SIGTERM. Its rank is then -1, as in /members: the
-	// rank it had belongs to another server.
+	// ScaledIn: the scheduler scaled this server in; it admits and counts
+	// no device any more and waits for SIGTERM. Its rank is then -1, as
+	// in /members: the rank it had belongs to another server.
 	ScaledIn bool `json:"scaled_in,omitempty"`
 }
 

@@ -140,7 +140,11 @@ func (p *progress) event(ev sim.Event) {
 		if ev.Iteration > p.lastEval {
 			p.lastEval = ev.Iteration
 			p.clear()
-			fmt.Fprintf(p.out, "iteration %3d  test accuracy %.4f  loss %.4f  (%s)\n", ev.Iteration, ev.Accuracy, ev.Loss, time.Since(p.start).Round(100*time.Millisecond))
+			note := ""
+			if ev.Unchanged {
+				note = "  " + sim.UnchangedNote
+			}
+			fmt.Fprintf(p.out, "iteration %3d  test accuracy %.4f  loss %.4f  (%s)%s\n", ev.Iteration, ev.Accuracy, ev.Loss, time.Since(p.start).Round(100*time.Millisecond), note)
 		}
 	case sim.EventDeviceStopped:
 		if ev.Err != nil && !errors.Is(ev.Err, device.ErrJobFinished) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -139,6 +140,7 @@ func (r *run) wakeEvaluator() {
 
 // evaluator evaluates queued global models until the end marker or ctx.
 func (r *run) evaluator(ctx context.Context, test *mnist.Subset) {
+	var prev evalJob // the last model evaluated
 	for {
 		r.mu.Lock()
 		q := r.evalQ
@@ -160,9 +162,11 @@ func (r *run) evaluator(ctx context.Context, test *mnist.Subset) {
 				r.mu.Unlock()
 				continue
 			}
+			unchanged := prev.m != nil && job.iteration == prev.iteration+1 && slices.Equal(prev.m.Data, job.m.Data)
+			prev = job
 			st := r.stat(job.iteration)
-			st.evaluated, st.loss, st.accuracy = true, loss, acc
-			r.emit(Event{Kind: EventEvaluated, Iteration: job.iteration, Loss: loss, Accuracy: acc})
+			st.evaluated, st.unchanged, st.loss, st.accuracy = true, unchanged, loss, acc
+			r.emit(Event{Kind: EventEvaluated, Iteration: job.iteration, Loss: loss, Accuracy: acc, Unchanged: unchanged})
 			r.mu.Unlock()
 			if r.cfg.Logger != nil {
 				r.cfg.Logger.Info("global model evaluated", zap.Int32("iteration", job.iteration),

@@ -199,15 +199,18 @@ type Event struct {
 	// Loss and Accuracy (EventEvaluated) are of the global model of
 	// Iteration on the test set.
 	Loss, Accuracy float64
-	Err            error
-	Elapsed        time.Duration
+	// Unchanged (EventEvaluated): that model is the previous iteration's,
+	// bit for bit, as servers store it again when an iteration fails.
+	Unchanged bool
+	Err       error
+	Elapsed   time.Duration
 }
 
 // iterStat is what the run knows about one iteration.
 type iterStat struct {
 	admitted, uploaded, done int
 	firstAdmit, firstDone    time.Time
-	evaluated                bool
+	evaluated, unchanged     bool
 	loss, accuracy           float64
 }
 

@@ -52,6 +52,10 @@ type flServer struct {
 	base     int32
 	noStatus bool
 
+	// failAt (0: never) is an iteration that fails when its updates are
+	// in: the previous model is stored again, as fedcluster's servers do.
+	failAt int32
+
 	// reuse makes the server give the checksum of the models it serves
 	// and leave out of startFLJob the one a device names;
 	// leftOut counts those answers.
@@ -194,6 +198,9 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			for i := range m.Data {
 				m.Data[i] = float32(fs.sum[i] / fs.dsum)
 				fs.sum[i] = 0
+			}
+			if fs.iter == fs.failAt {
+				m = fs.cur
 			}
 			fs.dsum = 0
 			fs.models[fs.iter] = m
@@ -491,6 +498,56 @@ func TestRunTrain(t *testing.T) {
 	if fs.leftOut != devices*(iterations-1) || s.DownloadBytes < 3*devices*modelBytes || s.DownloadBytes > 3*devices*modelBytes+devices*modelBytes/2 {
 		t.Errorf("%d startFLJob answers left the model out, %d bytes downloaded: want %d and 3 models (%d bytes) per device",
 			fs.leftOut, s.DownloadBytes, devices*(iterations-1), modelBytes)
+	}
+}
+
+// TestRunTrainMarksAnUnchangedModel: an iteration whose global model is
+// its predecessor's (it failed) is marked in the summary, its table and
+// the evaluation event; the others are not.
+func TestRunTrainMarksAnUnchangedModel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("trains LeNet")
+	}
+	const devices, iterations = 2, 3
+	fs := newFLServer(t, 1, devices, iterations, model.InitLeNet5(1))
+	fs.failAt = 2
+	cfg := DefaultConfig(devices, fs.urls)
+	cfg.Device = fastDevice()
+	cfg.ShardSize = 64
+	cfg.EvalSize = 100
+	var mu sync.Mutex
+	marked := map[int32]bool{}
+	cfg.OnEvent = func(ev Event) {
+		if ev.Kind == EventEvaluated {
+			mu.Lock()
+			marked[ev.Iteration] = ev.Unchanged
+			mu.Unlock()
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(s.Iterations) != iterations {
+		t.Fatalf("iterations %+v", s.Iterations)
+	}
+	for _, it := range s.Iterations {
+		want := it.Iteration == 2
+		if !it.Evaluated || it.Unchanged != want || marked[it.Iteration] != want {
+			t.Errorf("iteration %d: row %+v, event said unchanged=%v; want unchanged=%v", it.Iteration, it, marked[it.Iteration], want)
+		}
+	}
+	if s.Iterations[1].Accuracy != s.Iterations[0].Accuracy || s.Iterations[1].Loss != s.Iterations[0].Loss {
+		t.Errorf("the same model evaluated differently: %+v", s.Iterations[:2])
+	}
+	var b strings.Builder
+	if err := s.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(b.String(), UnchangedNote); n != 1 {
+		t.Errorf("the table marks %d rows, want 1:\n%s", n, b.String())
 	}
 }
 

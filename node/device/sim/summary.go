@@ -22,6 +22,10 @@ type IterationRow struct {
 	// Evaluated tells whether Loss and Accuracy were measured.
 	Evaluated      bool
 	Loss, Accuracy float64
+	// Unchanged: the evaluated model is the previous iteration's, bit for
+	// bit. Servers store the previous model again when an iteration fails
+	// (disabled, timed out, a server lost); the cluster's records say why.
+	Unchanged bool
 }
 
 // EndpointStats are the requests of one endpoint.
@@ -109,7 +113,7 @@ func (r *run) summary() *Summary {
 		}
 		s.Iterations = append(s.Iterations, IterationRow{
 			Iteration: it, Admitted: st.admitted, Uploaded: st.uploaded, Done: st.done,
-			Duration: st.firstDone.Sub(st.firstAdmit), Evaluated: st.evaluated, Loss: st.loss, Accuracy: st.accuracy,
+			Duration: st.firstDone.Sub(st.firstAdmit), Evaluated: st.evaluated, Loss: st.loss, Accuracy: st.accuracy, Unchanged: st.unchanged,
 		})
 	}
 	slices.SortFunc(s.Iterations, func(a, b IterationRow) int { return int(a.Iteration) - int(b.Iteration) })
@@ -131,6 +135,10 @@ func (r *run) summary() *Summary {
 	return s
 }
 
+// UnchangedNote marks an iteration whose global model is its
+// predecessor's in the tables and progress lines.
+const UnchangedNote = "model unchanged"
+
 // WriteText writes the summary as plain-text tables.
 func (s *Summary) WriteText(w io.Writer) error {
 	var b strings.Builder
@@ -141,7 +149,11 @@ func (s *Summary) WriteText(w io.Writer) error {
 		if it.Evaluated {
 			acc, loss = fmt.Sprintf("%.4f", it.Accuracy), fmt.Sprintf("%.4f", it.Loss)
 		}
-		fmt.Fprintf(&b, "%9d  %8s  %8s  %8d  %7d  %10s\n", it.Iteration, acc, loss, it.Done, it.Uploaded, it.Duration.Round(time.Microsecond))
+		note := ""
+		if it.Unchanged {
+			note = "  " + UnchangedNote
+		}
+		fmt.Fprintf(&b, "%9d  %8s  %8s  %8d  %7d  %10s%s\n", it.Iteration, acc, loss, it.Done, it.Uploaded, it.Duration.Round(time.Microsecond), note)
 	}
 	fmt.Fprintf(&b, "\n%-12s %9s %10s %10s  %s\n", "endpoint", "requests", "p50", "p99", "outcomes")
 	for _, e := range s.Endpoints {

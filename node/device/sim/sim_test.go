@@ -473,19 +473,7 @@ func TestRunTrain(t *testing.T) {
 	const devices, iterations = 2, 2
 	fs := newFLServer(t, 1, devices, iterations, model.InitLeNet5(1))
 	fs.reuse = true
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Device = fastDevice()
-	cfg.ShardSize = 64
-	cfg.EvalSize = 200
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if len(s.Iterations) != iterations {
-		t.Fatalf("iterations %+v", s.Iterations)
-	}
+	s := runTrain(t, trainConfig(devices, fs.urls), iterations)
 	for _, it := range s.Iterations {
 		if !it.Evaluated || it.Accuracy < 0 || it.Accuracy > 1 || !(it.Loss > 0) {
 			t.Errorf("row %+v", it)
@@ -501,6 +489,32 @@ func TestRunTrain(t *testing.T) {
 	}
 }
 
+// trainConfig is a training run of devices against urls: small shards,
+// 200 test images, fastDevice's retries.
+func trainConfig(devices int, urls []string) Config {
+	cfg := DefaultConfig(devices, urls)
+	cfg.Device = fastDevice()
+	cfg.ShardSize = 64
+	cfg.EvalSize = 200
+	return cfg
+}
+
+// runTrain runs cfg for at most 40 s and checks that it ends well with one
+// row per iteration.
+func runTrain(t *testing.T, cfg Config, iterations int) *Summary {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	s, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(s.Iterations) != iterations {
+		t.Fatalf("iterations %+v", s.Iterations)
+	}
+	return s
+}
+
 // TestRunTrainMarksAnUnchangedModel: an iteration whose global model is
 // its predecessor's (it failed) is marked in the summary, its table and
 // the evaluation event; the others are not.
@@ -511,10 +525,7 @@ func TestRunTrainMarksAnUnchangedModel(t *testing.T) {
 	const devices, iterations = 2, 3
 	fs := newFLServer(t, 1, devices, iterations, model.InitLeNet5(1))
 	fs.failAt = 2
-	cfg := DefaultConfig(devices, fs.urls)
-	cfg.Device = fastDevice()
-	cfg.ShardSize = 64
-	cfg.EvalSize = 100
+	cfg := trainConfig(devices, fs.urls)
 	var mu sync.Mutex
 	marked := map[int32]bool{}
 	cfg.OnEvent = func(ev Event) {
@@ -524,15 +535,7 @@ func TestRunTrainMarksAnUnchangedModel(t *testing.T) {
 			mu.Unlock()
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	s, err := Run(ctx, cfg)
-	if err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-	if len(s.Iterations) != iterations {
-		t.Fatalf("iterations %+v", s.Iterations)
-	}
+	s := runTrain(t, cfg, iterations)
 	for _, it := range s.Iterations {
 		want := it.Iteration == 2
 		if !it.Evaluated || it.Unchanged != want || marked[it.Iteration] != want {

@@ -270,6 +270,24 @@ func TestLaunchAndStop(t *testing.T) {
 			}
 		}
 	}
+	// A server that died comes back by launching its node id alone, on
+	// its port: the same rank, and the same log folder.
+	rank := nodes(t, c)["SERVER/2"].RankID
+	var pid2 int
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 3 && strings.HasPrefix(line, "launched server node_id=2 ") {
+			pid2, _ = strconv.Atoi(strings.TrimPrefix(f[3], "pid="))
+		}
+	}
+	if pid2 == 0 || syscall.Kill(pid2, syscall.SIGKILL) != nil {
+		t.Fatalf("cannot kill server 2 (pid %d) from the launch output:\n%s", pid2, out)
+	}
+	waitNode(t, c, "2", "false", rank)
+	out = run(append([]string{"launch", "server", "--fl_server_port=" + strconv.Itoa(base+2), "--start_fl_job_threshold=8", "--node_id=2", "--local_server_num=1"}, common...)...)
+	if !strings.Contains(out, "launched server node_id=2 ") || !strings.Contains(out, "log=server_2/server.log") {
+		t.Fatalf("relaunch:\n%s", out)
+	}
+	waitNode(t, c, "2", "true", rank)
 	out = run("stop", "--scheduler_port="+strconv.Itoa(ports[0]))
 	stopped = true
 	var pids []int

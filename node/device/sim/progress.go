@@ -12,6 +12,7 @@ import (
 	"github.com/fedcluster/fedcluster/node/device"
 	"github.com/fedcluster/fedcluster/node/device/lenet"
 	"github.com/fedcluster/fedcluster/node/device/mnist"
+	"github.com/fedcluster/fedcluster/node/model"
 	"github.com/fedcluster/fedcluster/wire/flmsg"
 )
 
@@ -46,16 +47,26 @@ func (r *run) observe(d *simDevice, ob device.Observation) {
 	}
 }
 
-func (r *run) admitted(d *simDevice, it int32) {
+// admitted counts a device admitted to iteration it with the model m it
+// starts from, which the first one keeps for the evaluator.
+func (r *run) admitted(d *simDevice, it int32, m *model.Model) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	st := r.stat(it)
 	st.admitted++
-	if st.firstAdmit.IsZero() {
+	first := st.firstAdmit.IsZero()
+	if first {
 		st.firstAdmit = time.Now()
 	}
 	r.newest = max(r.newest, it)
 	r.emit(Event{Kind: EventAdmitted, Device: d.i, Iteration: it})
+	r.mu.Unlock()
+	if !first || r.cfg.Mode != ModeTrain || !r.cfg.Evaluate || m == nil {
+		return
+	}
+	start := m.Clone() // before training changes it, outside the lock
+	r.mu.Lock()
+	r.stat(it).start = start
+	r.mu.Unlock()
 }
 
 func (r *run) deviceDone(d *simDevice, res device.IterationResult) {
@@ -140,7 +151,6 @@ func (r *run) wakeEvaluator() {
 
 // evaluator evaluates queued global models until the end marker or ctx.
 func (r *run) evaluator(ctx context.Context, test *mnist.Subset) {
-	var prev evalJob // the last model evaluated
 	for {
 		r.mu.Lock()
 		q := r.evalQ
@@ -162,10 +172,10 @@ func (r *run) evaluator(ctx context.Context, test *mnist.Subset) {
 				r.mu.Unlock()
 				continue
 			}
-			unchanged := prev.m != nil && job.iteration == prev.iteration+1 && slices.Equal(prev.m.Data, job.m.Data)
-			prev = job
 			st := r.stat(job.iteration)
+			unchanged := st.start != nil && slices.Equal(st.start.Data, job.m.Data)
 			st.evaluated, st.unchanged, st.loss, st.accuracy = true, unchanged, loss, acc
+			st.start = nil
 			r.emit(Event{Kind: EventEvaluated, Iteration: job.iteration, Loss: loss, Accuracy: acc, Unchanged: unchanged})
 			r.mu.Unlock()
 			if r.cfg.Logger != nil {

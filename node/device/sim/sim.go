@@ -199,8 +199,9 @@ type Event struct {
 	// Loss and Accuracy (EventEvaluated) are of the global model of
 	// Iteration on the test set.
 	Loss, Accuracy float64
-	// Unchanged (EventEvaluated): that model is the previous iteration's,
-	// bit for bit, as servers store it again when an iteration fails.
+	// Unchanged (EventEvaluated): that model is the one the iteration
+	// started from (the previous iteration's, or the initial model), bit
+	// for bit, as servers store it again when an iteration fails.
 	Unchanged bool
 	Err       error
 	Elapsed   time.Duration
@@ -212,6 +213,9 @@ type iterStat struct {
 	firstAdmit, firstDone    time.Time
 	evaluated, unchanged     bool
 	loss, accuracy           float64
+	// start is the model the iteration started from, kept until its
+	// global model is evaluated (training runs that evaluate only).
+	start *model.Model
 }
 
 // run is the state of one Run.
@@ -531,7 +535,7 @@ func (d *simDevice) Train(ctx context.Context, job *device.Job) (float32, error)
 	if job.HasPlan {
 		d.r.planIters.Store(job.Plan.Iterations)
 	}
-	d.r.admitted(d, job.Iteration)
+	d.r.admitted(d, job.Iteration, job.Model)
 	if d.r.cfg.Mode == ModeLoad {
 		return 0, nil // the update is the run's shared block
 	}

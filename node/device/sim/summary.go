@@ -22,7 +22,8 @@ type IterationRow struct {
 	// Evaluated tells whether Loss and Accuracy were measured.
 	Evaluated      bool
 	Loss, Accuracy float64
-	// Unchanged: the evaluated model is the previous iteration's, bit for
+	// Unchanged: the evaluated model is the one the iteration started
+	// from (the previous iteration's, or the initial model), bit for
 	// bit. Servers store the previous model again when an iteration fails
 	// (disabled, timed out, a server lost); the cluster's records say why.
 	Unchanged bool

@@ -85,6 +85,11 @@ func TestErrorsNameTheKey(t *testing.T) {
 	f([]string{"--config=" + write(t, "bad.toml", "[cluster]\nserver_num = 2\nsever_num = 3\n")}, "unknown configuration key", "cluster.sever_num")
 	f([]string{"--config=" + write(t, "type.toml", "[cluster]\nserver_num = \"two\"\n")}, "server_num")
 	f([]string{"--config_file_path=" + write(t, "c.json", `{"recovery": {"storage_type": 1}, "bogus": 1}`)}, "bogus")
+	// A syntax error has a place but no key to name.
+	var c Config
+	if err := DecodeTOML(strings.NewReader("[cluster]\n[fl\n"), &c); err == nil || !strings.Contains(err.Error(), "line 2 column") || strings.Contains(err.Error(), "(key") {
+		t.Errorf("syntax error: %v", err)
+	}
 	dir := t.TempDir()
 	self := filepath.Join(dir, "config.json")
 	os.WriteFile(self, []byte(`{"recovery": {"storage_type": 1, "storge_file_path": "`+self+`"}}`), 0o644)

@@ -29,6 +29,9 @@ func DecodeTOML(r io.Reader, c *Config) error {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			row, col := de.Position()
+			if len(de.Key()) == 0 { // a syntax error names no key
+				return fmt.Errorf("line %d column %d: %s", row, col, de.Error())
+			}
 			return fmt.Errorf("line %d column %d: %s (key %s)", row, col, de.Error(), strings.Join(de.Key(), "."))
 		}
 		return err

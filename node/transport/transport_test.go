@@ -248,29 +248,86 @@ func TestRecycledFramesKeepTheirBytes(t *testing.T) {
 	}
 }
 
-// TestEventLoops counts the loops a transport runs: the client's, then a
-// listener's loops and its main reactor.
+// TestEventLoops counts the loops a transport runs: none until a
+// transport without a listener dials (the client's), a listener's loop on
+// a free port, which also carries what it dials, and a main reactor for a
+// multicore listener or a fixed port.
 func TestEventLoops(t *testing.T) {
-	for _, multicore := range []bool{false, true} {
-		tr, err := New(Options{Logger: zaptest.NewLogger(t), Handler: &echo{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n := tr.EventLoops(); n != 1 {
-			t.Fatalf("dialling only: %d event loops, want 1", n)
-		}
-		if err := tr.Listen("127.0.0.1:0", multicore); err != nil {
-			t.Fatal(err)
-		}
-		want := 3
-		if multicore {
-			want = 2 + min(runtime.NumCPU(), maxListenLoops)
-		}
+	loops := func(tr *Transport, want int, what string) {
+		t.Helper()
 		if n := tr.EventLoops(); n != want {
-			t.Fatalf("listening (multicore %v): %d event loops, want %d", multicore, n, want)
+			t.Fatalf("%s: %d event loops, want %d", what, n, want)
 		}
-		tr.Close()
 	}
+	echoCall := func(c *Conn) {
+		t.Helper()
+		got, err := c.Call(context.Background(), kindEcho, []byte("ping"))
+		if err != nil || string(got) != "ping" {
+			t.Fatalf("echo call: %q, %v", got, err)
+		}
+	}
+	srv, cli, _ := pair(t, 0)
+	loops(cli, 0, "new")
+	loops(srv, 1, "listening on a free port")
+	c, err := cli.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoCall(c)
+	loops(cli, 1, "dialling without a listener")
+	if err := cli.Listen("127.0.0.1:0", false); err == nil {
+		t.Fatal("Listen after Dial succeeded")
+	}
+
+	// A listener dials through its own loop: a server reaches the
+	// scheduler and its peers without a client.
+	back, err := srv.Dial(srv.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoCall(back)
+	loops(srv, 1, "listening and dialling")
+
+	multi, err := New(Options{Logger: zaptest.NewLogger(t), Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer multi.Close()
+	if err := multi.Listen("127.0.0.1:0", true); err != nil {
+		t.Fatal(err)
+	}
+	if n := min(runtime.NumCPU(), maxListenLoops); n > 1 {
+		loops(multi, n+1, "multicore")
+	} else {
+		loops(multi, 1, "multicore on one CPU")
+	}
+
+	// A fixed port keeps gnet's main reactor: without SO_REUSEPORT a
+	// second process on the port fails instead of sharing it.
+	_, port, _ := net.SplitHostPort(srv.Addr())
+	srv.Close()
+	fixed, err := New(Options{Logger: zaptest.NewLogger(t), Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fixed.Close()
+	if err := fixed.Listen("127.0.0.1:"+port, false); err != nil {
+		t.Fatal(err)
+	}
+	loops(fixed, 2, "fixed port")
+	second, err := New(Options{Logger: zaptest.NewLogger(t), Handler: &echo{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if err := second.Listen("127.0.0.1:"+port, false); err == nil {
+		t.Fatalf("a second listener on port %s succeeded", port)
+	}
+	c, err = fixed.Dial(fixed.Addr(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoCall(c)
 }
 
 const kindMark frame.Kind = 105

@@ -122,13 +122,7 @@ func (t *Transport) client() (*gnet.Client, error) {
 	if t.cli != nil {
 		return t.cli, nil
 	}
-	cli, err := gnet.NewClient(&events{t: t},
-		gnet.WithNumEventLoop(1),
-		gnet.WithLogger(t.log.Named("gnet").Sugar()),
-		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-		gnet.WithTCPKeepAlive(keepAlive),
-		gnet.WithReadBufferCap(readBufferCap),
-	)
+	cli, err := gnet.NewClient(&events{t: t}, t.loopOptions(gnet.WithNumEventLoop(1))...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot create gnet client: %w", err)
 	}
@@ -140,10 +134,18 @@ func (t *Transport) client() (*gnet.Client, error) {
 	return cli, nil
 }
 
-const (
-	keepAlive     = 30 * time.Second
-	readBufferCap = 256 << 10
-)
+const keepAlive = 30 * time.Second
+
+// loopOptions are the options of every event loop the transport runs,
+// then more.
+func (t *Transport) loopOptions(more ...gnet.Option) []gnet.Option {
+	return append([]gnet.Option{
+		gnet.WithLogger(t.log.Named("gnet").Sugar()),
+		gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+		gnet.WithTCPKeepAlive(keepAlive),
+		gnet.WithReadBufferCap(256 << 10),
+	}, more...)
+}
 
 // EventLoops is the number of gnet event loops the transport runs: a
 // listener's loops (see Listen), with the main reactor that accepts when
@@ -192,19 +194,15 @@ func (t *Transport) Listen(addr string, multicore bool) error {
 	_, port, _ := net.SplitHostPort(addr)
 	ownAccept := loops == 1 && port == "0"
 	go func() {
-		t.runErr <- gnet.Run(t.events, "tcp://"+addr,
+		t.runErr <- gnet.Run(t.events, "tcp://"+addr, t.loopOptions(
 			gnet.WithNumEventLoop(loops),
 			gnet.WithReusePort(ownAccept),
 			// Dial registers connections from other goroutines, which
 			// the default round robin does not allow.
 			gnet.WithLoadBalancing(gnet.LeastConnections),
-			gnet.WithLogger(t.log.Named("gnet").Sugar()),
-			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
-			gnet.WithTCPKeepAlive(keepAlive),
-			gnet.WithReadBufferCap(readBufferCap),
 			gnet.WithReuseAddr(true),
 			gnet.WithTicker(true), // for started
-		)
+		)...)
 	}()
 	select {
 	case eng := <-t.events.booted:

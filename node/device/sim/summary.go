@@ -136,8 +136,8 @@ func (r *run) summary() *Summary {
 	return s
 }
 
-// UnchangedNote marks an iteration whose global model is its
-// predecessor's in the tables and progress lines.
+// UnchangedNote marks an iteration whose global model is the one it
+// started from in the tables and progress lines.
 const UnchangedNote = "model unchanged"
 
 // WriteText writes the summary as plain-text tables.

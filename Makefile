@@ -5,7 +5,7 @@ BIN       := bin/fedcluster
 CUDA_DIR  ?= $(CURDIR)/.cache/cuda
 PKGS      := ./...
 
-.PHONY: all build build-cuda test test-race test-purego vet lint vet-cuda check-generated wire-gen demo bench bench-heavy bench-peers soak gpu-check fuzz \
+.PHONY: all build build-cuda test test-race test-purego vet lint vet-cuda check-generated wire-gen demo bench bench-heavy bench-peers bench-cycle-peers soak gpu-check fuzz \
 	docker docker-gpu test-deploy test-compose k8s-validate clean
 
 all: build
@@ -67,6 +67,10 @@ bench-heavy: build
 ## bench-peers: FedAvg of 100 x 1M against Flower's aggregate and numpy, same run (needs python3-numpy)
 bench-peers:
 	./scripts/fedavg-peers.sh
+
+## bench-cycle-peers: the 8- and 32-device cycle against Flower's round, same run (needs python3-grpcio, python3-protobuf, python3-numpy)
+bench-cycle-peers:
+	./scripts/cycle-peers.sh
 
 ## soak: the fault scenarios (scaling, kill -9, partitions) over 200 iterations each
 soak: build

@@ -47,6 +47,13 @@ awk '
 	}
 	END {
 		for (d = 8; d <= 32; d *= 4) {
+			rounds = ""; below = 0
+			for (i = 1; i <= n["fedcluster " d] && i <= n["flower " d]; i++) {
+				r = v["fedcluster " d, i] / v["flower " d, i]
+				rounds = rounds sprintf(" %.1f", r)
+				if (r < 10) below++
+			}
+			printf "%d devices, ratio per round:%s (%d below 10)\n", d, rounds, below
 			ours = median("fedcluster " d); fl = median("flower " d)
 			printf "%d devices: fedcluster %.0f updates/s, Flower round %.0f updates/s (medians): %.1f x (goal 10 x): %s\n",
 				d, ours, fl, ours / fl, (ours >= 10 * fl ? "met" : "not met")

@@ -11,15 +11,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 rounds="${1:-3}"
 secs="${2:-3}"
-py="${PYTHON:-python3}"
-if ! "$py" -c 'import grpc, google.protobuf, numpy' 2>/dev/null; then
-	if /usr/bin/python3 -c 'import grpc, google.protobuf, numpy' 2>/dev/null; then
-		py=/usr/bin/python3
-	else
-		echo "cycle-peers: apt-get install python3-grpcio python3-protobuf python3-numpy (or set PYTHON)" >&2
-		exit 1
-	fi
-fi
+. scripts/peers-lib.sh
+py="$(peer_python cycle-peers 'grpc, google.protobuf, numpy' 'python3-grpcio python3-protobuf python3-numpy')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 CGO_ENABLED=0 go build -o "$work/fedcluster" ./cmd/fedcluster
@@ -37,14 +30,8 @@ for r in $(seq "$rounds"); do
 			tee -a "$work/rates"
 	done
 done
-awk '
+awk "$median_awk"'
 	{ k = $1 " " $2; n[k]++; v[k, n[k]] = $3 }
-	function median(k,   i, j, a, m, x) {
-		m = n[k]
-		for (i = 1; i <= m; i++) a[i] = v[k, i]
-		for (i = 2; i <= m; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-		return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-	}
 	END {
 		for (d = 8; d <= 32; d *= 4) {
 			rounds = ""; below = 0

@@ -10,15 +10,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 rounds="${1:-3}"
-py="${PYTHON:-python3}"
-if ! "$py" -c 'import numpy' 2>/dev/null; then
-	if /usr/bin/python3 -c 'import numpy' 2>/dev/null; then
-		py=/usr/bin/python3
-	else
-		echo "fedavg-peers: numpy is missing: apt-get install python3-numpy (or set PYTHON)" >&2
-		exit 1
-	fi
-fi
+. scripts/peers-lib.sh
+py="$(peer_python fedavg-peers 'numpy' 'python3-numpy')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 go test -c -o "$work/native.test" ./native/
@@ -29,14 +22,8 @@ for r in $(seq "$rounds"); do
 done
 echo "round times (ms):"
 awk '{ t[$2] = t[$2] " " $3 } END { for (k in t) print "  " k ":" t[k] }' "$work/times" | sort
-awk '
+awk "$median_awk"'
 	{ n[$2]++; v[$2, n[$2]] = $3 }
-	function median(k,   i, j, a, m, x) {
-		m = n[k]
-		for (i = 1; i <= m; i++) a[i] = v[k, i]
-		for (i = 2; i <= m; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
-		return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
-	}
 	END {
 		ours = median("fedcluster"); flower = median("flower_aggregate")
 		best = ""; for (k in n) if (k ~ /^numpy_/ && (best == "" || median(k) < median(best))) best = k

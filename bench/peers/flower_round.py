@@ -89,7 +89,7 @@ def _messages():
     message("ClientMessage", (3, "fit_res", T.TYPE_MESSAGE, opt, "FitRes"), oneof="msg")
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
-    # GetMessageClass since protobuf 4.21; GetPrototype is gone from 5.x.
+    # Newer protobuf has GetMessageClass and no GetPrototype; Debian's 4.21 the reverse.
     cls = getattr(message_factory, "GetMessageClass", None) or message_factory.MessageFactory(pool).GetPrototype
     return {n: cls(pool.FindMessageTypeByName("flwr.proto." + n))
             for n in ("Status", "Parameters", "FitIns", "FitRes", "ServerMessage", "ClientMessage")}

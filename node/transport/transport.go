@@ -384,6 +384,7 @@ type Conn struct {
 
 	ready     chan struct{} // closed once the peer's hello arrived
 	helloSeen bool          // event-loop only
+	answers   [][]byte      // event-loop only: replies not yet written
 	done      chan struct{} // closed when the connection is gone
 	closeOnce sync.Once
 	err       error
@@ -514,6 +515,12 @@ func (c *Conn) Call(ctx context.Context, kind frame.Kind, body []byte) ([]byte, 
 // writev each time, the frames others queued meanwhile: under many
 // concurrent senders a frame costs less than a system call.
 func (c *Conn) write(b []byte) error {
+	return c.writeAll([][]byte{b})
+}
+
+// writeAll sends the frames of bs in order, as write sends one; it keeps
+// the frames, not bs.
+func (c *Conn) writeAll(bs [][]byte) error {
 	select {
 	case <-c.done:
 		return ErrClosed
@@ -526,14 +533,14 @@ func (c *Conn) write(b []byte) error {
 	c.wmu.Lock()
 	switch {
 	case c.writing:
-		c.pend = append(c.pend, b) // the writing goroutine takes it along
+		c.pend = append(c.pend, bs...) // the writing goroutine takes them along
 		c.wmu.Unlock()
 		return nil
 	case c.wfd < 0 || c.queuedGn > 0 || c.buffered:
-		return c.writeLater(*gc, [][]byte{b}, 0) // unlocks wmu
+		return c.writeLater(*gc, slices.Clone(bs), 0) // unlocks wmu
 	}
 	c.writing = true
-	c.pend = append(c.pend, b)
+	c.pend = append(c.pend, bs...)
 	fd := c.wfd // stays open while writing (closeDirect waits)
 	for len(c.pend) > 0 {
 		batch := c.pend
@@ -756,13 +763,13 @@ func (c *Conn) inlineCall(f frame.Frame) bool {
 	return c.queued == 0
 }
 
-// serveCallInline serves request f on the event loop and writes its reply
-// at once (what the socket does not take goes through gnet, and a failed
-// write closes the connection).
-func (c *Conn) serveCallInline(f frame.Frame) error {
+// serveCallInline serves request f on the event loop and queues its
+// reply in c.answers, which OnTraffic writes once it has served what it
+// read: requests that arrived together are answered in one system call.
+func (c *Conn) serveCallInline(f frame.Frame) {
 	out, err := c.serve(c.t.opts.Handler, f)
 	if errors.Is(err, ErrNoReply) {
-		return nil
+		return
 	}
 	var b []byte
 	if err != nil {
@@ -770,7 +777,22 @@ func (c *Conn) serveCallInline(f frame.Frame) error {
 	} else {
 		b = frame.AppendFrame(newFrame(len(out)), ctl.KindReply, f.ID, out)
 	}
-	return c.write(b)
+	c.answers = append(c.answers, b)
+}
+
+// writeAnswers writes the replies serveCallInline queued (what the socket
+// does not take goes through gnet); a failed write closes the connection.
+func (c *Conn) writeAnswers(act gnet.Action) gnet.Action {
+	if len(c.answers) == 0 {
+		return act
+	}
+	err := c.writeAll(c.answers)
+	clear(c.answers)
+	c.answers = c.answers[:0]
+	if err != nil {
+		return gnet.Close // the replies could not be written: the link is gone
+	}
+	return act
 }
 
 // run serves the inbox in order until the connection closes.
@@ -874,6 +896,11 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 	if c == nil {
 		return gnet.Close
 	}
+	return c.writeAnswers(e.traffic(gc, c))
+}
+
+// traffic serves the frames read on c's connection.
+func (e *events) traffic(gc gnet.Conn, c *Conn) gnet.Action {
 	if !c.helloSeen {
 		b, err := gc.Peek(frame.HelloSize)
 		if err != nil {
@@ -919,11 +946,8 @@ func (e *events) OnTraffic(gc gnet.Conn) gnet.Action {
 			continue
 		}
 		if c.inlineCall(f) {
-			err := c.serveCallInline(f) // borrows the read buffer too
-			_, _ = gc.Discard(size)     // served, answered or not: never twice
-			if err != nil {
-				return gnet.Close // the reply could not be written: the link is gone
-			}
+			c.serveCallInline(f)    // borrows the read buffer too
+			_, _ = gc.Discard(size) // served, answered or not: never twice
 			continue
 		}
 		f.Body = append([]byte(nil), f.Body...) // the read buffer is reused after Discard

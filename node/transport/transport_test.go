@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
+	"github.com/fedcluster/fedcluster/wire/ctl"
 	"github.com/fedcluster/fedcluster/wire/frame"
 )
 
@@ -419,6 +421,69 @@ func TestInlineCallsKeepArrivalOrder(t *testing.T) {
 	}
 	if !p.onLoop[0] || p.onLoop[1] {
 		t.Fatalf("on the event loop: idle call %v, queued call %v; want true, false", p.onLoop[0], p.onLoop[1])
+	}
+}
+
+// TestInlineCallsReadTogetherAreAnsweredTogether: requests of inline-call
+// kinds that the event loop reads at once are all served, each answered
+// under its own id (an error as an error), and the answers leave in one
+// write: a peer that sent them in one segment reads them in one.
+func TestInlineCallsReadTogetherAreAnsweredTogether(t *testing.T) {
+	h := &echo{pushes: make(chan []byte, 1)}
+	srv, err := New(Options{Handler: h, Logger: zaptest.NewLogger(t),
+		InlineCalls: func(k frame.Kind) bool { return k == kindEcho || k == kindFail }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	if err := srv.Listen("127.0.0.1:0", false); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	const calls = 6
+	out := frame.AppendHello(nil)
+	for id := uint64(1); id <= calls; id++ {
+		kind := kindEcho
+		if id == 4 {
+			kind = kindFail
+		}
+		out = frame.AppendFrame(out, kind, id, fmt.Appendf(nil, "call %d", id))
+	}
+	if _, err := nc.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hello := make([]byte, frame.HelloSize)
+	if _, err := io.ReadFull(nc, hello); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64<<10)
+	n, err := nc.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := buf[:n]
+	for id := uint64(1); id <= calls; id++ {
+		f, size, err := frame.Parse(got, 1<<20)
+		if err != nil {
+			t.Fatalf("answer %d of %d not in the first read (%d bytes): %v", id, calls, n, err)
+		}
+		got = got[size:]
+		switch {
+		case f.ID != id:
+			t.Fatalf("answer %d has id %d", id, f.ID)
+		case id == 4 && f.Kind != ctl.KindError:
+			t.Fatalf("the failing call got a frame of kind %d, want an error", f.Kind)
+		case id != 4 && (f.Kind != ctl.KindReply || string(f.Body) != fmt.Sprintf("call %d", id)):
+			t.Fatalf("answer %d: kind %d, body %q", id, f.Kind, f.Body)
+		}
+	}
+	if len(got) != 0 {
+		t.Fatalf("%d bytes after the answers", len(got))
 	}
 }
 

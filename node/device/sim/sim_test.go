@@ -32,8 +32,14 @@ type flServer struct {
 	iterations    int32
 	safemodeEvery int
 	// turnAwayFor is the next_req_time of a startFLJob refused because
-	// the iteration is full.
-	turnAwayFor time.Duration
+	// the iteration is full. With holdForTurnAway no iteration ends
+	// before a device has been turned away, however late the last device
+	// starts.
+	turnAwayFor     time.Duration
+	holdForTurnAway bool
+	turnedAway      int
+	changed         *sync.Cond // on mu: turnedAway or closing changed
+	closing         bool
 	// statusLag is how many GET /status after the job finished still say
 	// "running", as a server the scheduler's decision has not reached.
 	statusLag int
@@ -83,12 +89,17 @@ func newFLServer(t *testing.T, servers, threshold int, iterations int32, initial
 		cur: initial, sum: make([]float64, len(initial.Data)), hitServer: make([]int, servers), turnAwayFor: 5 * time.Millisecond,
 		afterEnable: map[string]bool{},
 	}
+	fs.changed = sync.NewCond(&fs.mu)
 	for i := range servers {
 		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fs.serve(i, w, r) }))
 		fs.servers = append(fs.servers, s)
 		fs.urls = append(fs.urls, s.URL)
 	}
 	t.Cleanup(func() {
+		fs.mu.Lock()
+		fs.closing = true // a held update gives up: Close waits for its handler
+		fs.changed.Broadcast()
+		fs.mu.Unlock()
 		for _, s := range fs.servers {
 			s.CloseClientConnections()
 			s.Close()
@@ -154,6 +165,8 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if _, dup := fs.admitted[id]; dup || len(fs.admitted) >= fs.threshold {
+			fs.turnedAway++
+			fs.changed.Broadcast()
 			w.Write(flmsg.BuildResponseFLJob(b, &flmsg.FLJobReply{Retcode: flmsg.OutOfTime, Reason: "threshold", NextReqTime: fs.next(fs.turnAwayFor)}))
 			return
 		}
@@ -194,6 +207,9 @@ func (fs *flServer) serve(server int, w http.ResponseWriter, r *http.Request) {
 		fs.dsum += float64(ds)
 		fs.updated[id] = true
 		if len(fs.updated) == fs.threshold {
+			for fs.holdForTurnAway && fs.turnedAway == 0 && !fs.closing {
+				fs.changed.Wait()
+			}
 			m := model.New(fs.cur.Layout)
 			for i := range m.Data {
 				m.Data[i] = float32(fs.sum[i] / fs.dsum)
@@ -345,6 +361,7 @@ func TestRunStopsTurnedAwayDevicesAtTheEnd(t *testing.T) {
 	const devices, iterations = 4, 3
 	fs := newFLServer(t, 1, devices-1, iterations, model.New(l))
 	fs.turnAwayFor = time.Hour
+	fs.holdForTurnAway = true // else the job may end before the last device starts
 	cfg := loadConfig(devices, fs.urls)
 	cfg.Device.OutOfTimeMaxWait = 2 * time.Hour
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -1,12 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -179,10 +180,7 @@ func (r *faultRun) finish(live []string) (failed int) {
 	}
 	recs := r.records()
 	for it := uint64(1); it <= faultIterations; it++ {
-		rec, ok := recs[it]
-		if !ok {
-			t.Fatalf("iteration %d has no record", it)
-		}
+		rec := recs[it]
 		if rec.IterationResult != record.ResultSuccess {
 			failed++
 			if rec.FailReason == "" {
@@ -230,29 +228,64 @@ func (r *faultRun) summaryLine() string {
 	return fmt.Sprintf("%.0f device-iterations/s over %s", r.summary.DeviceIterationsPerSec(), r.summary.Elapsed.Round(time.Millisecond))
 }
 
-// records reads metrics.json, keeping the last record of each iteration.
+// records reads metrics.json once it holds a record of every iteration of
+// the run, keeping the last record of each.
 func (r *faultRun) records() map[uint64]record.Record {
-	return readRecords(r.t, filepath.Join(r.c.Dir(), "metrics.json"))
+	its := make([]uint64, faultIterations)
+	for i := range its {
+		its[i] = uint64(i + 1)
+	}
+	return awaitRecords(r.t, filepath.Join(r.c.Dir(), "metrics.json"), its...)
 }
 
-func readRecords(t *testing.T, path string) map[uint64]record.Record {
+// awaitRecords reads metrics.json, keeping the last record of each
+// iteration, once it holds a record of each of its: the scheduler writes
+// an iteration's record right after telling the servers that it ended,
+// so a device can hold the iteration's model a moment before the record
+// is there.
+func awaitRecords(t *testing.T, path string, its ...uint64) map[uint64]record.Record {
 	t.Helper()
-	f, err := os.Open(path)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out map[uint64]record.Record
+	err := local.Poll(ctx, func() (bool, error) {
+		var err error
+		if out, err = readRecords(path); err != nil {
+			return false, err
+		}
+		for _, it := range its {
+			if _, ok := out[it]; !ok {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("metrics.json, waiting for the records of iterations %v (it has %d): %v", its, len(out), err)
 	}
-	defer f.Close()
+	return out
+}
+
+// readRecords reads the complete lines of metrics.json: the last may be
+// still being written.
+func readRecords(path string) (map[uint64]record.Record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	out := map[uint64]record.Record{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
+	for {
+		line, rest, ok := bytes.Cut(b, []byte("\n"))
+		if !ok {
+			return out, nil
+		}
+		b = rest
 		var rec record.Record
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			t.Fatalf("metrics.json line %q: %v", sc.Text(), err)
+		if err := json.Unmarshal(line, &rec); err != nil {
+			return nil, fmt.Errorf("metrics.json line %q: %w", line, err)
 		}
 		out[rec.CurrentIteration] = rec
 	}
-	return out
 }
 
 func ids(n int) []string {

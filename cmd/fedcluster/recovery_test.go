@@ -174,7 +174,7 @@ func TestSchedulerRestartKeepsAcknowledgedUpdates(t *testing.T) {
 					t.Fatalf("device %s got an iteration-1 model %g (relative) from the FedAvg of all %d updates", d.id, rel, tc.threshold)
 				}
 			}
-			rec := readRecords(t, metrics)[1]
+			rec := awaitRecords(t, metrics, 1)[1]
 			if rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != uint64(tc.threshold) {
 				t.Fatalf("iteration 1's record: %+v", rec)
 			}
@@ -246,7 +246,7 @@ func TestSchedulerRestartWithoutAServer(t *testing.T) {
 	if rel := fedAvgError(got, [][]float32{upload}, []*testDevice{d}); rel > 1e-6 || math.IsNaN(rel) {
 		t.Fatalf("iteration 1's model is %g (relative) from the device's update", rel)
 	}
-	rec := readRecords(t, metrics)[1]
+	rec := awaitRecords(t, metrics, 1)[1]
 	if rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 1 {
 		t.Fatalf("iteration 1's record: %+v", rec)
 	}
@@ -321,7 +321,7 @@ func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 				if !slices.Equal(d.getModel(3), got) {
 					t.Fatal("the failed iteration 3's model is not iteration 2's")
 				}
-				if r := readRecords(t, metrics)[3]; r.IterationResult == record.ResultSuccess || !strings.Contains(r.FailReason, "did not come back") {
+				if r := awaitRecords(t, metrics, 3)[3]; r.IterationResult == record.ResultSuccess || !strings.Contains(r.FailReason, "did not come back") {
 					t.Fatalf("iteration 3's record: %+v", r)
 				}
 			} else {
@@ -333,6 +333,7 @@ func TestSchedulerRestartAfterSavingAnIterationsEnd(t *testing.T) {
 				}
 			}
 			want := []uint64{1, 2, 3}
+			awaitRecords(t, metrics, want...)
 			b, err := os.ReadFile(metrics)
 			if err != nil {
 				t.Fatal(err)
@@ -436,7 +437,7 @@ func TestWholeClusterRestart(t *testing.T) {
 						t.Fatalf("device %s got an iteration-1 model %g (relative) from the surviving update", d.id, rel)
 					}
 				}
-				if rec := readRecords(t, metrics)[1]; rec.IterationResult != record.ResultSuccess || rec.Lost != 2 || rec.Updated != 1 {
+				if rec := awaitRecords(t, metrics, 1)[1]; rec.IterationResult != record.ResultSuccess || rec.Lost != 2 || rec.Updated != 1 {
 					t.Fatalf("iteration 1's record: %+v", rec)
 				}
 			} else {
@@ -445,7 +446,7 @@ func TestWholeClusterRestart(t *testing.T) {
 						t.Fatalf("device %s: the failed iteration 1's model is not the one it trained on", d.id)
 					}
 				}
-				if rec := readRecords(t, metrics)[1]; rec.IterationResult == record.ResultSuccess || !strings.Contains(rec.FailReason, "did not come back") {
+				if rec := awaitRecords(t, metrics, 1)[1]; rec.IterationResult == record.ResultSuccess || !strings.Contains(rec.FailReason, "did not come back") {
 					t.Fatalf("iteration 1's record: %+v", rec)
 				}
 			}
@@ -459,7 +460,7 @@ func TestWholeClusterRestart(t *testing.T) {
 					t.Fatalf("device %s got an iteration-2 model %g (relative) from the FedAvg of all 3 updates", d.id, rel)
 				}
 			}
-			if rec := readRecords(t, metrics)[2]; rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 3 {
+			if rec := awaitRecords(t, metrics, 2)[2]; rec.IterationResult != record.ResultSuccess || rec.Lost != 0 || rec.Updated != 3 {
 				t.Fatalf("iteration 2's record: %+v", rec)
 			}
 		})

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -257,12 +258,16 @@ func TestLaunchAndStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 4; i++ {
-		log, err := os.ReadFile(filepath.Join(dir, "server_"+strconv.Itoa(i), "server.log"))
+		// A server logs the start line once the scheduler's ready view
+		// reaches it, which can be a moment after /state says ready.
+		var log []byte
+		err := local.Poll(ctx, func() (bool, error) {
+			b, err := os.ReadFile(filepath.Join(dir, "server_"+strconv.Itoa(i), "server.log"))
+			log = b[:bytes.LastIndexByte(b, '\n')+1] // complete lines
+			return bytes.Contains(log, []byte("Server started successfully.")), err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(log), "Server started successfully.") {
-			t.Fatalf("server_%d/server.log lacks the start line:\n%s", i, log)
+			t.Fatalf("server_%d/server.log lacks the start line (%v):\n%s", i, err, log)
 		}
 		for _, line := range strings.Split(strings.TrimSpace(string(log)), "\n") {
 			if !strings.Contains(line, `"node_id": "`+strconv.Itoa(i)+`"`) || !strings.Contains(line, `"rank": `) {

@@ -353,6 +353,11 @@ func TestParseServers(t *testing.T) {
 	f("h:9-8", "error")
 	f("h:1-65535", "error")
 	f("ftp://h:1", "error")
+	f("h/x:80", "error")
+	f("u@h:1", "error")
+	f("h h:1", "error")
+	f("[fe80::1%eth0]:80", "error")
+	f("fedcluster_server_1:6668", "http://fedcluster_server_1:6668")
 }
 
 func TestValidate(t *testing.T) {

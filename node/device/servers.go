@@ -40,6 +40,9 @@ func ParseServers(spec string) ([]string, error) {
 		if host == "" {
 			host = "127.0.0.1"
 		}
+		if !validHost(host) {
+			return nil, fmt.Errorf("cannot parse server %q: %q is not an IP address or host name", e, host)
+		}
 		lo, hi, err := parsePortRange(ports)
 		if err != nil {
 			return nil, fmt.Errorf("cannot parse server %q: %w", e, err)
@@ -56,6 +59,23 @@ func ParseServers(spec string) ([]string, error) {
 		return nil, fmt.Errorf("cannot parse servers %q: no server given", spec)
 	}
 	return out, nil
+}
+
+// validHost accepts an IP address (without an IPv6 zone, which a URL
+// cannot carry unescaped) or a DNS name: letters, digits, '-', '_' and '.'.
+func validHost(h string) bool {
+	if net.ParseIP(h) != nil {
+		return true
+	}
+	if len(h) > 253 {
+		return false
+	}
+	for _, r := range h {
+		if !(r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // maxRangeServers bounds a port range so that a typo cannot make a million

@@ -82,7 +82,7 @@ gpu-check:
 
 ## fuzz: run every fuzz target briefly (FUZZTIME=20s each)
 FUZZTIME ?= 20s
-FUZZPKGS := ./wire/frame/ ./wire/peer/ ./wire/flmsg/ ./wire/safetensors/ ./wire/ctl/ ./native/ ./node/scheduler/
+FUZZPKGS := ./wire/frame/ ./wire/peer/ ./wire/flmsg/ ./wire/safetensors/ ./wire/ctl/ ./native/ ./node/scheduler/ ./node/config/ ./node/device/
 fuzz:
 	@set -e; for p in $(FUZZPKGS); do for t in $$($(GO) test -list 'Fuzz.*' $$p | grep ^Fuzz); do \
 	  echo "== $$p $$t"; $(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$p; done; done

@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"sync"
 )
@@ -121,11 +122,22 @@ type Writer struct {
 	opts Options
 
 	mu   sync.Mutex
-	f    *os.File
+	f    file
 	ring []Record
 	next int // ring index of the next record
 	n    int // records in ring
 	line []byte
+	// midLine says the file ends inside a line (a write cut short by a
+	// full disk, or a crash during one): the next record starts with a
+	// newline, so that the cut line stays alone and the record whole.
+	midLine bool
+}
+
+// file is what a Writer needs of metrics.json (an *os.File).
+type file interface {
+	io.Writer
+	Sync() error
+	Close() error
 }
 
 // Open opens (creating it if needed) the metrics file in append mode.
@@ -142,9 +154,23 @@ func Open(opts Options) (*Writer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cannot open metrics file: %w", err)
 		}
+		if w.midLine, err = endsMidLine(opts.Path); err != nil {
+			f.Close()
+			return nil, err
+		}
 		w.f = f
 	}
 	return w, nil
+}
+
+// endsMidLine reports whether the file at path is not empty and does not
+// end with a newline.
+func endsMidLine(path string) (bool, error) {
+	b, _, err := readTail(path, 1)
+	if err != nil {
+		return false, err
+	}
+	return len(b) == 1 && b[0] != '\n', nil
 }
 
 // Append writes r as one line and remembers it. The record is kept in
@@ -181,8 +207,16 @@ func (w *Writer) Append(r *Record) error {
 	if err != nil {
 		return fmt.Errorf("cannot encode record: %w", err)
 	}
-	w.line = append(append(w.line[:0], b...), '\n')
-	if _, err := w.f.Write(w.line); err != nil {
+	w.line = w.line[:0]
+	if w.midLine {
+		w.line = append(w.line, '\n')
+	}
+	w.line = append(append(w.line, b...), '\n')
+	n, err := w.f.Write(w.line)
+	if n > 0 {
+		w.midLine = n < len(w.line)
+	}
+	if err != nil {
 		return fmt.Errorf("cannot write metrics file: %w", err)
 	}
 	if w.opts.Fsync {

@@ -3,6 +3,7 @@ package record
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -275,4 +276,62 @@ func iterationsOf(recs []Record) []uint64 {
 		its = append(its, r.CurrentIteration)
 	}
 	return its
+}
+
+// TestAppendAfterCutLine: a record written after a cut line (a crash or a
+// full disk while one was written) starts on a line of its own, so that it
+// and the records after it stay readable.
+func TestAppendAfterCutLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "metrics.json")
+	cut := `{"flName":"LeNet","currentItera`
+	if err := os.WriteFile(path, []byte(`{"currentIteration":1}`+"\n"+cut), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Append(&Record{CurrentIteration: 2}); err != nil {
+		t.Fatal(err)
+	}
+	// A write cut short: the next record must not continue its line.
+	disk := w.f
+	w.f = &shortFile{file: disk, n: 10}
+	if err := w.Append(&Record{CurrentIteration: 3}); err == nil {
+		t.Fatal("a short write was not reported")
+	}
+	w.f = disk
+	if err := w.Append(&Record{CurrentIteration: 4}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	var got []uint64
+	for _, l := range lines {
+		var r Record
+		if json.Unmarshal([]byte(l), &r) == nil {
+			got = append(got, r.CurrentIteration)
+		}
+	}
+	if len(lines) != 5 || lines[1] != cut || !slices.Equal(got, []uint64{1, 2, 4}) {
+		t.Fatalf("file holds records %v in lines\n%s", got, b)
+	}
+	if it, ok, err := w.LastWritten(); it != 4 || !ok || err != nil {
+		t.Fatalf("LastWritten = %d %v %v, want 4", it, ok, err)
+	}
+}
+
+// shortFile writes the first n bytes of a write, then fails.
+type shortFile struct {
+	file
+	n int
+}
+
+func (s *shortFile) Write(p []byte) (int, error) {
+	n, _ := s.file.Write(p[:min(s.n, len(p))])
+	return n, errors.New("no space left on device")
 }

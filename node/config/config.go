@@ -340,8 +340,22 @@ func (c *Config) Validate() error {
 			bad("metrics.storage_file_path", "must not be empty when metrics are enabled")
 		}
 	}
+	// Records appended to a recovery slot would break its checksum, and
+	// the slot's next save would overwrite them.
+	if c.Recovery.Enabled() && c.Metrics.Enabled() && c.Metrics.StorageFilePath != "" {
+		for _, f := range RecoveryStateFiles(c.Recovery.StorageFilePath) {
+			if samePath(c.Metrics.StorageFilePath, f) {
+				bad("metrics.storage_file_path", "must not be a file of the recovery state (%s), got %q", f, c.Metrics.StorageFilePath)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
+
+// RecoveryStateFiles are the two files the scheduler's recovery state at
+// path (recovery.storage_file_path) alternates between, so that a crash
+// while one is written leaves the other whole.
+func RecoveryStateFiles(path string) [2]string { return [2]string{path, path + ".1"} }
 
 // Params are the round and plan parameters as the iteration machine takes them.
 func (f FL) Params() iteration.Params {

@@ -85,6 +85,9 @@ func TestErrorsNameTheKey(t *testing.T) {
 	f([]string{"--config=" + write(t, "bad.toml", "[cluster]\nserver_num = 2\nsever_num = 3\n")}, "unknown configuration key", "cluster.sever_num")
 	f([]string{"--config=" + write(t, "type.toml", "[cluster]\nserver_num = \"two\"\n")}, "server_num")
 	f([]string{"--config_file_path=" + write(t, "c.json", `{"recovery": {"storage_type": 1}, "bogus": 1}`)}, "bogus")
+	// The metrics file must not be one of the recovery state's two slots.
+	f([]string{"--config=" + write(t, "same.toml", "[recovery]\nstorage_type = 1\nstorage_file_path = \"state.json\"\n[metrics]\nstorage_type = 1\nstorage_file_path = \"./state.json\"\n")}, "metrics.storage_file_path", "recovery state")
+	f([]string{"--config_file_path=" + write(t, "slot.json", `{"recovery": {"storage_file_path": "/tmp/fc/state.json"}, "metrics": {"storage_file_path": "/tmp/fc/state.json.1"}}`)}, "metrics.storage_file_path", "state.json.1")
 	// A syntax error has a place but no key to name.
 	var c Config
 	if err := DecodeTOML(strings.NewReader("[cluster]\n[fl\n"), &c); err == nil || !strings.Contains(err.Error(), "line 2 column") || strings.Contains(err.Error(), "(key") {

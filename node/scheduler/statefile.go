@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fedcluster/fedcluster/node/config"
 	"github.com/fedcluster/fedcluster/node/modelstore"
 )
 
@@ -49,12 +50,7 @@ const stateMagic = "fedcluster-recovery"
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func (f *stateFile) slotPath(i int) string {
-	if i == 0 {
-		return f.path
-	}
-	return f.path + ".1"
-}
+func (f *stateFile) slotPath(i int) string { return config.RecoveryStateFiles(f.path)[i] }
 
 // load returns the newest valid state (nil if neither slot exists) and
 // the slot's path, and makes the next save go to the other slot.

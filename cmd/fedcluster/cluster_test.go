@@ -512,3 +512,31 @@ func TestStartReportsAnExitedProcess(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestServersCannotShareACheckpointDir: a second server given the first's
+// checkpoint_dir exits at start and says which key to change, instead of
+// removing the first one's checkpoints as it retires its own.
+func TestServersCannotShareACheckpointDir(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	shared := filepath.Join(dir, "checkpoints")
+	c, err := local.Start(ctx, local.Options{Binary: binary, Dir: dir, Servers: 2,
+		ServerArgs: func(int) []string { return []string{"--checkpoint_dir=" + shared} }})
+	if err == nil {
+		c.Stop()
+		t.Fatal("two servers started on one checkpoint_dir")
+	}
+	if !strings.Contains(err.Error(), "exited during start") {
+		t.Fatalf("Start: %v, want a server's exit", err)
+	}
+	// Whichever came second logged why.
+	var logs string
+	for _, id := range []string{"0", "1"} {
+		b, _ := os.ReadFile(filepath.Join(dir, "server_"+id, "server.log"))
+		logs += string(b)
+	}
+	if !strings.Contains(logs, "is in use by another process") || !strings.Contains(logs, "give each server its own checkpoint_dir") {
+		t.Fatalf("Start: %v; no server logged the shared checkpoint_dir:\n%s", err, logs)
+	}
+}

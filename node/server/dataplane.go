@@ -23,9 +23,11 @@ type plane struct {
 	engine agg.Engine
 	sums   agg.Engine // for the all-reduce's share sums (agg.ForHostSums)
 	store  *modelstore.Store
-	layout *model.Layout
-	index  map[string]int // parameter name → position in layout
-	large  bool           // the model's float32 size is largeModel or more
+	// unlockDir releases the checkpoint folder (modelstore.LockDir).
+	unlockDir func()
+	layout    *model.Layout
+	index     map[string]int // parameter name → position in layout
+	large     bool           // the model's float32 size is largeModel or more
 
 	mu          sync.Mutex
 	changed     *sync.Cond // signalled when the iteration or state moves
@@ -43,13 +45,19 @@ type plane struct {
 }
 
 func newPlane(s *Server) (*plane, error) {
+	unlock, err := modelstore.LockDir(s.cfg.Model.CheckpointDir)
+	if err != nil {
+		return nil, err
+	}
 	e, err := agg.New(s.cfg.Aggregation.Engine)
 	if err != nil {
+		unlock()
 		return nil, err
 	}
 	sums, err := agg.ForHostSums(e)
 	if err != nil {
 		e.Close()
+		unlock()
 		return nil, err
 	}
 	st, err := modelstore.Open(modelstore.Options{
@@ -63,10 +71,11 @@ func newPlane(s *Server) (*plane, error) {
 	if err != nil {
 		e.Close()
 		sums.Close()
+		unlock()
 		return nil, fmt.Errorf("cannot open model store: %w", err)
 	}
 	p := &plane{
-		s: s, engine: e, sums: sums, store: st, layout: st.Layout(),
+		s: s, engine: e, sums: sums, store: st, unlockDir: unlock, layout: st.Layout(),
 		instance: "running",
 		plan: ctl.Plan{FLIterationNum: s.cfg.FL.FLIterationNum, ClientEpochNum: s.cfg.FL.ClientEpochNum,
 			ClientBatchSize: s.cfg.FL.ClientBatchSize, ClientLearningRate: s.cfg.FL.ClientLearningRate},
@@ -111,6 +120,7 @@ func (p *plane) close() {
 		p.sums.Close()
 	}
 	p.store.Close()
+	p.unlockDir()
 }
 
 // partialFor returns iteration it's partial sum, creating it.

@@ -2,11 +2,13 @@ package scheduler
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/fedcluster/fedcluster/node/flock"
 	"github.com/fedcluster/fedcluster/node/iteration"
 	"github.com/fedcluster/fedcluster/node/membership"
 	"github.com/fedcluster/fedcluster/node/record"
@@ -51,6 +53,17 @@ func (s *Scheduler) restore() error {
 	if path == "" {
 		return nil
 	}
+	// Two schedulers saving into one state (a second one started on
+	// another port, or a restart racing the old process's last save)
+	// would overwrite each other's slots.
+	unlock, err := flock.Lock(path + ".lock")
+	if held := (*flock.HeldError)(nil); errors.As(err, &held) {
+		return fmt.Errorf("recovery state %s is in use by another scheduler (pid %s): give each scheduler its own recovery.storage_file_path", path, held.PID)
+	}
+	if err != nil {
+		return fmt.Errorf("cannot lock recovery state: %w", err)
+	}
+	s.unlockState = unlock
 	s.stateFile = newStateFile(path)
 	b, from, err := s.stateFile.load()
 	if err != nil {

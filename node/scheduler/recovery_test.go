@@ -2,7 +2,10 @@ package scheduler
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
@@ -56,4 +59,31 @@ func TestCleanStopMarksTheSavedState(t *testing.T) {
 	if saved().Closed {
 		t.Error("the restored scheduler left the clean stop's mark as the newest state")
 	}
+}
+
+// TestOneSchedulerPerRecoveryState: a second scheduler on the same
+// recovery state is refused while the first runs, naming the holder and
+// the key to change, and starts once the first has stopped.
+func TestOneSchedulerPerRecoveryState(t *testing.T) {
+	cfg := config.Default()
+	cfg.Cluster.SchedulerPort, cfg.Cluster.SchedulerManagePort = 0, 0
+	cfg.Recovery.StorageType = 1
+	cfg.Recovery.StorageFilePath = filepath.Join(t.TempDir(), "recovery.json")
+	first, err := New(&cfg, "sched", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(&cfg, "sched", zap.NewNop())
+	if want := fmt.Sprintf("in use by another scheduler (pid %d)", os.Getpid()); err == nil || !strings.Contains(err.Error(), want) ||
+		!strings.Contains(err.Error(), "recovery.storage_file_path") {
+		t.Fatalf("second scheduler: %v, want %q and the key to change", err, want)
+	}
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second, err := New(&cfg, "sched", zap.NewNop())
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	second.Close()
 }

@@ -78,6 +78,9 @@ type Scheduler struct {
 	// stateFile holds the persisted control state; nil when recovery is
 	// off (restore opens it).
 	stateFile *stateFile
+	// unlockState releases the recovery state's lock file; nil without
+	// recovery.
+	unlockState func()
 	// adoptRounds is set when the scheduler was given no round parameters
 	// (they equal the defaults): it takes those of the first server that
 	// registers, as the seed passes them to the servers only.
@@ -131,6 +134,7 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 	s.iter = it
 	s.adoptRounds = cfg.FL.Params() == config.Default().FL.Params()
 	if err := s.restore(); err != nil {
+		s.releaseState()
 		return nil, err
 	}
 	var ropts record.Options
@@ -138,10 +142,24 @@ func New(cfg *config.Config, nodeID string, log *zap.Logger) (*Scheduler, error)
 		ropts.Path = cfg.Metrics.StorageFilePath
 	}
 	if s.records, err = record.Open(ropts); err != nil {
+		s.releaseState()
 		return nil, fmt.Errorf("cannot open metrics file: %w", err)
 	}
 	s.resumeRecords()
 	return s, nil
+}
+
+// releaseState closes the recovery state's slots and drops its lock.
+func (s *Scheduler) releaseState() error {
+	var err error
+	if s.stateFile != nil {
+		err = s.stateFile.close()
+	}
+	if s.unlockState != nil {
+		s.unlockState()
+		s.unlockState = nil
+	}
+	return err
 }
 
 // inlineCalls are the requests served on the event loop: a device's
@@ -218,9 +236,7 @@ func (s *Scheduler) Close() error {
 	s.mu.Lock()
 	s.dirty, s.closing = true, true
 	s.saveLocked(true)
-	if s.stateFile != nil {
-		errs = append(errs, s.stateFile.close())
-	}
+	errs = append(errs, s.releaseState())
 	s.mu.Unlock()
 	errs = append(errs, s.records.Close())
 	return errors.Join(errs...)

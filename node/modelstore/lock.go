@@ -21,5 +21,8 @@ func LockDir(dir string) (release func(), err error) {
 	if held := (*flock.HeldError)(nil); errors.As(err, &held) {
 		return nil, fmt.Errorf("checkpoint dir %s is in use by another process (pid %s): give each server its own checkpoint_dir", dir, held.PID)
 	}
-	return release, err
+	if err != nil {
+		return nil, fmt.Errorf("cannot lock checkpoint_dir %s: %w", dir, err)
+	}
+	return release, nil
 }

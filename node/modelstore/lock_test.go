@@ -29,6 +29,14 @@ func TestLockDir(t *testing.T) {
 		t.Fatalf("after release: %v", err)
 	}
 	again()
+	// A folder that cannot be made names the key to fix.
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockDir(filepath.Join(file, "ckpt")); err == nil || !strings.Contains(err.Error(), "checkpoint_dir") {
+		t.Fatalf("LockDir under a file: %v, want an error naming checkpoint_dir", err)
+	}
 	// The lock file is not a checkpoint to a store opening the folder.
 	s, err := Open(Options{Dir: dir, FLName: "lenet", Seed: 1})
 	if err != nil {

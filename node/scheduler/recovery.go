@@ -61,7 +61,7 @@ func (s *Scheduler) restore() error {
 		return fmt.Errorf("recovery state %s is in use by another scheduler (pid %s): give each scheduler its own recovery.storage_file_path", path, held.PID)
 	}
 	if err != nil {
-		return fmt.Errorf("cannot lock recovery state: %w", err)
+		return fmt.Errorf("cannot lock recovery.storage_file_path %s: %w", path, err)
 	}
 	s.unlockState = unlock
 	s.stateFile = newStateFile(path)

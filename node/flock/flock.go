@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,10 +29,10 @@ func (e *HeldError) Error() string {
 
 // Lock creates the file at path (and its folder) if needed and takes an
 // exclusive lock on it without waiting, then writes this process's id
-// into it for the next one's error. release removes the file and drops
-// the lock; after a crash the file stays, unlocked, and is taken over. On
-// a file system without flock it returns a no-op release and no error:
-// the state is then used unlocked, as before.
+// into it for the next one's error. release (idempotent) removes the
+// file and drops the lock; after a crash the file stays, unlocked, and
+// is taken over. On a file system without flock it returns a no-op
+// release and no error: the state is then used unlocked, as before.
 //
 // flock locks belong to open files, not processes, so a second Lock of
 // one path fails within a process too.
@@ -55,9 +56,12 @@ func Lock(path string) (release func(), err error) {
 			if unix.Ftruncate(fd, 0) == nil {
 				_, _ = unix.Pwrite(fd, pid, 0)
 			}
+			var once sync.Once // a second release must not close a reused fd
 			return func() {
-				_ = unix.Unlink(path) // while still locked: see above
-				unix.Close(fd)
+				once.Do(func() {
+					_ = unix.Unlink(path) // while still locked: see above
+					unix.Close(fd)
+				})
 			}, nil
 		}
 		unix.Close(fd)

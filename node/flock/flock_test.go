@@ -30,6 +30,11 @@ func TestLock(t *testing.T) {
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}
+	// A second release of the first lock leaves the new holder alone.
+	release()
+	if _, err := Lock(path); !errors.As(err, &held) {
+		t.Fatalf("a repeated release freed another holder's lock: %v", err)
+	}
 	again()
 }
 
